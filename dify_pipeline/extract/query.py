@@ -1,0 +1,85 @@
+"""Pure pieces of the export: identifier validation, the day's query, and DB-type → Arrow-type mapping."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def validate_identifier(name: str, what: str) -> str:
+    """Table and column names come from configuration: accept plain identifiers only."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ValueError(f"{what} must be a plain SQL identifier (letters, digits, underscore), got {name!r}")
+    return name
+
+
+def local_naive(moment: datetime, source_timezone: str) -> datetime:
+    """A DATETIME column holds wall-clock time in the source's zone: convert an aware bound to it."""
+    return moment.astimezone(ZoneInfo(source_timezone)).replace(tzinfo=None)
+
+
+def day_query(table: sa.Table, timestamp_column: str) -> sa.Select:
+    """SELECT every column of the rows whose timestamp lies in [:window_start, :window_end)."""
+    column = table.c[timestamp_column]
+    return sa.select(table).where(
+        column >= sa.bindparam("window_start"), column < sa.bindparam("window_end")
+    )
+
+
+def arrow_type(sql_type: sa.types.TypeEngine) -> pa.DataType:
+    """The Arrow type that keeps a column's meaning: ids stay integers, timestamps stay timestamps."""
+    if isinstance(sql_type, sa.Boolean):
+        return pa.bool_()
+    if isinstance(sql_type, sa.Integer):
+        return pa.int64()
+    if isinstance(sql_type, sa.Numeric) and not isinstance(sql_type, sa.Float):
+        scale = sql_type.scale if sql_type.scale is not None else 0
+        precision = sql_type.precision or 38
+        return pa.decimal128(min(precision, 38), scale) if scale or sql_type.precision else pa.float64()
+    if isinstance(sql_type, sa.Float):
+        return pa.float64()
+    if isinstance(sql_type, sa.DateTime):
+        return pa.timestamp("us")
+    if isinstance(sql_type, sa.Date):
+        return pa.date32()
+    if isinstance(sql_type, (sa.LargeBinary, sa.types._Binary)):
+        return pa.binary()
+    return pa.string()
+
+
+def to_record_batch(rows: list, columns: list[str], types: list[pa.DataType], source_timezone: str) -> pa.RecordBatch:
+    """Transpose fetched rows into a record batch; naive timestamps become aware (source zone → UTC)."""
+    arrays = []
+    for values, arrow in zip(zip(*rows), types):
+        if pa.types.is_string(arrow):
+            values = [_as_text(v) for v in values]
+        array = pa.array(values, type=arrow)
+        if pa.types.is_timestamp(arrow):
+            array = pa.compute.assume_timezone(array, source_timezone, ambiguous="earliest", nonexistent="earliest")
+            array = array.cast(pa.timestamp("us", tz="UTC"))
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=columns)
+
+
+def arrow_schema(columns: list[str], types: list[pa.DataType]) -> pa.Schema:
+    return pa.schema(
+        pa.field(name, pa.timestamp("us", tz="UTC") if pa.types.is_timestamp(t) else t) for name, t in zip(columns, types)
+    )
+
+
+def _as_text(value):
+    """Text columns may hold bytes with a broken encoding; keep them as text, never crash the export."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(value).decode("gb18030", errors="replace")
+    return str(value)

@@ -1,0 +1,96 @@
+"""Admission control for calls to Dify: concurrency that adapts, a requests-per-minute pace, global cool-downs.
+
+Written here rather than taken from a library because the three interact: a throttled answer lowers the
+concurrency limit *and* can pause everyone, and the pace must hold across pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+
+class RequestGate:
+    """`async with gate.slot():` around every HTTP attempt.
+
+    - at most `limit` attempts in flight; `limit` starts at `max_concurrency`, drops by one for every
+      throttled answer (each one means we were one over the server's limit) and grows by one after
+      `limit` successes in a row, up to `max_concurrency` (additive probing, so we find the limit again
+      when the server frees up);
+    - starts are paced `60 / requests_per_minute` seconds apart, so no 60 s window holds more than the limit;
+    - `pause(seconds)` holds every new start until the cool-down ends (Retry-After, gateway 429s).
+    """
+
+    def __init__(
+        self,
+        max_concurrency: int,
+        requests_per_minute: float | None = None,
+        adaptive: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.max_concurrency = max_concurrency
+        self.limit = max_concurrency
+        self.adaptive = adaptive
+        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._active = 0
+        self._next_start = 0.0
+        self._paused_until = 0.0
+        self._successes_in_a_row = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def pause(self, seconds: float) -> None:
+        """Hold all new starts for `seconds` from now (the longest pause asked for wins)."""
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    async def acquire(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._active < self.limit)
+            self._active += 1
+        try:
+            await self._wait_for_start_time()
+        except BaseException:
+            await self._release()
+            raise
+
+    async def _wait_for_start_time(self) -> None:
+        while True:
+            now = self._clock()
+            if now < self._paused_until:
+                await self._sleep(self._paused_until - now)
+                continue
+            start = max(now, self._next_start)
+            if start > now:
+                self._next_start = start + self.interval  # reserve the slot before sleeping: waiters queue up
+                await self._sleep(start - now)
+                if self._clock() < self._paused_until:  # a pause began while we waited: do not send
+                    continue
+            else:
+                self._next_start = now + self.interval
+            return
+
+    async def release(self, throttled: bool = False, succeeded: bool = False) -> None:
+        if self.adaptive:
+            if throttled:
+                self.limit = max(1, self.limit - 1)
+                self._successes_in_a_row = 0
+            elif succeeded:
+                self._successes_in_a_row += 1
+                if self._successes_in_a_row >= self.limit and self.limit < self.max_concurrency:
+                    self.limit += 1
+                    self._successes_in_a_row = 0
+        await self._release()
+
+    async def _release(self) -> None:
+        async with self._changed:
+            self._active -= 1
+            self._changed.notify_all()

@@ -1,0 +1,27 @@
+"""The one partitions definition: a day in the configured time zone."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+# Read at load time: a partitions definition cannot change between runs of one deployment.
+PIPELINE_TIMEZONE = os.getenv("PIPELINE_TIMEZONE", "UTC")
+PIPELINE_START_DATE = os.getenv("PIPELINE_START_DATE", "2026-01-01")
+
+daily_partitions = dg.DailyPartitionsDefinition(start_date=PIPELINE_START_DATE, timezone=PIPELINE_TIMEZONE)
+
+
+def day_window(partition_key: str, timezone: str = PIPELINE_TIMEZONE) -> tuple[datetime, datetime]:
+    """The half-open window [start, end) of a day, as aware datetimes in `timezone`.
+
+    The end is the next local midnight, so a day around a daylight-saving change lasts 23 or 25 hours.
+    """
+    zone = ZoneInfo(timezone)
+    day = datetime.strptime(partition_key, "%Y-%m-%d")
+    start = day.replace(tzinfo=zone)
+    end = (day + timedelta(days=1)).replace(tzinfo=zone)
+    return start, end

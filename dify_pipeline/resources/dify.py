@@ -1,0 +1,358 @@
+"""The Dify Service API: one configured HTTP client, admission control and bounded retries.
+
+Assets hand it (record_key, inputs) pairs and get one `DifyResult` per record back through a callback,
+so results can be persisted the moment they exist. Only a fatal error (bad key, app gone, quota) stops
+the run; every other failure becomes a result with its error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dagster as dg
+import httpx
+from pydantic import Field, PrivateAttr
+
+from dify_pipeline.infer.errors import (
+    DifyCallError,
+    classify_failed_run,
+    classify_http_error,
+    classify_stream_error,
+)
+from dify_pipeline.infer.request_gate import RequestGate
+
+
+@dataclass(frozen=True)
+class DifyRequest:
+    record_key: str
+    inputs: dict[str, Any]
+
+
+@dataclass
+class DifyResult:
+    record_key: str
+    succeeded: bool
+    attempts: int
+    latency_ms: float | None = None
+    outputs: Any = None  # workflow `outputs` object, or a completion app's `answer` text
+    run_id: str | None = None  # workflow_run_id or message_id
+    workflow_id: str | None = None
+    total_tokens: int | None = None
+    total_price: float | None = None
+    currency: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    recovered: bool = False  # fetched with GET /workflows/run/{id} after a stream broke
+
+
+class DifyFatalError(RuntimeError):
+    """No record can succeed (bad key, wrong app, quota): the run stops instead of failing every row."""
+
+
+@dataclass
+class _Counters:
+    http_attempts: int = 0
+    retries: int = 0
+    throttled: int = 0
+    recovered_runs: int = 0
+    fatal: DifyCallError | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    consecutive_throttles: int = 0
+
+
+class DifyResource(dg.ConfigurableResource):
+    """A Dify app reached through its Service API key."""
+
+    base_url: str = Field(description="Service API base URL, e.g. https://api.dify.ai/v1.")
+    api_key: str = Field(description="The app's API key (from the DIFY_API_KEY environment variable).")
+    app_mode: Literal["workflow", "completion"] = "workflow"
+    response_mode: Literal["blocking", "streaming"] = "blocking"
+    user: str = Field(default="dify-pipeline", description="Dify end-user identifier sent with every run.")
+    max_concurrency: int = Field(default=16, ge=1, le=1000)
+    requests_per_minute: int | None = Field(default=None, ge=1, description="Pace of new runs; unlimited when unset.")
+    adaptive_concurrency: bool = Field(default=True, description="Lower concurrency when the server throttles.")
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_initial_seconds: float = Field(default=1.0, ge=0)
+    backoff_max_seconds: float = Field(default=60.0, ge=0)
+    request_timeout_seconds: float = Field(default=120.0, gt=0, description="Blocking calls; Dify Cloud cuts at 100 s.")
+    stream_idle_timeout_seconds: float = Field(default=45.0, gt=0, description="Streams ping every 10 s.")
+    verify_tls: bool = True
+    ca_file: str | None = Field(default=None, description="CA bundle for a private certificate authority.")
+
+    _rng: random.Random = PrivateAttr(default_factory=random.Random)
+
+    # -- identity -------------------------------------------------------------------------------------
+    def app_identity(self) -> str:
+        """A stable, non-secret name for the app: a digest of base URL and key (never the key itself)."""
+        digest = hashlib.sha256(f"{self.base_url.rstrip('/')}\n{self.api_key}".encode()).hexdigest()
+        return f"{self.app_mode}:{digest[:16]}"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}", "User-Agent": "dify-pipeline"}
+
+    def _verify(self) -> bool | str:
+        return self.ca_file or self.verify_tls
+
+    def _url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+    # -- app metadata ---------------------------------------------------------------------------------
+    def fetch_parameters(self) -> dict:
+        """GET /parameters: the app's input form (variables, required, max_length, options)."""
+        with httpx.Client(headers=self._headers(), verify=self._verify(), timeout=30) as client:
+            try:
+                response = client.get(self._url("/parameters"))
+            except httpx.HTTPError as error:
+                raise DifyFatalError(f"cannot reach Dify at {self.base_url}: {type(error).__name__}. Check DIFY_BASE_URL.") from None
+            if response.status_code != 200:
+                error = classify_http_error(response.status_code, response.text, response.headers.get("retry-after"))
+                raise DifyFatalError(f"GET /parameters failed: {error}")
+            return response.json()
+
+    # -- the batch ------------------------------------------------------------------------------------
+    def run_all(
+        self,
+        requests: Iterable[DifyRequest],
+        on_result: Callable[[DifyResult], None],
+        on_run_started: Callable[[str, str], None] | None = None,
+    ) -> dict[str, int]:
+        """Send every request, calling `on_result` once per record as soon as it is final.
+
+        Returns counters (HTTP attempts, retries, throttled answers, recovered runs). Raises
+        DifyFatalError after the in-flight calls settle when the server says no record can succeed.
+        """
+        counters = asyncio.run(self._run_all(list(requests), on_result, on_run_started))
+        if counters.fatal is not None:
+            raise DifyFatalError(f"Dify refused the run: {counters.fatal}")
+        return {
+            "http_attempts": counters.http_attempts,
+            "retries": counters.retries,
+            "throttled": counters.throttled,
+            "recovered_runs": counters.recovered_runs,
+        }
+
+    async def _run_all(self, requests, on_result, on_run_started) -> _Counters:
+        counters = _Counters()
+        gate = RequestGate(self.max_concurrency, self.requests_per_minute, adaptive=self.adaptive_concurrency)
+        queue: asyncio.Queue[DifyRequest] = asyncio.Queue()
+        for request in requests:
+            queue.put_nowait(request)
+        timeout = httpx.Timeout(self.request_timeout_seconds, connect=10.0)
+        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        async with httpx.AsyncClient(headers=self._headers(), verify=self._verify(), timeout=timeout, limits=limits) as client:
+
+            async def worker() -> None:
+                while not counters.stop.is_set():
+                    try:
+                        request = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    result = await self._call_with_retries(client, gate, counters, request, on_run_started)
+                    if result is not None:
+                        on_result(result)
+
+            # More workers than slots: a worker sleeping out a backoff must not idle a slot.
+            workers = min(queue.qsize(), self.max_concurrency * 2)
+            await asyncio.gather(*(worker() for _ in range(workers)))
+        return counters
+
+    async def _call_with_retries(self, client, gate, counters, request, on_run_started) -> DifyResult | None:
+        started = time.perf_counter()
+        attempts = 0
+        while True:
+            if counters.stop.is_set():
+                return None  # left for the next materialization
+            attempts += 1
+            await gate.acquire()
+            counters.http_attempts += 1
+            error: DifyCallError | None = None
+            try:
+                result = await self._call_once(client, request, counters, on_run_started)
+            except DifyCallError as call_error:
+                error = call_error
+            finally:
+                await gate.release(throttled=error is not None and error.throttled, succeeded=error is None)
+            if error is None:
+                counters.consecutive_throttles = 0
+                result.attempts = attempts
+                result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+                return result
+            if error.fatal:
+                counters.fatal = counters.fatal or error
+                counters.stop.set()
+                return None
+            if error.throttled:
+                counters.throttled += 1
+                self._cool_down(gate, counters, error)
+            if not error.retryable or attempts >= self.max_attempts:
+                return DifyResult(
+                    record_key=request.record_key, succeeded=False, attempts=attempts,
+                    latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                    error_code=error.code, error_message=error.message,
+                )
+            counters.retries += 1
+            await asyncio.sleep(self._backoff(attempts, error))
+
+    def _backoff(self, attempts: int, error: DifyCallError) -> float:
+        """Exponential backoff with jitter; a server's Retry-After is a floor."""
+        ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (attempts - 1))
+        delay = self._rng.uniform(ceiling / 2, ceiling)
+        if error.retry_after is not None:
+            delay = max(delay, error.retry_after + self._rng.uniform(0, 0.1 * max(error.retry_after, 1)))
+        return delay
+
+    def _cool_down(self, gate: RequestGate, counters: _Counters, error: DifyCallError) -> None:
+        """Rate limits (429/503) pause every new request; Dify's concurrency 400 only lowers the limit."""
+        if error.retry_after is not None:
+            gate.pause(error.retry_after)
+        elif error.http_status != 400:
+            counters.consecutive_throttles += 1
+            ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (counters.consecutive_throttles - 1))
+            gate.pause(self._rng.uniform(ceiling / 2, ceiling))
+
+    # -- one HTTP attempt -----------------------------------------------------------------------------
+    def _payload(self, inputs: dict) -> dict:
+        return {"inputs": inputs, "response_mode": self.response_mode, "user": self.user}
+
+    def _endpoint(self) -> str:
+        return "/workflows/run" if self.app_mode == "workflow" else "/completion-messages"
+
+    async def _call_once(self, client: httpx.AsyncClient, request: DifyRequest, counters, on_run_started) -> DifyResult:
+        try:
+            if self.response_mode == "blocking":
+                response = await client.post(self._url(self._endpoint()), json=self._payload(request.inputs))
+                if response.status_code != 200:
+                    raise classify_http_error(response.status_code, response.text, response.headers.get("retry-after"))
+                body = _json_or_error(response.text)
+                return self._parse_blocking(request.record_key, body)
+            return await self._call_streaming(client, request, counters, on_run_started)
+        except httpx.TimeoutException:
+            raise DifyCallError("timeout", "no answer within the request timeout", True) from None
+        except httpx.TransportError as error:
+            raise DifyCallError("connection_error", f"{type(error).__name__}: connection failed or dropped", True) from None
+
+    def _parse_blocking(self, record_key: str, body: dict) -> DifyResult:
+        if self.app_mode == "workflow":
+            return _workflow_result(record_key, body.get("data") or {}, body.get("workflow_run_id"))
+        usage = (body.get("metadata") or {}).get("usage") or {}
+        return _completion_result(record_key, body.get("message_id") or body.get("id"), body.get("answer"), usage)
+
+    async def _call_streaming(self, client, request: DifyRequest, counters, on_run_started) -> DifyResult:
+        run_id: str | None = None
+        answer: list[str] = []
+        timeout = httpx.Timeout(self.request_timeout_seconds, connect=10.0, read=self.stream_idle_timeout_seconds)
+        try:
+            async with client.stream("POST", self._url(self._endpoint()), json=self._payload(request.inputs), timeout=timeout) as response:
+                if response.status_code != 200:
+                    text = (await response.aread()).decode("utf-8", errors="replace")
+                    raise classify_http_error(response.status_code, text, response.headers.get("retry-after"))
+                async for event in _sse_events(response):
+                    kind = event.get("event")
+                    if kind == "workflow_started":
+                        run_id = event.get("workflow_run_id")
+                        if on_run_started and run_id:
+                            on_run_started(request.record_key, run_id)
+                    elif kind == "workflow_finished":
+                        return _workflow_result(request.record_key, event.get("data") or {}, event.get("workflow_run_id"))
+                    elif kind == "message":
+                        answer.append(event.get("answer") or "")
+                    elif kind == "message_end":
+                        usage = (event.get("metadata") or {}).get("usage") or {}
+                        return _completion_result(request.record_key, event.get("message_id") or event.get("id"), "".join(answer), usage)
+                    elif kind == "error":
+                        raise classify_stream_error(event)
+        except (httpx.TransportError, DifyCallError) as error:
+            if isinstance(error, DifyCallError) and error.code != "malformed_response":
+                raise
+            if run_id is None:
+                raise
+        if run_id is None:
+            raise DifyCallError("stream_incomplete", "stream ended before a terminal event", True)
+        # The run goes on inside Dify after the stream broke: fetch its result instead of paying again.
+        counters.recovered_runs += 1
+        return await self._recover_run(client, request.record_key, run_id)
+
+    async def _recover_run(self, client: httpx.AsyncClient, record_key: str, run_id: str) -> DifyResult:
+        delay = 0.5
+        deadline = time.monotonic() + self.request_timeout_seconds * 10
+        while True:
+            response = await client.get(self._url(f"/workflows/run/{run_id}"))
+            if response.status_code != 200:
+                raise classify_http_error(response.status_code, response.text, response.headers.get("retry-after"))
+            detail = _json_or_error(response.text)
+            if detail.get("status") not in ("running", "paused"):
+                result = _workflow_result(record_key, detail, run_id)
+                result.recovered = True
+                return result
+            if time.monotonic() > deadline:
+                raise DifyCallError("timeout", f"run {run_id} still running after the stream broke", True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _json_or_error(text: str) -> dict:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise DifyCallError("malformed_response", f"response is not JSON: {text[:80]!r}", True) from None
+    if not isinstance(body, dict):
+        raise DifyCallError("malformed_response", "response JSON is not an object", True)
+    return body
+
+
+def _workflow_result(record_key: str, data: dict, run_id: str | None) -> DifyResult:
+    status = data.get("status")
+    if status != "succeeded":
+        raise classify_failed_run(data.get("error"), status or "unknown")
+    outputs = data.get("outputs")
+    if isinstance(outputs, str):  # the run-detail endpoint may hand outputs back as JSON text
+        try:
+            outputs = json.loads(outputs)
+        except ValueError:
+            pass
+    return DifyResult(
+        record_key=record_key, succeeded=True, attempts=0, outputs=outputs,
+        run_id=run_id or data.get("id"), workflow_id=data.get("workflow_id"),
+        total_tokens=_int_or_none(data.get("total_tokens")),
+    )
+
+
+def _completion_result(record_key: str, message_id: str | None, answer: str | None, usage: dict) -> DifyResult:
+    price = usage.get("total_price")
+    return DifyResult(
+        record_key=record_key, succeeded=True, attempts=0, outputs=answer, run_id=message_id,
+        total_tokens=_int_or_none(usage.get("total_tokens")),
+        total_price=float(price) if price not in (None, "") else None, currency=usage.get("currency"),
+    )
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+async def _sse_events(response: httpx.Response):
+    """Dify's SSE: `data: {json}` frames separated by blank lines; bare `event: ping` keep-alives."""
+    data_lines: list[str] = []
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            data_lines.append(line[5:].lstrip())
+        elif line == "" and data_lines:
+            payload = "\n".join(data_lines)
+            data_lines = []
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                raise DifyCallError("malformed_response", f"stream event is not JSON: {payload[:80]!r}", True) from None
+            if isinstance(event, dict) and event.get("event") != "ping":
+                yield event
+        # `event: ping` lines and comments carry nothing for us

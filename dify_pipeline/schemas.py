@@ -1,0 +1,50 @@
+"""Arrow schemas of the stages, defined once. Source columns pass through; enrichment columns are fixed."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PIPELINE_VERSION = "dify_pipeline/0.1.0"
+
+# Added by clean_tickets (the rest of its columns are the source table's own).
+RECORD_KEY = "record_key"
+CLEAN_FIELDS = pa.schema([
+    pa.field(RECORD_KEY, pa.string(), nullable=False),
+    pa.field("text_truncated", pa.bool_()),
+    pa.field("pii_masked", pa.int64()),
+])
+QUARANTINE_FIELDS = pa.schema([
+    pa.field(RECORD_KEY, pa.string()),
+    pa.field("quarantine_reason", pa.string(), nullable=False),
+    pa.field("quarantine_detail", pa.string()),
+])
+SHARD_FIELD = pa.field("shard", pa.int32(), nullable=False)
+
+# Added by enriched_tickets, one row per clean record whether Dify succeeded or not.
+ENRICHMENT_FIELDS = pa.schema([
+    pa.field("category", pa.dictionary(pa.int32(), pa.string())),
+    pa.field("summary", pa.string()),
+    pa.field("sentiment", pa.dictionary(pa.int32(), pa.string())),
+    pa.field("outputs_json", pa.string()),
+    pa.field("dify_status", pa.dictionary(pa.int32(), pa.string()), nullable=False),  # succeeded | failed
+    pa.field("error_code", pa.string()),
+    pa.field("error_message", pa.string()),
+    pa.field("attempts", pa.int32()),
+    pa.field("latency_ms", pa.float64()),
+    pa.field("total_tokens", pa.int64()),
+    pa.field("total_price", pa.float64()),
+    pa.field("currency", pa.string()),
+    pa.field("dify_run_id", pa.string()),
+    pa.field("dify_workflow_id", pa.string()),
+    pa.field("cache_hit", pa.bool_()),
+    pa.field("enriched_at", pa.timestamp("us", tz="UTC")),
+    pa.field("app_identity", pa.string()),
+    pa.field("cache_version", pa.string()),
+    pa.field("pipeline_version", pa.string()),
+])
+
+
+def with_fields(base: pa.Schema, extra: pa.Schema) -> pa.Schema:
+    """`base` without any field `extra` redefines, then `extra`'s fields."""
+    names = set(extra.names)
+    return pa.schema([f for f in base if f.name not in names] + list(extra))
