@@ -37,6 +37,7 @@ ENRICHMENT_FIELDS = pa.schema([
     pa.field("dify_run_id", pa.string()),
     pa.field("dify_workflow_id", pa.string()),
     pa.field("cache_hit", pa.bool_()),
+    pa.field("inputs_truncated", pa.bool_()),  # cut to the app's declared max_length before sending
     pa.field("enriched_at", pa.timestamp("us", tz="UTC")),
     pa.field("app_identity", pa.string()),
     pa.field("cache_version", pa.string()),

@@ -13,6 +13,7 @@ from pydantic import Field
 
 PARQUET_WRITE_OPTIONS = dict(compression="zstd", write_statistics=True)
 ROW_GROUP_ROWS = 128 * 1024
+DAY_FILE_NAME = "part-00000.parquet"  # one object per day: replaced atomically
 
 
 class ObjectStorage(dg.ConfigurableResource):
@@ -48,8 +49,9 @@ class ObjectStorage(dg.ConfigurableResource):
         root = self.url[len("s3://") :] if self.is_s3 else self.url
         return "/".join([root.rstrip("/"), *parts])
 
-    def uri(self, *parts: str) -> str:
-        return ("s3://" if self.is_s3 else "") + self.path(*parts)
+    def uri(self, path: str) -> str:
+        """How a user names `path` (a result of `path()`): with its s3:// scheme when on S3."""
+        return f"s3://{path}" if self.is_s3 else path
 
     def write_parquet(self, path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]) -> int:
         """Write batches as one Parquet file that appears whole or not at all; returns rows written.
@@ -74,6 +76,10 @@ class ObjectStorage(dg.ConfigurableResource):
         if not self.is_s3:
             fs.mv(target, path)
         return rows
+
+    def read_schema(self, path: str) -> pa.Schema:
+        with self.filesystem().open(path, "rb") as handle:
+            return pq.read_schema(handle)
 
     def read_parquet(self, path: str) -> pa.Table:
         with self.filesystem().open(path, "rb") as handle:

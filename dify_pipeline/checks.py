@@ -1,0 +1,48 @@
+"""Checks that read what was published, independently of the steps that published it."""
+
+
+import dagster as dg
+import pyarrow.compute as pc
+
+from dify_pipeline.resources.elasticsearch import ElasticsearchResource
+from dify_pipeline.resources.storage import DAY_FILE_NAME, ObjectStorage
+from dify_pipeline.stages import day_folder
+
+
+def _parquet_rows(storage: ObjectStorage, partition_key: str) -> int:
+    return storage.read_parquet(storage.path(f"dt={partition_key}", DAY_FILE_NAME)).num_rows
+
+
+@dg.asset_check(asset="tickets_parquet", description="One row per enriched record, no duplicate keys.")
+def parquet_matches_enriched(
+    context: dg.AssetCheckExecutionContext, stage_storage: ObjectStorage, parquet_output: ObjectStorage
+) -> dg.AssetCheckResult:
+    day = context.partition_key
+    published = parquet_output.read_parquet(parquet_output.path(f"dt={day}", DAY_FILE_NAME)).column("record_key")
+    enriched = sum(
+        stage_storage.read_parquet(p).num_rows
+        for p in stage_storage.list_files(day_folder(stage_storage, "enriched_tickets", day))
+    )
+    duplicates = len(published) - len(pc.unique(published))
+    return dg.AssetCheckResult(
+        passed=len(published) == enriched and duplicates == 0,
+        metadata={"parquet_rows": len(published), "enriched_rows": enriched, "duplicate_keys": duplicates},
+    )
+
+
+@dg.asset_check(asset="tickets_elasticsearch", additional_deps=["tickets_parquet"],
+                description="The day's document count in Elasticsearch equals its Parquet row count.")
+def elasticsearch_matches_parquet(
+    context: dg.AssetCheckExecutionContext, elasticsearch: ElasticsearchResource, parquet_output: ObjectStorage
+) -> dg.AssetCheckResult:
+    day = context.partition_key
+    rows = _parquet_rows(parquet_output, day)
+    client = elasticsearch.client()
+    try:
+        documents = client.count(index=elasticsearch.index, query={"term": {"dt": day}})["count"]
+    finally:
+        client.close()
+    return dg.AssetCheckResult(passed=documents == rows, metadata={"documents": documents, "parquet_rows": rows})
+
+
+publish_checks = [parquet_matches_enriched, elasticsearch_matches_parquet]

@@ -1,0 +1,72 @@
+"""Step 2 — normalize, de-duplicate and mask the day; quarantine what cannot be used."""
+
+
+import dagster as dg
+import pyarrow as pa
+
+from dify_pipeline.clean.cleaning import CleaningConfig, clean_tickets as clean_frame
+from dify_pipeline.frames import to_arrow, to_pandas
+from dify_pipeline.partitions import daily_partitions
+from dify_pipeline.resources.storage import ObjectStorage
+from dify_pipeline.schemas import CLEAN_FIELDS, QUARANTINE_FIELDS, with_fields
+from dify_pipeline.settings import PipelineSettings
+from dify_pipeline.stages import day_file
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name="tickets",
+    deps=["raw_tickets"],
+    kinds={"pandas", "parquet"},
+    check_specs=[dg.AssetCheckSpec("counts_reconcile", asset="clean_tickets", blocking=True,
+                                   description="raw rows = clean + quarantined + duplicates removed")],
+)
+def clean_tickets(
+    context: dg.AssetExecutionContext, stage_storage: ObjectStorage, settings: PipelineSettings
+) -> dg.MaterializeResult:
+    """One row per record key, text normalized and PII-masked; unusable rows go to quarantine with a reason.
+
+    Counts reconcile: raw rows = clean + quarantined + duplicates removed.
+    """
+    raw = stage_storage.read_parquet(day_file(stage_storage, "raw_tickets", context.partition_key))
+    config = CleaningConfig(
+        key_column=settings.key_column,
+        updated_at_column=settings.updated_at_column,
+        timestamp_column=settings.timestamp_column,
+        text_columns=settings.text_columns,
+        max_chars=settings.max_chars,
+        extra_pii_patterns=settings.extra_pii_patterns,
+    )
+    result = clean_frame(to_pandas(raw), config)
+
+    clean_schema = with_fields(raw.schema, CLEAN_FIELDS)
+    quarantine_schema = with_fields(_all_nullable(raw.schema), QUARANTINE_FIELDS)
+    clean_path = day_file(stage_storage, "clean_tickets", context.partition_key)
+    quarantine_path = day_file(stage_storage, "quarantined_tickets", context.partition_key)
+    stage_storage.write_parquet(clean_path, clean_schema, [to_arrow(result.clean, clean_schema)])
+    stage_storage.write_parquet(quarantine_path, quarantine_schema, [to_arrow(result.quarantine, quarantine_schema)])
+
+    if result.quarantine_reasons:
+        context.log.warning(f"quarantined {len(result.quarantine)} rows: {result.quarantine_reasons}")
+    accounted = len(result.clean) + len(result.quarantine) + result.duplicates_removed
+    return dg.MaterializeResult(
+        check_results=[dg.AssetCheckResult(
+            check_name="counts_reconcile", passed=accounted == raw.num_rows,
+            metadata={"raw_rows": raw.num_rows, "accounted_rows": accounted},
+        )],
+        metadata={
+            "raw_rows": raw.num_rows,
+            "rows": len(result.clean),
+            "quarantined": len(result.quarantine),
+            "duplicates_removed": result.duplicates_removed,
+            "quarantine_reasons": dg.MetadataValue.json(result.quarantine_reasons),
+            "pii_masked": dg.MetadataValue.json(result.pii_masked),
+            "truncated_rows": result.truncated,
+            "path": dg.MetadataValue.path(stage_storage.uri(clean_path)),
+            "quarantine_path": dg.MetadataValue.path(stage_storage.uri(quarantine_path)),
+        }
+    )
+
+
+def _all_nullable(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([field.with_nullable(True) for field in schema])

@@ -1,0 +1,94 @@
+"""The code location: assets of the daily flow, their checks, the job and schedule, resources from the environment.
+
+Every setting a user gives comes from an environment variable (see README and .env.example); secrets go
+through `EnvVar`, so Dagster resolves them at run time and never shows or stores their values.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from dify_pipeline.checks import publish_checks
+from dify_pipeline.clean.assets import clean_tickets
+from dify_pipeline.extract.assets import raw_tickets
+from dify_pipeline.infer.assets import enriched_tickets
+from dify_pipeline.partitions import PIPELINE_TIMEZONE, daily_partitions
+from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
+from dify_pipeline.publish.parquet_assets import tickets_parquet
+from dify_pipeline.resources.dify import DifyResource
+from dify_pipeline.resources.elasticsearch import ElasticsearchResource
+from dify_pipeline.resources.result_cache import ResultCache
+from dify_pipeline.resources.source_database import SourceDatabase
+from dify_pipeline.resources.storage import ObjectStorage
+from dify_pipeline.settings import PipelineSettings
+from dify_pipeline.shard.assets import ticket_shards
+
+
+def _optional(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _secret(name: str) -> dg.EnvVar | None:
+    """An optional secret: passed by reference when set, absent otherwise."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def _local_state_dir() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME") or ".").resolve() / "dify_pipeline"
+
+
+def build_resources() -> dict:
+    s3 = dict(s3_endpoint_url=_optional("S3_ENDPOINT_URL"), s3_region=_optional("AWS_REGION"))
+    state_dir = _local_state_dir()
+    return {
+        "source_database": SourceDatabase(
+            url=dg.EnvVar("SOURCE_DATABASE_URL"),
+            table=os.environ.get("SOURCE_TABLE", "tickets"),
+            source_timezone=os.environ.get("SOURCE_TIMEZONE", PIPELINE_TIMEZONE),
+        ),
+        "stage_storage": ObjectStorage(url=os.environ.get("PIPELINE_STORAGE_URL") or str(state_dir / "stages"), **s3),
+        "parquet_output": ObjectStorage(url=dg.EnvVar("OUTPUT_PARQUET_URL"), **s3),
+        "dify": DifyResource(
+            base_url=dg.EnvVar("DIFY_BASE_URL"),
+            api_key=dg.EnvVar("DIFY_API_KEY"),
+            app_mode=os.environ.get("DIFY_APP_MODE", "workflow"),
+            response_mode=os.environ.get("DIFY_RESPONSE_MODE", "blocking"),
+            max_concurrency=int(os.environ.get("DIFY_MAX_CONCURRENCY", "16")),
+            requests_per_minute=int(os.environ["DIFY_REQUESTS_PER_MINUTE"]) if _optional("DIFY_REQUESTS_PER_MINUTE") else None,
+            ca_file=_optional("DIFY_CA_FILE"),
+        ),
+        "result_cache": ResultCache(
+            url=_secret("RESULT_CACHE_URL") or f"sqlite:///{state_dir / 'result_cache.sqlite'}",
+            enabled=os.environ.get("RESULT_CACHE_ENABLED", "true").lower() != "false",
+        ),
+        "elasticsearch": ElasticsearchResource(
+            url=dg.EnvVar("ELASTICSEARCH_URL"),
+            index=os.environ.get("ELASTICSEARCH_INDEX", "tickets_enriched"),
+            api_key=_secret("ELASTICSEARCH_API_KEY"),
+            ca_file=_optional("ELASTICSEARCH_CA_FILE"),
+        ),
+        "settings": PipelineSettings(),
+    }
+
+
+daily_enrichment_job = dg.define_asset_job(
+    "daily_enrichment", selection=dg.AssetSelection.groups("tickets"), partitions_def=daily_partitions
+)
+
+daily_schedule = dg.build_schedule_from_partitioned_job(
+    daily_enrichment_job,
+    hour_of_day=int(os.environ.get("SCHEDULE_HOUR", "2")),
+    minute_of_hour=int(os.environ.get("SCHEDULE_MINUTE", "0")),
+    name="daily_enrichment_schedule",
+)
+
+defs = dg.Definitions(
+    assets=[raw_tickets, clean_tickets, ticket_shards, enriched_tickets, tickets_parquet, tickets_elasticsearch],
+    asset_checks=publish_checks,
+    jobs=[daily_enrichment_job],
+    schedules=[daily_schedule],
+    resources=build_resources(),
+)
