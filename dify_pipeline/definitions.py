@@ -15,7 +15,7 @@ from dify_pipeline.checks import publish_checks
 from dify_pipeline.clean.assets import clean_tickets
 from dify_pipeline.extract.assets import raw_tickets
 from dify_pipeline.infer.assets import enriched_tickets
-from dify_pipeline.partitions import PIPELINE_TIMEZONE, daily_partitions
+from dify_pipeline.partitions import PIPELINE_TIMEZONE
 from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
 from dify_pipeline.publish.parquet_assets import tickets_parquet
 from dify_pipeline.resources.dify import DifyResource
@@ -75,7 +75,7 @@ def build_resources() -> dict:
 
 
 daily_enrichment_job = dg.define_asset_job(
-    "daily_enrichment", selection=dg.AssetSelection.groups("tickets"), partitions_def=daily_partitions
+    "daily_enrichment", selection=dg.AssetSelection.groups("tickets")
 )
 
 daily_schedule = dg.build_schedule_from_partitioned_job(
@@ -85,10 +85,17 @@ daily_schedule = dg.build_schedule_from_partitioned_job(
     name="daily_enrichment_schedule",
 )
 
-defs = dg.Definitions(
-    assets=[raw_tickets, clean_tickets, ticket_shards, enriched_tickets, tickets_parquet, tickets_elasticsearch],
-    asset_checks=publish_checks,
-    jobs=[daily_enrichment_job],
-    schedules=[daily_schedule],
-    resources=build_resources(),
-)
+
+
+def build_definitions() -> dg.Definitions:
+    """The code location as the environment describes it now (tests call this after setting variables)."""
+    return dg.Definitions(
+        assets=[raw_tickets, clean_tickets, ticket_shards, enriched_tickets, tickets_parquet, tickets_elasticsearch],
+        asset_checks=publish_checks,
+        jobs=[daily_enrichment_job],
+        schedules=[daily_schedule],
+        resources=build_resources(),
+    )
+
+
+defs = build_definitions()

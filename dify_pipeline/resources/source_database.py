@@ -29,7 +29,6 @@ class SourceDatabase(dg.ConfigurableResource):
 
     url: str = Field(description="SQLAlchemy URL, e.g. mysql+pymysql://user:pass@host:3306/db or sqlite:///file.db.")
     table: str = "tickets"
-    timestamp_column: str = "created_at"
     source_timezone: str = Field(default="UTC", description="Time zone of the naive DATETIME values stored.")
     batch_size: int = Field(default=10_000, gt=0)
     connect_timeout_seconds: int = 10
@@ -44,13 +43,16 @@ class SourceDatabase(dg.ConfigurableResource):
     def safe_url(self) -> str:
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
-    def stream_day(self, window_start: datetime, window_end: datetime) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        """The schema of the table and an iterator of record batches of the rows in [start, end).
+    def stream_day(
+        self, timestamp_column: str, window_start: datetime, window_end: datetime
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """The schema of the table and an iterator of record batches of its rows whose `timestamp_column`
+        lies in [start, end).
 
         Values go to the server as bound parameters; table and column names are validated identifiers.
         """
         validate_identifier(self.table, "table")
-        validate_identifier(self.timestamp_column, "timestamp_column")
+        validate_identifier(timestamp_column, "timestamp_column")
         engine = self._engine()
         try:
             table = sa.Table(self.table, sa.MetaData(), autoload_with=engine)
@@ -63,9 +65,9 @@ class SourceDatabase(dg.ConfigurableResource):
                 f"cannot read source database {self.safe_url()}: {_reason(error)}. "
                 "Check SOURCE_DATABASE_URL (host, port, user, password, database) and that the server is up."
             ) from None
-        if self.timestamp_column not in table.c:
+        if timestamp_column not in table.c:
             engine.dispose()
-            raise SourceDatabaseError(f"column {self.timestamp_column!r} not found in table {self.table!r}")
+            raise SourceDatabaseError(f"column {timestamp_column!r} not found in table {self.table!r}")
         columns = [c.name for c in table.columns]
         types = [arrow_type(c.type) for c in table.columns]
         params = {
@@ -77,7 +79,7 @@ class SourceDatabase(dg.ConfigurableResource):
             try:
                 with engine.connect() as connection:
                     result = connection.execution_options(stream_results=True, max_row_buffer=self.batch_size).execute(
-                        day_query(table, self.timestamp_column), params
+                        day_query(table, timestamp_column), params
                     )
                     for rows in result.partitions(self.batch_size):
                         yield to_record_batch(rows, columns, types, self.source_timezone)
