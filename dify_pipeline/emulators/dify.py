@@ -1,0 +1,757 @@
+"""An HTTP emulator of Dify's Service API (workflow and completion apps) for tests, benchmarks and the demo.
+
+Shapes, headers and error bodies follow Dify's OpenAPI spec (v1.16.0) and responses captured from a real
+Dify 1.11.4 server. Each accepted request starts a run that lasts a sampled latency on the event loop, so
+thousands can be in flight; runs are kept so `GET /v1/workflows/run/{id}` can report them, also after the
+client lost the stream. Faults are injected per request. Drive it in-process through `DifyEmulator`, or over
+HTTP through `/_emulator/...` (for `python -m dify_pipeline.emulators.dify`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import math
+import random
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from dify_pipeline.emulators.dify_answers import (
+    answer_for,
+    answer_json,
+    faulty_answer,
+    ticket_text,
+    usage_for,
+    workflow_outputs,
+)
+from dify_pipeline.emulators.server import check_loopback, serve_in_thread
+
+__all__ = ["DifyApp", "DifyEmulator", "DifyEmulatorConfig", "Fault", "answer_for", "main", "max_runs_in_window"]
+
+FaultKind = Literal["http_429", "http_500", "http_502_html", "http_503", "http_504_html", "timeout", "drop",
+                    "drop_mid_stream", "malformed_json", "failed_run", "unauthorized", "quota_exceeded",
+                    "bad_output", "invalid_category"]
+# Faults answered instead of a run: nothing is created, nothing is paid.
+PRE_RUN_FAULTS = frozenset({"http_429", "http_500", "http_502_html", "http_503", "http_504_html", "timeout",
+                            "drop", "unauthorized", "quota_exceeded"})
+
+
+def _default_input_form() -> list[dict]:
+    return [
+        {"text-input": {"label": "Subject", "variable": "subject", "required": True, "max_length": 200,
+                        "default": ""}},
+        {"paragraph": {"label": "Body", "variable": "body", "required": True, "max_length": 4000,
+                       "default": ""}},
+    ]
+
+
+class DifyApp(BaseModel):
+    """One published app served by the emulator, reached with its own API key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str
+    mode: Literal["workflow", "completion"] = "workflow"
+    app_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    workflow_id: str = Field(default_factory=lambda: str(uuid.uuid4()))  # change it to "republish" the app
+    name: str = "Support ticket enrichment"
+    user_input_form: list[dict] = Field(default_factory=_default_input_form)  # as GET /parameters shows it
+    # object: outputs {"category","summary","sentiment"}; json_string: outputs {"result": "<their JSON>"}.
+    # Completion apps always answer with that JSON text.
+    output_style: Literal["object", "json_string"] = "object"
+    max_active_requests: int | None = None  # Dify's APP_MAX_ACTIVE_REQUESTS for this app
+
+
+class Fault(BaseModel):
+    """A failure to inject into run requests (POST /workflows/run, /completion-messages)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: FaultKind
+    match: str | None = None  # only requests with an input value containing this text
+    probability: float = Field(default=1.0, ge=0.0, le=1.0)  # drawn from the emulator's seeded RNG
+    first_n: int | None = None  # only the first N matching requests overall
+    times_per_input: int | None = None  # each distinct inputs fails only its first K attempts
+    retry_after: float | None = None  # http_429 / http_503: send Retry-After (seconds)
+    hang_seconds: float = 30.0  # timeout: hold the request this long, then answer 504
+
+
+class DifyEmulatorConfig(BaseModel):
+    """Everything the emulator does; replaceable at any time through `configure` or POST /_emulator/config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    apps: list[DifyApp] = Field(default_factory=lambda: [DifyApp(api_key="app-emulator-key")])
+    latency_ms: float = 50.0  # median duration of a run
+    latency_sigma: float = 0.0  # lognormal spread around the median; 0 gives every run the median
+    ping_interval: float = 10.0  # seconds between `event: ping` frames while a streaming run works
+    rate_limit_per_minute: int | None = None  # gateway-style: runs accepted in any sliding 60 s, beyond it 429
+    rate_limit_retry_after: float | None = None
+    concurrency_limit_status: Literal[400, 429] = 400  # real Dify answers 400; its spec documents 429
+    faults: list[Fault] = Field(default_factory=list)  # checked in order, the first that applies wins
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _api_keys_are_unique(self) -> DifyEmulatorConfig:
+        keys = [app.api_key for app in self.apps]
+        if len(keys) != len(set(keys)):
+            raise ValueError("each app needs its own api_key")
+        return self
+
+
+# Headers of every Dify answer, as captured from the real server.
+DIFY_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "X-Env, X-Trace-Id, X-Version",
+    "X-Version": "1.11.4",
+    "X-Env": "PRODUCTION",
+}
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+PING_FRAME = "event: ping\n\n"
+QUOTA_MESSAGE = ("Your quota for Dify Hosted OpenAI has been exhausted. Please go to Settings -> Model Provider "
+                 "to complete your own provider credentials.")
+FAILED_RUN_ERROR = "[emulator] Error: the model provider failed to answer (injected failed_run)"
+GATEWAY_PAGES = {
+    502: "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
+         "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+    504: "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n<center><h1>504 Gateway "
+         "Time-out</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+}
+# The emulated app's graph: node id -> (node type, title). The LLM node is where a run spends its latency.
+WORKFLOW_NODES = {"start": ("start", "Start"), "llm": ("llm", "Enrich ticket"), "end": ("end", "End")}
+_TRANSPORT = "dify_emulator.transport"  # scope key: the connection's transport, for faults that cut it
+
+
+class DifyError(Exception):
+    """A failure answered in Dify's envelope `{"code", "message", "status"}`."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+    def response(self) -> Response:
+        body = {"code": self.code, "message": self.message, "status": self.status}
+        return _json_response(_compact(body), self.status, self.headers)
+
+    def event(self, **ids: str) -> dict:
+        """The same error as an in-stream `error` event."""
+        return {"event": "error", **ids, "status": self.status, "code": self.code, "message": self.message}
+
+
+def _compact(payload: Any) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_response(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status, {**DIFY_HEADERS, **(headers or {}), "Content-Type": JSON_CONTENT_TYPE})
+
+
+def _event_stream(frames: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(frames, headers=DIFY_HEADERS, media_type="text/event-stream")
+
+
+def _sse(event: dict) -> str:
+    return f"data: {_compact(event)}\n\n"
+
+
+def _truncated_sse(event: dict) -> str:
+    text = _compact(event)
+    return f"data: {text[: len(text) // 2]}\n\n"
+
+
+def _retry_after(seconds: float | None) -> dict[str, str]:
+    return {} if seconds is None else {"Retry-After": f"{seconds:g}"}
+
+
+def _unix_now() -> int:
+    return int(time.time())
+
+
+def max_runs_in_window(arrivals: Sequence[float], window_seconds: float = 60.0) -> int:
+    """The most run arrivals (seconds, e.g. stats()["run_arrivals"]) that fall in any window of this length."""
+    times, most, start = sorted(arrivals), 0, 0
+    for end, arrived in enumerate(times):
+        while arrived - times[start] >= window_seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def validate_inputs(form: list[dict], inputs: dict) -> dict:
+    """Check inputs against the app's user_input_form as Dify does; return the form's variables only."""
+    accepted: dict[str, Any] = {}
+    for item in form:
+        ((kind, spec),) = item.items()
+        name, value = spec["variable"], inputs.get(spec["variable"])
+        if value is None:  # Dify lets an empty string through, only a missing value is "required"
+            if spec.get("required"):
+                raise DifyError(400, "invalid_param", f"{name} is required in input form")
+            accepted[name] = None
+            continue
+        if kind in ("text-input", "paragraph", "select") and not isinstance(value, str):
+            raise DifyError(400, "invalid_param", f"(type '{kind}') {name} in input form must be a string")
+        if kind == "select" and value not in spec.get("options", []):
+            options = spec.get("options", [])
+            raise DifyError(400, "invalid_param", f"{name} in input form must be one of the following: {options}")
+        max_length = spec.get("max_length")
+        if kind in ("text-input", "paragraph") and max_length and len(value) > max_length:
+            raise DifyError(400, "invalid_param", f"{name} in input form must be less than {max_length} characters")
+        accepted[name] = value.replace("\x00", "") if isinstance(value, str) else value
+    return accepted
+
+
+@dataclass
+class _Run:
+    """One workflow run or completion message, from acceptance to its end."""
+
+    app: DifyApp
+    inputs: dict
+    user: str
+    fault: str | None
+    latency: float
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: int = field(default_factory=_unix_now)
+    started: float = field(default_factory=time.monotonic)
+    status: str = "running"
+    outputs: dict = field(default_factory=dict)
+    answer: str = ""
+    error: str | None = None
+    elapsed_time: float = 0.0
+    finished_at: int | None = None
+    usage: dict = field(default_factory=dict)
+    task: asyncio.Task | None = None
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return {"workflow_run_id": self.id, "task_id": self.task_id}
+
+    @property
+    def variable_pool(self) -> dict:
+        """Inputs as Dify shows them in events: the user's plus the system variables."""
+        return {**self.inputs, "sys.files": [], "sys.user_id": self.user, "sys.app_id": self.app.app_id,
+                "sys.workflow_id": self.app.workflow_id, "sys.workflow_run_id": self.id}
+
+    @property
+    def total_steps(self) -> int:
+        """Nodes run so far: Start while the LLM works; a failed run stops at the LLM node."""
+        return {"running": 1, "failed": 2}.get(self.status, len(WORKFLOW_NODES))
+
+    def finished_data(self) -> dict:
+        """The `data` of a blocking response (keys as in the captured blocking.json)."""
+        return {"id": self.id, "workflow_id": self.app.workflow_id, "status": self.status, "outputs": self.outputs,
+                "error": self.error, "elapsed_time": self.elapsed_time,
+                "total_tokens": self.usage.get("total_tokens", 0), "total_steps": self.total_steps,
+                "created_at": self.created_at, "finished_at": self.finished_at}
+
+
+class _TransportAwareStarlette(Starlette):
+    """Starlette that keeps each connection's transport in the scope, so a fault can cut the connection."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":  # uvicorn's `send` is a method of the request cycle that owns the transport
+            scope[_TRANSPORT] = getattr(getattr(send, "__self__", None), "transport", None)
+        await super().__call__(scope, receive, send)
+
+
+async def _cut_connection(request: Request) -> None:
+    """Close the connection without another byte, as a crashed proxy or a reset would."""
+    transport = request.scope.get(_TRANSPORT)
+    if transport is None:
+        raise ConnectionAbortedError("emulated dropped connection")  # not under uvicorn: fail the request
+    for _ in range(100):  # let what was already sent (e.g. workflow_started) leave the buffer first
+        if transport.get_write_buffer_size() == 0:
+            break
+        await asyncio.sleep(0.01)
+    transport.abort()
+    await asyncio.sleep(0.01)  # the server notices the lost connection and ignores the rest of the answer
+
+
+async def _hold(request: Request, seconds: float) -> None:
+    """Wait `seconds`, or less if the client hangs up first."""
+
+    async def until_disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(until_disconnected(), seconds)
+    except TimeoutError:
+        pass
+
+
+class DifyEmulator:
+    """Dify's Service API on an ASGI app (`app`); serve it with `serve_in_thread(DifyEmulator(config).app)`.
+
+    The Python methods and the HTTP control API under `/_emulator` do the same things.
+    """
+
+    def __init__(self, config: DifyEmulatorConfig | None = None):
+        self._lock = threading.Lock()  # control calls may come from another thread than the event loop's
+        self._config = config or DifyEmulatorConfig()
+        self._runs: dict[str, _Run] = {}
+        self._tasks: set[asyncio.Task] = set()  # running runs; a reference keeps them from being collected
+        self._active_by_app: collections.Counter[str] = collections.Counter()
+        self._clear_records()
+        self._restart_randomness()
+        routes = [
+            self._dify_route("/v1/workflows/run", self._workflow_run, "POST"),
+            self._dify_route("/v1/workflows/run/{workflow_run_id}", self._workflow_run_detail, "GET"),
+            self._dify_route("/v1/completion-messages", self._completion_message, "POST"),
+            self._dify_route("/v1/parameters", self._parameters, "GET"),
+            self._dify_route("/v1/info", self._info, "GET"),
+            Route("/_emulator/stats", self._get_stats, methods=["GET"]),
+            Route("/_emulator/requests", self._get_requests, methods=["GET"]),
+            Route("/_emulator/config", self._get_config, methods=["GET"]),
+            Route("/_emulator/config", self._post_config, methods=["POST"]),
+            Route("/_emulator/reset", self._post_reset, methods=["POST"]),
+        ]
+        self.app: Starlette = _TransportAwareStarlette(
+            routes=routes, exception_handlers={404: self._not_found, 405: self._method_not_allowed}
+        )
+
+    # ---- control -------------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> DifyEmulatorConfig:
+        return self._config
+
+    def configure(self, config: DifyEmulatorConfig | dict) -> None:
+        """Replace the configuration; counters, records and runs stay, fault bookkeeping and RNGs restart."""
+        config = config if isinstance(config, DifyEmulatorConfig) else DifyEmulatorConfig.model_validate(config)
+        with self._lock:
+            self._config = config
+            self._restart_randomness()
+
+    def reset(self) -> None:
+        """Forget counters, recorded requests and finished runs (runs still working finish normally)."""
+        with self._lock:
+            self._clear_records()
+            self._restart_randomness()
+            self._runs = {run_id: run for run_id, run in self._runs.items() if run.status == "running"}
+
+    def stats(self) -> dict:
+        """Counters since the last reset. `run_arrivals` are time.monotonic() seconds of accepted runs."""
+        with self._lock:
+            return {
+                "requests_total": sum(self._by_path.values()),
+                "requests_by_path": dict(self._by_path),
+                "requests_by_status": dict(self._by_status),
+                "paid_runs": self._paid_runs,
+                "active_runs": sum(self._active_by_app.values()),
+                "max_active_runs": self._max_active,
+                "rejected_concurrency": self._rejected_concurrency,
+                "rejected_rate_limit": self._rejected_rate_limit,
+                "faults_injected": dict(self._faults_injected),
+                "run_arrivals": list(self._run_arrivals),
+            }
+
+    def requests(self) -> list[dict]:
+        """Every Dify request received: time, method, path, body, fault, workflow_run_id, and its answer's
+        status and answered_at (status None with answered_at set: the connection was cut without an answer)."""
+        with self._lock:
+            return [dict(record) for record in self._records]
+
+    def _clear_records(self) -> None:
+        self._records: list[dict] = []
+        self._by_path: collections.Counter[str] = collections.Counter()
+        self._by_status: collections.Counter[str] = collections.Counter()
+        self._faults_injected: collections.Counter[str] = collections.Counter()
+        self._paid_runs = self._rejected_concurrency = self._rejected_rate_limit = 0
+        self._max_active = sum(self._active_by_app.values())
+        self._run_arrivals: list[float] = []
+        self._rate_window: collections.deque[float] = collections.deque()
+
+    def _restart_randomness(self) -> None:
+        seed = self._config.seed
+        self._latency_rng = random.Random(f"latency-{seed}")  # separate streams: adding faults keeps latencies
+        self._fault_rng = random.Random(f"faults-{seed}")
+        self._fault_matches: collections.Counter[int] = collections.Counter()
+        self._fault_attempts: collections.defaultdict[int, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
+
+    async def _get_stats(self, _: Request) -> Response:
+        return JSONResponse(self.stats())
+
+    async def _get_requests(self, _: Request) -> Response:
+        return JSONResponse(self.requests())
+
+    async def _get_config(self, _: Request) -> Response:
+        return JSONResponse(self.config.model_dump())
+
+    async def _post_config(self, request: Request) -> Response:
+        try:
+            self.configure(DifyEmulatorConfig.model_validate_json(await request.body()))
+        except ValidationError as error:
+            return JSONResponse({"detail": json.loads(error.json())}, 422)
+        return JSONResponse(self.config.model_dump())
+
+    async def _post_reset(self, _: Request) -> Response:
+        self.reset()
+        return JSONResponse(self.stats())
+
+    # ---- request plumbing ----------------------------------------------------------------------------
+
+    def _dify_route(self, path: str, handler: Callable[[Request, dict], Awaitable[Response]], method: str) -> Route:
+        """A Dify endpoint whose requests are recorded and counted, and whose DifyErrors become answers."""
+
+        async def endpoint(request: Request) -> Response:
+            raw = await request.body()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            record = {"time": time.time(), "method": method, "path": request.url.path, "body": body,
+                      "status": None, "answered_at": None, "fault": None, "workflow_run_id": None}
+            with self._lock:
+                self._records.append(record)
+                self._by_path[path] += 1
+            try:
+                response = await handler(request, record)
+            except DifyError as error:
+                response = error.response()
+            if record["answered_at"] is None:
+                self._close_record(record, response.status_code)
+            return response
+
+        return Route(path, endpoint, methods=[method])
+
+    def _close_record(self, record: dict, status: int | None) -> None:
+        """Note the answer to a request; None means the connection was cut without one."""
+        with self._lock:
+            record["status"], record["answered_at"] = status, time.time()
+            self._by_status["dropped" if status is None else str(status)] += 1
+
+    async def _not_found(self, request: Request, _: HTTPException) -> Response:
+        return DifyError(404, "not_found", "The requested URL was not found on the server. If you entered the URL "
+                                           "manually please check your spelling and try again.").response()
+
+    async def _method_not_allowed(self, request: Request, _: HTTPException) -> Response:
+        return DifyError(405, "method_not_allowed", "The method is not allowed for the requested URL.").response()
+
+    def _authenticate(self, request: Request) -> DifyApp:
+        header = request.headers.get("Authorization")
+        if header is None or " " not in header.strip():
+            raise DifyError(401, "unauthorized", "Authorization header must be provided and start with 'Bearer'")
+        scheme, token = header.strip().split(None, 1)
+        if scheme.lower() != "bearer":
+            raise DifyError(401, "unauthorized", "Authorization scheme must be 'Bearer'")
+        app = next((app for app in self._config.apps if app.api_key == token.strip()), None)
+        if app is None:
+            raise DifyError(401, "unauthorized", "Access token is invalid")
+        return app
+
+    # ---- runs ----------------------------------------------------------------------------------------
+
+    async def _workflow_run(self, request: Request, record: dict) -> Response:
+        return await self._run_request(request, record, "workflow")
+
+    async def _completion_message(self, request: Request, record: dict) -> Response:
+        return await self._run_request(request, record, "completion")
+
+    async def _run_request(self, request: Request, record: dict, endpoint_mode: str) -> Response:
+        """Dify's order: key, `user`, app mode, concurrency and rate limits, inputs; then faults, then the run."""
+        app = self._authenticate(request)
+        try:
+            payload = json.loads(await request.body())
+        except ValueError as error:
+            raise DifyError(400, "invalid_param", f"Failed to decode JSON object: {error}") from None
+        if not isinstance(payload, dict):
+            raise DifyError(400, "invalid_param", "Request body must be a JSON object.")
+        user = payload.get("user")
+        if not user:
+            raise DifyError(400, "invalid_param", "Arg user must be provided.")
+        if app.mode != endpoint_mode:
+            if endpoint_mode == "workflow":
+                raise DifyError(400, "not_workflow_app", "Please check if your app mode matches the right API route.")
+            raise DifyError(400, "app_unavailable", "App unavailable, please check your app configurations.")
+        raw_inputs = payload.get("inputs") or {}
+        if not isinstance(raw_inputs, dict):
+            raise DifyError(400, "invalid_param", "inputs must be a JSON object.")
+        streaming = payload.get("response_mode") == "streaming"  # anything else is blocking, as in Dify
+        self._check_limits(app)
+        inputs = validate_inputs(app.user_input_form, raw_inputs)
+        fault = self._pick_fault(raw_inputs, streaming)
+        record["fault"] = fault.kind if fault else None
+        if fault and fault.kind in PRE_RUN_FAULTS:
+            return await self._answer_fault(request, record, fault, streaming)
+        run = self._start_run(app, inputs, str(user), fault.kind if fault else None)
+        record["workflow_run_id"] = run.id
+        if streaming:
+            frames = self._workflow_frames if endpoint_mode == "workflow" else self._completion_frames
+            return _event_stream(frames(run, request))
+        return await (self._workflow_blocking(run) if endpoint_mode == "workflow" else self._completion_blocking(run))
+
+    def _check_limits(self, app: DifyApp) -> None:
+        """Refuse at once, before any stream starts, when the app or the gateway is saturated."""
+        with self._lock:
+            limit = app.max_active_requests
+            if limit is not None and self._active_by_app[app.app_id] >= limit:
+                self._rejected_concurrency += 1
+                message = ("Too many requests. Please try again later. The current maximum concurrent requests "
+                           f"allowed for {app.app_id} is {limit}.")
+                if self._config.concurrency_limit_status == 429:
+                    raise DifyError(429, "too_many_requests", message)
+                raise DifyError(400, "invalid_param", message)  # what real Dify answers, without Retry-After
+            per_minute, now = self._config.rate_limit_per_minute, time.monotonic()
+            while self._rate_window and now - self._rate_window[0] >= 60.0:
+                self._rate_window.popleft()
+            if per_minute is not None and len(self._rate_window) >= per_minute:
+                self._rejected_rate_limit += 1
+                raise DifyError(429, "too_many_requests", "Too many requests. Please try again later.",
+                                _retry_after(self._config.rate_limit_retry_after))
+
+    def _pick_fault(self, inputs: dict, streaming: bool) -> Fault | None:
+        values = [str(value) for value in inputs.values()]
+        input_key = json.dumps(inputs, sort_keys=True, ensure_ascii=False, default=str)
+        with self._lock:
+            for index, fault in enumerate(self._config.faults):
+                if fault.kind == "drop_mid_stream" and not streaming:
+                    continue
+                if fault.match is not None and not any(fault.match in value for value in values):
+                    continue
+                self._fault_matches[index] += 1
+                if fault.first_n is not None and self._fault_matches[index] > fault.first_n:
+                    continue
+                if fault.times_per_input is not None:
+                    self._fault_attempts[index][input_key] += 1
+                    if self._fault_attempts[index][input_key] > fault.times_per_input:
+                        continue
+                if self._fault_rng.random() >= fault.probability:
+                    continue
+                self._faults_injected[fault.kind] += 1
+                return fault
+        return None
+
+    async def _answer_fault(self, request: Request, record: dict, fault: Fault, streaming: bool) -> Response:
+        """What a gateway, the network or the model provider answers instead of a run."""
+        match fault.kind:
+            case "http_429":
+                raise DifyError(429, "too_many_requests", "Too many requests. Please try again later.",
+                                _retry_after(fault.retry_after))
+            case "http_500":
+                raise DifyError(500, "internal_server_error", "Internal Server Error.")
+            case "http_503":
+                raise DifyError(503, "service_unavailable", "Service Unavailable", _retry_after(fault.retry_after))
+            case "unauthorized":
+                raise DifyError(401, "unauthorized", "Access token is invalid")
+            case "quota_exceeded":
+                error = DifyError(400, "provider_quota_exceeded", QUOTA_MESSAGE)
+                if not streaming:
+                    raise error
+                frames = [_sse(error.event(task_id=str(uuid.uuid4())))]  # the model fails inside the stream
+                return _event_stream(_iterate(frames))
+            case "http_502_html" | "http_504_html":
+                status = 502 if fault.kind == "http_502_html" else 504
+                return Response(GATEWAY_PAGES[status], status, media_type="text/html")
+            case "timeout":
+                await _hold(request, fault.hang_seconds)
+                return Response(GATEWAY_PAGES[504], 504, media_type="text/html")
+            case _:  # drop
+                self._close_record(record, None)
+                await _cut_connection(request)
+                return Response(status_code=204)  # never sent: the connection is gone
+
+    def _start_run(self, app: DifyApp, inputs: dict, user: str, fault: str | None) -> _Run:
+        with self._lock:
+            median = self._config.latency_ms / 1000.0
+            latency = median * math.exp(self._config.latency_sigma * self._latency_rng.gauss(0.0, 1.0))
+            run = _Run(app=app.model_copy(), inputs=inputs, user=user, fault=fault, latency=latency)
+            self._runs[run.id] = run
+            self._paid_runs += 1
+            self._run_arrivals.append(run.started)
+            self._rate_window.append(run.started)
+            self._active_by_app[app.app_id] += 1
+            self._max_active = max(self._max_active, sum(self._active_by_app.values()))
+        run.task = asyncio.create_task(self._execute(run))
+        self._tasks.add(run.task)
+        run.task.add_done_callback(self._tasks.discard)
+        return run
+
+    async def _execute(self, run: _Run) -> None:
+        """The run works for its latency, then settles; it goes on even when its client has gone."""
+        try:
+            await asyncio.sleep(run.latency)
+        finally:
+            answer = faulty_answer(run.inputs, run.fault)
+            with self._lock:
+                run.answer = answer if isinstance(answer, str) else answer_json(answer)
+                run.usage = usage_for(ticket_text(run.inputs), run.answer, round(run.latency, 6))
+                run.elapsed_time = round(time.monotonic() - run.started, 6)
+                run.finished_at = _unix_now()
+                if run.fault == "failed_run":
+                    run.status, run.error = "failed", FAILED_RUN_ERROR
+                else:
+                    run.status, run.outputs = "succeeded", workflow_outputs(answer, run.app.output_style)
+                self._active_by_app[run.app.app_id] -= 1
+
+    async def _until_finished(self, run: _Run) -> AsyncIterator[str]:
+        """Ping frames every ping_interval until the run ends."""
+        assert run.task is not None
+        while not run.task.done():
+            done, _ = await asyncio.wait({run.task}, timeout=self._config.ping_interval)
+            if not done:
+                yield PING_FRAME
+
+    # ---- workflow answers ----------------------------------------------------------------------------
+
+    async def _workflow_blocking(self, run: _Run) -> Response:
+        await asyncio.shield(run.task)  # a client that hangs up does not cancel the run
+        payload = {"task_id": run.task_id, "workflow_run_id": run.id, "data": run.finished_data()}
+        body = json.dumps(payload, ensure_ascii=False)
+        return _json_response(body[: len(body) // 2] if run.fault == "malformed_json" else body)
+
+    async def _workflow_frames(self, run: _Run, request: Request) -> AsyncIterator[str]:
+        yield _sse({"event": "workflow_started", **run.ids, "data": {
+            "id": run.id, "workflow_id": run.app.workflow_id, "inputs": run.variable_pool,
+            "created_at": run.created_at, "reason": "initial"}})
+        if run.fault == "drop_mid_stream":
+            await _cut_connection(request)
+            return
+        pool = {**run.variable_pool, "sys.timestamp": run.created_at}
+        yield self._node_started(run, "start")
+        yield self._node_finished(run, "start", pool, pool)
+        yield self._node_started(run, "llm")
+        async for ping in self._until_finished(run):
+            yield ping
+        yield self._node_finished(run, "llm", {}, {"text": run.answer})
+        if run.status == "succeeded":
+            yield self._node_started(run, "end")
+            yield self._node_finished(run, "end", run.outputs, run.outputs)
+        end_user = {"id": str(uuid.uuid5(uuid.NAMESPACE_OID, run.user)), "user": run.user}
+        finished = {"event": "workflow_finished", **run.ids, "data": {
+            **run.finished_data(), "created_by": end_user, "exceptions_count": 0, "files": []}}
+        yield _truncated_sse(finished) if run.fault == "malformed_json" else _sse(finished)
+
+    @staticmethod
+    def _node(run: _Run, node_id: str) -> dict:
+        node_type, title = WORKFLOW_NODES[node_id]
+        return {"id": str(uuid.uuid5(uuid.UUID(run.id), node_id)), "node_id": node_id, "node_type": node_type,
+                "title": title, "index": 1, "predecessor_node_id": None, "iteration_id": None, "loop_id": None}
+
+    def _node_started(self, run: _Run, node_id: str) -> str:
+        data = {**self._node(run, node_id), "inputs": None, "inputs_truncated": False,
+                "created_at": run.created_at, "extras": {}, "agent_strategy": None}
+        return _sse({"event": "node_started", **run.ids, "data": data})
+
+    def _node_finished(self, run: _Run, node_id: str, inputs: dict, outputs: dict) -> str:
+        """node_finished as in the captured stream; the LLM node carries the failure and the token cost."""
+        failed, is_llm = run.status == "failed" and node_id == "llm", node_id == "llm"
+        data = {**self._node(run, node_id), "inputs": inputs, "inputs_truncated": False, "process_data": {},
+                "process_data_truncated": False, "outputs": None if failed else outputs, "outputs_truncated": False,
+                "status": "failed" if failed else "succeeded", "error": run.error if failed else None,
+                "elapsed_time": run.elapsed_time if is_llm else 0.001,
+                "execution_metadata": {"total_tokens": run.usage.get("total_tokens"), "total_price":
+                                       run.usage.get("total_price"), "currency": "USD"} if is_llm else None,
+                "created_at": run.created_at, "finished_at": run.finished_at or run.created_at, "files": []}
+        return _sse({"event": "node_finished", **run.ids, "data": data})
+
+    async def _workflow_run_detail(self, request: Request, record: dict) -> Response:
+        app = self._authenticate(request)
+        if app.mode != "workflow":
+            raise DifyError(400, "not_workflow_app", "Please check if your app mode matches the right API route.")
+        with self._lock:
+            run = self._runs.get(request.path_params["workflow_run_id"])
+            if run is None or run.app.app_id != app.app_id:
+                raise DifyError(404, "not_found", "Workflow run not found.")
+            detail = {"id": run.id, "workflow_id": run.app.workflow_id, "status": run.status,
+                      "inputs": json.dumps(run.variable_pool, ensure_ascii=False), "outputs": run.outputs,
+                      "error": run.error, "total_steps": run.total_steps,
+                      "total_tokens": run.usage.get("total_tokens", 0), "created_at": run.created_at,
+                      "finished_at": run.finished_at, "elapsed_time": run.elapsed_time}
+        return _json_response(json.dumps(detail, ensure_ascii=False))
+
+    # ---- completion answers --------------------------------------------------------------------------
+
+    async def _completion_blocking(self, run: _Run) -> Response:
+        await asyncio.shield(run.task)
+        if run.status == "failed":
+            raise DifyError(400, "completion_request_error", run.error or "Completion request failed.")
+        body = json.dumps({"event": "message", "task_id": run.task_id, "id": run.message_id,
+                           "message_id": run.message_id, "mode": "completion", "answer": run.answer,
+                           "metadata": {"usage": run.usage}, "created_at": run.created_at}, ensure_ascii=False)
+        return _json_response(body[: len(body) // 2] if run.fault == "malformed_json" else body)
+
+    async def _completion_frames(self, run: _Run, request: Request) -> AsyncIterator[str]:
+        ids = {"task_id": run.task_id, "message_id": run.message_id, "created_at": run.created_at}
+        async for ping in self._until_finished(run):
+            yield ping
+        if run.status == "failed":
+            yield _sse(DifyError(400, "completion_request_error", run.error or "").event(**ids))
+            return
+        step = max(1, math.ceil(len(run.answer) / 4))
+        for index, start in enumerate(range(0, len(run.answer), step)):
+            yield _sse({"event": "message", **ids, "id": run.message_id, "answer": run.answer[start:start + step]})
+            if index == 0 and run.fault == "drop_mid_stream":
+                await _cut_connection(request)
+                return
+        end = {"event": "message_end", **ids, "id": run.message_id, "metadata": {"usage": run.usage}}
+        yield _truncated_sse(end) if run.fault == "malformed_json" else _sse(end)
+
+    # ---- app description -----------------------------------------------------------------------------
+
+    async def _parameters(self, request: Request, record: dict) -> Response:
+        app = self._authenticate(request)
+        disabled = {"enabled": False}
+        return _json_response(json.dumps({
+            "opening_statement": "", "suggested_questions": [], "suggested_questions_after_answer": disabled,
+            "speech_to_text": disabled, "text_to_speech": {"enabled": False, "voice": "", "language": "",
+                                                           "autoPlay": "disabled"},
+            "retriever_resource": disabled, "annotation_reply": disabled, "more_like_this": disabled,
+            "user_input_form": app.user_input_form, "sensitive_word_avoidance": disabled,
+            "file_upload": {"image": {"enabled": False, "number_limits": 3, "detail": "high",
+                                      "transfer_methods": ["remote_url", "local_file"]}},
+            "system_parameters": {"file_size_limit": 15, "image_file_size_limit": 10, "audio_file_size_limit": 50,
+                                  "video_file_size_limit": 100, "workflow_file_upload_limit": 10},
+        }, ensure_ascii=False))
+
+    async def _info(self, request: Request, record: dict) -> Response:
+        app = self._authenticate(request)
+        return _json_response(json.dumps({"name": app.name, "description": "", "tags": [], "mode": app.mode,
+                                          "author_name": "dify_pipeline emulator"}, ensure_ascii=False))
+
+
+async def _iterate(frames: list[str]) -> AsyncIterator[str]:
+    for frame in frames:
+        yield frame
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m dify_pipeline.emulators.dify [--host H] [--port P] [--config JSON]`.
+
+    Prints `DIFY_EMULATOR_URL=http://H:P/v1` once the server accepts connections, then serves until killed.
+    """
+    parser = argparse.ArgumentParser(prog="python -m dify_pipeline.emulators.dify", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--config", default=None, help="a DifyEmulatorConfig as JSON")
+    args = parser.parse_args(argv)
+    check_loopback(args.host)
+    config = DifyEmulatorConfig.model_validate_json(args.config) if args.config else DifyEmulatorConfig()
+    # serve_in_thread reports the port it bound, so port 0 needs no guess and the URL is printed only when live.
+    running = serve_in_thread(DifyEmulator(config).app, args.host, args.port)
+    print(f"DIFY_EMULATOR_URL={running.url}/v1", flush=True)
+    try:
+        while running.thread.is_alive():
+            running.thread.join(0.5)
+    except KeyboardInterrupt:
+        running.stop()
+
+
+if __name__ == "__main__":
+    main()

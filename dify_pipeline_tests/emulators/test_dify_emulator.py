@@ -1,0 +1,450 @@
+"""The Dify emulator over real loopback HTTP: shapes as the captured server, limits, faults and the control API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dify_pipeline.emulators.dify import (
+    DifyApp,
+    DifyEmulator,
+    DifyEmulatorConfig,
+    Fault,
+    answer_for,
+    max_runs_in_window,
+)
+from dify_pipeline.emulators.dify_answers import CATEGORY_RULES, INVALID_CATEGORY
+from dify_pipeline.emulators.server import serve_in_thread
+from dify_pipeline.infer.contract import DEFAULT_CATEGORIES, SENTIMENTS
+
+SAMPLES = Path("/work/shared/dify-samples")
+KEY = "app-emulator-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+TICKET = {"subject": "快递还没到", "body": "包裹一周了还没到，太慢了，很失望"}
+
+Serve = Callable[..., tuple[DifyEmulator, str]]
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Start emulators on loopback (fast runs unless told otherwise); each returns (emulator, base URL .../v1)."""
+    servers = []
+
+    def start(**config) -> tuple[DifyEmulator, str]:
+        emulator = DifyEmulator(DifyEmulatorConfig(**{"latency_ms": 20, **config}))
+        servers.append(serve_in_thread(emulator.app))
+        return emulator, servers[-1].url + "/v1"
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def run_body(mode: str = "blocking", inputs: dict | None = None, **extra) -> dict:
+    return {"inputs": TICKET if inputs is None else inputs, "response_mode": mode, "user": "tester", **extra}
+
+
+def frames_of(text: str) -> list[str]:
+    """SSE frames: whatever sits between blank lines."""
+    return [frame for frame in text.split("\n\n") if frame]
+
+
+def events_of(text: str) -> list[dict]:
+    return [json.loads(frame.removeprefix("data: ")) for frame in frames_of(text) if frame.startswith("data: ")]
+
+
+def error_body(response: httpx.Response) -> dict:
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    return response.json()
+
+
+# ---- shapes ---------------------------------------------------------------------------------------------
+
+
+def test_blocking_workflow_run_matches_the_captured_response_and_lasts_its_latency(serve: Serve) -> None:
+    _, url = serve(latency_ms=200)
+    started = time.monotonic()
+    response = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH)
+    assert time.monotonic() - started >= 0.2
+    captured = json.loads((SAMPLES / "blocking.json").read_text())
+    body = response.json()
+    assert response.status_code == 200
+    assert list(body) == list(captured)
+    assert list(body["data"]) == list(captured["data"])
+    assert body["data"]["id"] == body["workflow_run_id"] != body["task_id"]
+    assert body["data"]["status"] == "succeeded" and body["data"]["total_tokens"] > 0
+    assert body["data"]["outputs"] == answer_for(TICKET)
+    for header in ("Content-Type", "X-Version", "X-Env", "Access-Control-Expose-Headers"):
+        assert header + ": " + response.headers[header] in (SAMPLES / "blocking.headers").read_text()
+
+
+def test_streaming_workflow_run_sends_one_line_events_pings_and_workflow_finished(serve: Serve) -> None:
+    _, url = serve(latency_ms=300, ping_interval=0.05)
+    response = httpx.post(f"{url}/workflows/run", json=run_body("streaming"), headers=AUTH)
+    assert "Content-Type: " + response.headers["content-type"] in (SAMPLES / "streaming.headers").read_text()
+    frames = frames_of(response.text)
+    assert all(frame == "event: ping" or (frame.startswith("data: {") and "\n" not in frame) for frame in frames)
+    assert frames.count("event: ping") >= 3
+    events = events_of(response.text)
+    assert [event["event"] for event in events] == ["workflow_started", "node_started", "node_finished",
+                                                    "node_started", "node_finished", "node_started",
+                                                    "node_finished", "workflow_finished"]
+    run_id = events[0]["workflow_run_id"]
+    assert all(event["workflow_run_id"] == run_id for event in events)
+    finished = events[-1]["data"]
+    assert finished["status"] == "succeeded" and finished["outputs"] == answer_for(TICKET)
+    captured_finished = events_of((SAMPLES / "slow_streaming.sse").read_text())[-1]["data"]
+    assert set(captured_finished) <= set(finished)
+
+
+def test_json_string_app_returns_its_answer_as_result_text(serve: Serve) -> None:
+    _, url = serve(apps=[DifyApp(api_key=KEY, output_style="json_string")])
+    outputs = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["outputs"]
+    assert list(outputs) == ["result"] and json.loads(outputs["result"]) == answer_for(TICKET)
+
+
+def test_completion_blocking_answers_json_text_with_usage(serve: Serve) -> None:
+    _, url = serve(apps=[DifyApp(api_key=KEY, mode="completion")])
+    body = httpx.post(f"{url}/completion-messages", json=run_body(), headers=AUTH).json()
+    assert list(body) == ["event", "task_id", "id", "message_id", "mode", "answer", "metadata", "created_at"]
+    assert body["event"] == "message" and body["mode"] == "completion"
+    assert json.loads(body["answer"]) == answer_for(TICKET)
+    usage = body["metadata"]["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+    assert isinstance(usage["total_price"], str) and usage["currency"] == "USD"
+
+
+def test_completion_streaming_sends_message_chunks_then_message_end(serve: Serve) -> None:
+    _, url = serve(apps=[DifyApp(api_key=KEY, mode="completion")], latency_ms=200, ping_interval=0.05)
+    response = httpx.post(f"{url}/completion-messages", json=run_body("streaming"), headers=AUTH)
+    assert "event: ping" in frames_of(response.text)
+    events = events_of(response.text)
+    assert {event["event"] for event in events[:-1]} == {"message"} and events[-1]["event"] == "message_end"
+    assert json.loads("".join(event["answer"] for event in events[:-1])) == answer_for(TICKET)
+    assert events[-1]["metadata"]["usage"]["total_tokens"] > 0
+
+
+def test_parameters_and_info_describe_the_app(serve: Serve) -> None:
+    _, url = serve()
+    parameters = httpx.get(f"{url}/parameters", headers=AUTH).json()
+    assert [next(iter(item.values()))["variable"] for item in parameters["user_input_form"]] == ["subject", "body"]
+    assert parameters["user_input_form"][0]["text-input"]["max_length"] == 200
+    assert httpx.get(f"{url}/info", headers=AUTH).json()["mode"] == "workflow"
+
+
+# ---- auth and validation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("headers", "message"), [
+    ({}, "Authorization header must be provided and start with 'Bearer'"),
+    ({"Authorization": "Bearer"}, "Authorization header must be provided and start with 'Bearer'"),
+    ({"Authorization": f"Basic {KEY}"}, "Authorization scheme must be 'Bearer'"),
+    ({"Authorization": "Bearer app-wrong"}, "Access token is invalid"),
+])
+def test_bad_credentials_answer_401_with_difys_bodies(serve: Serve, headers: dict, message: str) -> None:
+    emulator, url = serve()
+    response = httpx.post(f"{url}/workflows/run", json=run_body(), headers=headers)
+    assert response.status_code == 401
+    assert error_body(response) == {"code": "unauthorized", "message": message, "status": 401}
+    assert emulator.stats()["paid_runs"] == 0
+
+
+@pytest.mark.parametrize(("body", "code", "message"), [
+    (run_body(user=None), "invalid_param", "Arg user must be provided."),
+    (run_body(inputs={"subject": "hi"}), "invalid_param", "body is required in input form"),
+    (run_body(inputs={"subject": "x" * 201, "body": "b"}), "invalid_param",
+     "subject in input form must be less than 200 characters"),
+    (run_body(inputs={"subject": 7, "body": "b"}), "invalid_param",
+     "(type 'text-input') subject in input form must be a string"),
+])
+def test_invalid_requests_answer_400_invalid_param(serve: Serve, body: dict, code: str, message: str) -> None:
+    emulator, url = serve()
+    response = httpx.post(f"{url}/workflows/run", json=body, headers=AUTH)
+    assert (response.status_code, error_body(response)) == (400, {"code": code, "message": message, "status": 400})
+    assert emulator.stats()["paid_runs"] == 0
+
+
+def test_select_value_outside_options_is_refused(serve: Serve) -> None:
+    form = [{"select": {"label": "Lang", "variable": "lang", "required": True, "options": ["zh", "en"]}}]
+    _, url = serve(apps=[DifyApp(api_key=KEY, user_input_form=form)])
+    response = httpx.post(f"{url}/workflows/run", json=run_body(inputs={"lang": "fr"}), headers=AUTH)
+    assert response.json()["message"] == "lang in input form must be one of the following: ['zh', 'en']"
+
+
+def test_bad_json_and_wrong_app_mode_are_refused(serve: Serve) -> None:
+    completion = DifyApp(api_key="app-completion", mode="completion")
+    _, url = serve(apps=[DifyApp(api_key=KEY), completion])
+    bad_json = httpx.post(f"{url}/workflows/run", content=b"{not json", headers=AUTH)
+    assert (bad_json.status_code, bad_json.json()["code"]) == (400, "invalid_param")
+    as_completion = httpx.post(f"{url}/completion-messages", json=run_body(), headers=AUTH)
+    assert (as_completion.status_code, as_completion.json()["code"]) == (400, "app_unavailable")
+    as_workflow = httpx.post(f"{url}/workflows/run", json=run_body(),
+                             headers={"Authorization": "Bearer app-completion"})
+    assert (as_workflow.status_code, as_workflow.json()["code"]) == (400, "not_workflow_app")
+
+
+# ---- limits ---------------------------------------------------------------------------------------------
+
+
+async def _concurrent_runs(url: str, count: int, mode: str = "blocking") -> list[tuple[httpx.Response, float]]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        async def one() -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            response = await client.post(f"{url}/workflows/run", json=run_body(mode), headers=AUTH)
+            return response, time.monotonic() - started
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_max_active_requests_refuses_extra_calls_at_once_with_400_and_no_retry_after(serve: Serve, mode: str) -> None:
+    app = DifyApp(api_key=KEY, max_active_requests=2)
+    emulator, url = serve(apps=[app], latency_ms=400)
+    results = asyncio.run(_concurrent_runs(url, 6, mode))
+    refused = [(response, took) for response, took in results if response.status_code == 400]
+    assert sum(response.status_code == 200 for response, _ in results) == 2 and len(refused) == 4
+    for response, took in refused:
+        assert took < 0.3 and "retry-after" not in response.headers
+        assert error_body(response) == {"code": "invalid_param", "status": 400, "message": (
+            "Too many requests. Please try again later. The current maximum concurrent requests allowed for "
+            f"{app.app_id} is 2.")}
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["max_active_runs"], stats["rejected_concurrency"]) == (2, 2, 4)
+
+
+def test_concurrency_limit_can_answer_the_documented_429(serve: Serve) -> None:
+    _, url = serve(apps=[DifyApp(api_key=KEY, max_active_requests=1)], latency_ms=300, concurrency_limit_status=429)
+    statuses = sorted(response.status_code for response, _ in asyncio.run(_concurrent_runs(url, 3)))
+    assert statuses == [200, 429, 429]
+
+
+def test_rate_limit_per_minute_refuses_runs_beyond_it_with_retry_after(serve: Serve) -> None:
+    emulator, url = serve(rate_limit_per_minute=3, rate_limit_retry_after=7)
+    responses = [httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH) for _ in range(5)]
+    assert [response.status_code for response in responses] == [200, 200, 200, 429, 429]
+    assert responses[3].json()["code"] == "too_many_requests" and responses[3].headers["retry-after"] == "7"
+    stats = emulator.stats()
+    assert stats["rejected_rate_limit"] == 2 and max_runs_in_window(stats["run_arrivals"]) == 3
+
+
+# ---- faults ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fault", "status", "content_type", "code"), [
+    (Fault(kind="http_429", retry_after=2), 429, "application/json", "too_many_requests"),
+    (Fault(kind="http_500"), 500, "application/json", "internal_server_error"),
+    (Fault(kind="http_502_html"), 502, "text/html", None),
+    (Fault(kind="http_503"), 503, "application/json", "service_unavailable"),
+    (Fault(kind="http_504_html"), 504, "text/html", None),
+    (Fault(kind="unauthorized"), 401, "application/json", "unauthorized"),
+    (Fault(kind="quota_exceeded"), 400, "application/json", "provider_quota_exceeded"),
+])
+def test_http_faults_answer_instead_of_a_run(serve: Serve, fault: Fault, status: int, content_type: str,
+                                             code: str | None) -> None:
+    emulator, url = serve(faults=[fault])
+    response = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH)
+    assert response.status_code == status and response.headers["content-type"].startswith(content_type)
+    assert response.json()["code"] == code if code else "<html>" in response.text
+    assert response.headers.get("retry-after") == ("2" if fault.retry_after else None)
+    assert emulator.stats()["paid_runs"] == 0 and emulator.stats()["faults_injected"] == {fault.kind: 1}
+
+
+def test_quota_exceeded_in_a_stream_is_an_error_event(serve: Serve) -> None:
+    _, url = serve(faults=[Fault(kind="quota_exceeded")])
+    response = httpx.post(f"{url}/workflows/run", json=run_body("streaming"), headers=AUTH)
+    (event,) = events_of(response.text)
+    assert response.status_code == 200
+    assert (event["event"], event["status"], event["code"]) == ("error", 400, "provider_quota_exceeded")
+
+
+def test_timeout_holds_the_request_then_answers_504(serve: Serve) -> None:
+    _, url = serve(faults=[Fault(kind="timeout", hang_seconds=0.4, first_n=1)])
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH, timeout=0.1)
+    _, url = serve(faults=[Fault(kind="timeout", hang_seconds=0.4)])
+    started = time.monotonic()
+    response = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH)
+    assert response.status_code == 504 and time.monotonic() - started >= 0.4
+
+
+def test_drop_closes_the_connection_without_a_response(serve: Serve) -> None:
+    emulator, url = serve(faults=[Fault(kind="drop")])
+    with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+        httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH)
+    assert emulator.requests()[0]["status"] is None and emulator.stats()["requests_by_status"] == {"dropped": 1}
+
+
+def test_drop_mid_stream_cuts_after_workflow_started_and_the_run_still_succeeds(serve: Serve) -> None:
+    emulator, url = serve(faults=[Fault(kind="drop_mid_stream")], latency_ms=300)
+    received: list[str] = []
+    with pytest.raises(httpx.RemoteProtocolError):
+        with httpx.stream("POST", f"{url}/workflows/run", json=run_body("streaming"), headers=AUTH) as response:
+            received.extend(line for line in response.iter_lines() if line)
+    (started,) = [json.loads(line.removeprefix("data: ")) for line in received]
+    assert started["event"] == "workflow_started"
+    run_url = f"{url}/workflows/run/{started['workflow_run_id']}"
+    assert httpx.get(run_url, headers=AUTH).json()["status"] == "running"
+    time.sleep(0.4)
+    detail = httpx.get(run_url, headers=AUTH).json()
+    assert detail["status"] == "succeeded" and detail["outputs"] == answer_for(TICKET)
+    assert json.loads(detail["inputs"])["subject"] == TICKET["subject"]
+    assert emulator.stats()["paid_runs"] == 1
+
+
+def test_drop_mid_stream_leaves_blocking_calls_alone(serve: Serve) -> None:
+    _, url = serve(faults=[Fault(kind="drop_mid_stream")])
+    assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).status_code == 200
+
+
+def test_malformed_json_truncates_the_body_of_a_paid_run(serve: Serve) -> None:
+    emulator, url = serve(faults=[Fault(kind="malformed_json")])
+    blocking = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(blocking.text)
+    streaming = httpx.post(f"{url}/workflows/run", json=run_body("streaming"), headers=AUTH)
+    with pytest.raises(json.JSONDecodeError):
+        events_of(streaming.text)
+    assert blocking.status_code == streaming.status_code == 200 and emulator.stats()["paid_runs"] == 2
+
+
+def test_failed_run_reports_status_failed_with_empty_outputs(serve: Serve) -> None:
+    _, url = serve(faults=[Fault(kind="failed_run")])
+    data = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]
+    assert (data["status"], data["outputs"]) == ("failed", {}) and data["error"]
+    assert httpx.get(f"{url}/workflows/run/{data['id']}", headers=AUTH).json()["status"] == "failed"
+    finished = events_of(httpx.post(f"{url}/workflows/run", json=run_body("streaming"), headers=AUTH).text)[-1]
+    assert (finished["event"], finished["data"]["status"]) == ("workflow_finished", "failed")
+
+
+def test_failed_completion_is_a_400_or_an_error_event(serve: Serve) -> None:
+    _, url = serve(apps=[DifyApp(api_key=KEY, mode="completion")], faults=[Fault(kind="failed_run")])
+    blocking = httpx.post(f"{url}/completion-messages", json=run_body(), headers=AUTH)
+    assert (blocking.status_code, blocking.json()["code"]) == (400, "completion_request_error")
+    (event,) = events_of(httpx.post(f"{url}/completion-messages", json=run_body("streaming"), headers=AUTH).text)
+    assert (event["event"], event["code"]) == ("error", "completion_request_error")
+
+
+@pytest.mark.parametrize("output_style", ["object", "json_string"])
+def test_bad_output_breaks_the_answer_contract(serve: Serve, output_style: str) -> None:
+    _, url = serve(apps=[DifyApp(api_key=KEY, output_style=output_style)], faults=[Fault(kind="bad_output")])
+    outputs = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["outputs"]
+    assert "category" not in outputs
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(next(iter(outputs.values())))
+
+
+def test_invalid_category_answers_a_label_outside_the_contract(serve: Serve) -> None:
+    _, url = serve(faults=[Fault(kind="invalid_category")])
+    outputs = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["outputs"]
+    assert outputs["category"] == INVALID_CATEGORY not in DEFAULT_CATEGORIES
+    assert outputs["sentiment"] in SENTIMENTS
+
+
+def test_faults_apply_only_to_matching_inputs_and_limited_times(serve: Serve) -> None:
+    emulator, url = serve(faults=[Fault(kind="http_500", match="flaky", times_per_input=2),
+                                  Fault(kind="http_503", match="calm", first_n=1)])
+
+    def status(subject: str) -> int:
+        body = run_body(inputs={"subject": subject, "body": "b"})
+        return httpx.post(f"{url}/workflows/run", json=body, headers=AUTH).status_code
+
+    assert [status("flaky one") for _ in range(3)] == [500, 500, 200]
+    assert [status("flaky two"), status("flaky two")] == [500, 500]
+    assert [status("calm"), status("calm")] == [503, 200]
+    assert emulator.stats()["faults_injected"] == {"http_500": 4, "http_503": 1}
+
+
+def test_fault_probability_is_seeded(serve: Serve) -> None:
+    def pattern(seed: int) -> list[int]:
+        _, url = serve(faults=[Fault(kind="http_500", probability=0.5)], seed=seed, latency_ms=1)
+        return [httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).status_code for _ in range(12)]
+
+    first = pattern(3)
+    assert first == pattern(3) and {200, 500} == set(first)
+
+
+# ---- runs, answers, control -----------------------------------------------------------------------------
+
+
+def test_run_detail_answers_404_for_unknown_runs_and_400_for_completion_apps(serve: Serve) -> None:
+    _, url = serve(apps=[DifyApp(api_key=KEY), DifyApp(api_key="app-completion", mode="completion")])
+    missing = httpx.get(f"{url}/workflows/run/nope", headers=AUTH)
+    assert (missing.status_code, missing.json()) == (
+        404, {"code": "not_found", "message": "Workflow run not found.", "status": 404})
+    wrong_app = httpx.get(f"{url}/workflows/run/nope", headers={"Authorization": "Bearer app-completion"})
+    assert wrong_app.json()["code"] == "not_workflow_app"
+
+
+def test_republishing_changes_the_workflow_id_of_new_runs(serve: Serve) -> None:
+    emulator, url = serve(apps=[DifyApp(api_key=KEY, workflow_id="v1")])
+    assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["workflow_id"] == "v1"
+    emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=KEY, workflow_id="v2")], latency_ms=1))
+    assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["workflow_id"] == "v2"
+
+
+@pytest.mark.parametrize(("subject", "body", "category"), [
+    ("Where is my delivery?", "The courier never came.", "物流问题"),
+    ("我要退款", "商品不想要了", "退款申请"),
+    ("Feature request", "I suggest a dark mode", "功能建议"),
+    ("登录不了", "忘记密码了", "账户问题"),
+    ("Charged twice", "My payment went through twice", "支付问题"),
+    ("Arrived broken", "The handle is broken", "产品质量"),
+    ("Warranty", "Can you repair it?", "售后维修"),
+    ("修改订单", "想换个颜色", "订单修改"),
+    ("App crash", "It shows an error on start", "技术故障"),
+    ("Hello", "Just saying hi", "其他"),
+])
+def test_answer_for_picks_the_category_by_keywords(subject: str, body: str, category: str) -> None:
+    answer = answer_for({"subject": subject, "body": body})
+    assert answer["category"] == category
+    assert answer == answer_for({"body": body, "subject": subject})  # same inputs, same answer
+
+
+def test_answer_for_reads_sentiment_and_summarises_in_60_characters() -> None:
+    assert answer_for({"subject": "Thanks", "body": "great service"})["sentiment"] == "positive"
+    assert answer_for({"subject": "Terrible", "body": "I am disappointed"})["sentiment"] == "negative"
+    assert answer_for({"subject": "Order", "body": "status?"})["sentiment"] == "neutral"
+    assert answer_for({"subject": "s", "body": "x" * 500})["summary"] == ("s " + "x" * 500)[:60]
+    assert {label for label, _ in CATEGORY_RULES} <= set(DEFAULT_CATEGORIES)
+
+
+def test_control_api_reports_counters_records_and_replaces_config(serve: Serve) -> None:
+    emulator, url = serve()
+    control = url.removesuffix("/v1") + "/_emulator"
+    httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH)
+    httpx.post(f"{url}/workflows/run", json=run_body(user=None), headers=AUTH)
+    stats = httpx.get(f"{control}/stats").json()
+    assert stats["requests_by_path"] == {"/v1/workflows/run": 2}
+    assert stats["requests_by_status"] == {"200": 1, "400": 1}
+    assert (stats["paid_runs"], stats["active_runs"], len(stats["run_arrivals"])) == (1, 0, 1)
+    records = httpx.get(f"{control}/requests").json()
+    assert [(record["status"], record["body"]["inputs"]) for record in records] == [(200, TICKET), (400, TICKET)]
+    new_config = DifyEmulatorConfig(faults=[Fault(kind="http_500")]).model_dump_json()
+    assert httpx.post(f"{control}/config", content=new_config).status_code == 200
+    assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).status_code == 500
+    assert emulator.stats()["requests_total"] == 3  # configuring kept the counters
+    assert httpx.post(f"{control}/config", json={"latency_ms": "slow"}).status_code == 422
+    assert httpx.post(f"{control}/reset").json()["requests_total"] == 0 and emulator.requests() == []
+
+
+def test_module_runs_as_a_subprocess_and_prints_its_url() -> None:
+    config = DifyEmulatorConfig(apps=[DifyApp(api_key=KEY)], latency_ms=1).model_dump_json()
+    process = subprocess.Popen([sys.executable, "-m", "dify_pipeline.emulators.dify", "--config", config],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("DIFY_EMULATOR_URL=http://127.0.0.1:") and line.endswith("/v1")
+        url = line.split("=", 1)[1]
+        assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
