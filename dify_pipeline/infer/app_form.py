@@ -53,18 +53,18 @@ def check_input_mapping(variables: dict[str, InputVariable], mapping: dict[str, 
 class FittedInputs:
     inputs: dict[str, object]
     truncated: bool  # some text was cut to the app's max_length
-    missing: tuple[str, ...]  # required variables left empty: Dify would answer 400, so don't pay to hear it
 
 
 def fit_inputs(values: dict[str, object], variables: dict[str, InputVariable]) -> FittedInputs:
-    """Cut text to each variable's declared max_length (Dify rejects longer input) and spot empty required ones."""
-    fitted, truncated, missing = {}, False, []
+    """Cut text to each variable's declared max_length: Dify rejects longer input with 400 invalid_param.
+
+    Missing values are sent as empty strings, which Dify accepts for required variables as well.
+    """
+    fitted, truncated = {}, False
     for name, value in values.items():
         variable = variables.get(name)
         value = "" if value is None else value
         if isinstance(value, str) and variable and variable.max_length and len(value) > variable.max_length:
             value, truncated = value[: variable.max_length], True
-        if variable and variable.required and value == "":
-            missing.append(name)
         fitted[name] = value
-    return FittedInputs(fitted, truncated, tuple(missing))
+    return FittedInputs(fitted, truncated)

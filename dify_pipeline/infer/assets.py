@@ -10,7 +10,6 @@ from dify_pipeline.infer.app_form import check_input_mapping, input_variables
 from dify_pipeline.infer.enrichment import (
     Outcome,
     enrichment_columns,
-    missing_inputs_outcome,
     outcome_from_answer,
     plan_records,
 )
@@ -61,12 +60,11 @@ def enriched_tickets(
     ]
     plans = [plan for shard_plans in plans_by_shard for plan in shard_plans]
 
-    outcomes: dict[str, Outcome] = {p.record_key: missing_inputs_outcome(p) for p in plans if p.missing_inputs}
+    outcomes: dict[str, Outcome] = {}  # by cache key: identical inputs share one outcome
     first_use: dict[str, str] = {}  # cache key → the record that pays for it
     for plan in plans:
-        if not plan.missing_inputs:
-            first_use.setdefault(plan.cache_key, plan.record_key)
-    inputs_by_key = {p.cache_key: p.inputs for p in plans if not p.missing_inputs}
+        first_use.setdefault(plan.cache_key, plan.record_key)
+    inputs_by_key = {p.cache_key: p.inputs for p in plans}
 
     cache = result_cache.open()
     try:

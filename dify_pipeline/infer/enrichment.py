@@ -22,7 +22,6 @@ class RecordPlan:
     inputs: dict
     cache_key: str
     inputs_truncated: bool
-    missing_inputs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def plan_records(
         plans.append(RecordPlan(
             record_key=row["record_key"], inputs=fitted.inputs,
             cache_key=cache_key(app_identity, cache_version, fitted.inputs),
-            inputs_truncated=fitted.truncated, missing_inputs=fitted.missing,
+            inputs_truncated=fitted.truncated,
         ))
     return plans
 
@@ -72,11 +71,6 @@ def outcome_from_answer(outputs, categories: Sequence[str], **call: object) -> O
                    sentiment=parsed.sentiment, **call)
 
 
-def missing_inputs_outcome(plan: RecordPlan) -> Outcome:
-    return Outcome(False, error_code="missing_input",
-                   error_message=f"required app input(s) empty after cleaning: {', '.join(plan.missing_inputs)}")
-
-
 def enrichment_columns(
     plans: Sequence[RecordPlan], outcomes: dict[str, Outcome], first_use: set[str],
     app_identity: str, cache_version: str, enriched_at: datetime | None = None,
@@ -86,7 +80,7 @@ def enrichment_columns(
     enriched_at = enriched_at or datetime.now(timezone.utc)
     columns: dict[str, list] = {name: [] for name in ENRICHMENT_FIELDS.names}
     for plan in plans:
-        outcome = outcomes[plan.record_key] if plan.missing_inputs else outcomes[plan.cache_key]
+        outcome = outcomes[plan.cache_key]
         fresh = plan.record_key in first_use and not outcome.from_cache
         values = {
             "category": outcome.category, "summary": outcome.summary, "sentiment": outcome.sentiment,

@@ -164,7 +164,6 @@ class DifyResource(dg.ConfigurableResource):
         return counters
 
     async def _call_with_retries(self, client, gate, counters, request, on_run_started) -> DifyResult | None:
-        started = time.perf_counter()
         attempts = 0
         while True:
             if counters.stop.is_set():
@@ -173,6 +172,7 @@ class DifyResource(dg.ConfigurableResource):
             await gate.acquire()
             counters.http_attempts += 1
             error: DifyCallError | None = None
+            started = time.perf_counter()  # latency of this attempt: the server's time, not our queueing
             try:
                 result = await self._call_once(client, request, counters, on_run_started)
             except DifyCallError as call_error:
