@@ -11,13 +11,17 @@ import time
 from collections.abc import Awaitable, Callable
 
 
+MAX_PATIENCE = 64
+
+
 class RequestGate:
     """`async with gate.slot():` around every HTTP attempt.
 
     - at most `limit` attempts in flight; `limit` starts at `max_concurrency`, drops by one for every
       throttled answer (each one means we were one over the server's limit) and grows by one after
-      `limit` successes in a row, up to `max_concurrency` (additive probing, so we find the limit again
-      when the server frees up);
+      `limit × patience` successes in a row, up to `max_concurrency`, so we find the limit again when the
+      server frees up. A throttle doubles `patience` (a probe that failed is not repeated at once: each
+      costs a rejected attempt), a probe that holds halves it;
     - starts are paced `60 / requests_per_minute` seconds apart, so no 60 s window holds more than the limit;
     - `pause(seconds)` holds every new start until the cool-down ends (Retry-After, gateway 429s).
     """
@@ -42,6 +46,8 @@ class RequestGate:
         self._next_start = 0.0
         self._paused_until = 0.0
         self._successes_in_a_row = 0
+        self.patience = 1
+        self._probing = False  # the limit was raised and no throttle has answered since
         self._changed = asyncio.Condition()
 
     @property
@@ -83,11 +89,16 @@ class RequestGate:
             if throttled:
                 self.limit = max(1, self.limit - 1)
                 self._successes_in_a_row = 0
+                self.patience = min(self.patience * 2, MAX_PATIENCE)
+                self._probing = False
             elif succeeded:
                 self._successes_in_a_row += 1
-                if self._successes_in_a_row >= self.limit and self.limit < self.max_concurrency:
+                if self._successes_in_a_row >= self.limit * self.patience and self.limit < self.max_concurrency:
+                    if self._probing:  # the previous raise held: probe sooner
+                        self.patience = max(1, self.patience // 2)
                     self.limit += 1
                     self._successes_in_a_row = 0
+                    self._probing = True
         await self._release()
 
     async def _release(self) -> None:

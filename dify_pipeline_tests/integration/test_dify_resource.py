@@ -1,0 +1,157 @@
+"""The Dify client against the Dify emulator over real HTTP: retries, throttling, modes, recovery, fatal errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig, Fault, answer_for
+from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource
+from dify_pipeline_tests.integration.conftest import DIFY_KEY
+
+COMPLETION_KEY = "app-completion-test-key"
+
+
+def configure(emulator, **config):
+    apps = config.pop("apps", [DifyApp(api_key=DIFY_KEY), DifyApp(api_key=COMPLETION_KEY, mode="completion")])
+    emulator.configure(DifyEmulatorConfig(apps=apps, **{"latency_ms": 5, **config}))
+    emulator.reset()
+
+
+def client(emulator, **settings) -> DifyResource:
+    defaults = dict(base_url=emulator.base_url, api_key=DIFY_KEY, backoff_initial_seconds=0.05, backoff_max_seconds=0.5)
+    return DifyResource(**{**defaults, **settings})
+
+
+def requests_for(count: int, prefix: str = "ticket") -> list[DifyRequest]:
+    return [DifyRequest(f"{prefix}-{i}", {"subject": f"{prefix} {i}: 快递 delayed", "body": f"body {i}"}) for i in range(count)]
+
+
+def run(resource: DifyResource, requests: list[DifyRequest]):
+    results = {}
+    counters = resource.run_all(requests, lambda r: results.__setitem__(r.record_key, r))
+    return results, counters
+
+
+def test_blocking_workflow_answers_every_record_once(dify_emulator):
+    configure(dify_emulator)
+    requests = requests_for(40)
+    results, counters = run(client(dify_emulator, max_concurrency=8), requests)
+    assert len(results) == 40 and all(r.succeeded for r in results.values())
+    first = results["ticket-0"]
+    assert first.outputs == answer_for(requests[0].inputs)
+    assert first.run_id and first.workflow_id and first.attempts == 1 and first.total_tokens > 0
+    assert dify_emulator.stats()["paid_runs"] == 40 == counters["http_attempts"]
+
+
+def test_concurrency_never_exceeds_the_configured_limit(dify_emulator):
+    configure(dify_emulator, latency_ms=40)
+    run(client(dify_emulator, max_concurrency=5), requests_for(60))
+    assert dify_emulator.stats()["max_active_runs"] <= 5
+
+
+def test_dify_per_app_limit_as_http_400_is_throttling_and_the_client_adapts(dify_emulator):
+    """Dify answers its APP_MAX_ACTIVE_REQUESTS limit with 400 invalid_param 'Too many requests.' — not 429."""
+    configure(dify_emulator, latency_ms=30, apps=[DifyApp(api_key=DIFY_KEY, max_active_requests=4)])
+    results, counters = run(client(dify_emulator, max_concurrency=16), requests_for(200))
+    assert all(r.succeeded for r in results.values())
+    stats = dify_emulator.stats()
+    assert stats["rejected_concurrency"] > 0 and counters["throttled"] == stats["rejected_concurrency"]
+    assert stats["max_active_runs"] <= 4
+    assert counters["http_attempts"] <= 1.2 * 200  # adapted instead of hammering
+
+
+def test_retry_after_pauses_every_new_request_not_just_the_throttled_one(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="http_429", first_n=1, retry_after=1.0)])
+    started = time.monotonic()
+    results, counters = run(client(dify_emulator, max_concurrency=4), requests_for(12))
+    assert all(r.succeeded for r in results.values())
+    assert counters["throttled"] == 1 and counters["retries"] == 1
+    arrivals = sorted(dify_emulator.stats()["run_arrivals"])
+    # The first wave of 4 met one 429: its 3 siblings were already under way, then nothing until the cool-down ended.
+    assert sum(1 for t in arrivals if t - started < 0.95) == 3
+    assert len(arrivals) == 12
+
+
+@pytest.mark.parametrize("kind", ["http_500", "http_502_html", "http_503", "malformed_json", "drop"])
+def test_transient_failures_are_retried_until_success(dify_emulator, kind):
+    configure(dify_emulator, faults=[Fault(kind=kind, times_per_input=1)])
+    results, counters = run(client(dify_emulator), requests_for(6))
+    assert all(r.succeeded and r.attempts == 2 for r in results.values()), {k: (r.error_code, r.attempts) for k, r in results.items()}
+    assert counters["retries"] == 6
+
+
+def test_a_timeout_is_retried(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="timeout", times_per_input=1, hang_seconds=5)])
+    results, _ = run(client(dify_emulator, request_timeout_seconds=0.5), requests_for(3))
+    assert all(r.succeeded and r.attempts == 2 for r in results.values())
+
+
+def test_retries_are_bounded_and_the_failure_is_kept_as_data(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="http_500", match="ticket 1:")])
+    results, _ = run(client(dify_emulator, max_attempts=3), requests_for(3))
+    failed = results["ticket-1"]
+    assert not failed.succeeded and failed.attempts == 3 and failed.error_code == "internal_server_error"
+    assert results["ticket-0"].succeeded and results["ticket-2"].succeeded
+
+
+def test_a_failed_run_inside_a_200_is_a_failure_not_a_success(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="failed_run", match="ticket 0:")])
+    results, _ = run(client(dify_emulator), requests_for(2))
+    assert not results["ticket-0"].succeeded and results["ticket-0"].error_code == "run_failed"
+    assert results["ticket-0"].attempts == 1  # a permanent failure is not retried blindly
+    assert results["ticket-1"].succeeded
+
+
+def test_a_revoked_key_stops_the_run_fast_with_a_clear_message_and_no_secret(dify_emulator):
+    configure(dify_emulator)
+    secret = "app-revoked-secret-value"
+    with pytest.raises(DifyFatalError) as raised:
+        run(client(dify_emulator, api_key=secret, max_concurrency=4), requests_for(200))
+    message = str(raised.value)
+    assert "DIFY_API_KEY" in message and "unauthorized" in message and secret not in message
+    assert dify_emulator.stats()["requests_total"] <= 8  # stopped, instead of trying all 200
+
+
+def test_quota_exceeded_stops_the_run(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="quota_exceeded")])
+    with pytest.raises(DifyFatalError, match="provider_quota_exceeded"):
+        run(client(dify_emulator, max_concurrency=2), requests_for(50))
+    assert dify_emulator.stats()["requests_total"] <= 4
+
+
+def test_requests_per_minute_paces_new_runs(dify_emulator):
+    configure(dify_emulator)
+    run(client(dify_emulator, max_concurrency=8, requests_per_minute=600), requests_for(15))
+    arrivals = sorted(dify_emulator.stats()["run_arrivals"])
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert min(gaps) >= 0.09  # 600/min = one every 0.1 s
+
+
+@pytest.mark.parametrize("app_mode,key", [("workflow", DIFY_KEY), ("completion", COMPLETION_KEY)])
+@pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
+def test_both_app_kinds_in_both_modes_give_the_same_answer(dify_emulator, app_mode, key, response_mode):
+    configure(dify_emulator, ping_interval=0.01, latency_ms=30)
+    requests = requests_for(5)
+    results, _ = run(client(dify_emulator, api_key=key, app_mode=app_mode, response_mode=response_mode), requests)
+    for request in requests:
+        result = results[request.record_key]
+        assert result.succeeded and result.run_id and result.total_tokens
+        answer = result.outputs if app_mode == "workflow" else __import__("json").loads(result.outputs)
+        assert answer == answer_for(request.inputs)
+
+
+def test_a_stream_dropped_after_the_run_started_is_recovered_without_paying_again(dify_emulator):
+    configure(dify_emulator, latency_ms=200, faults=[Fault(kind="drop_mid_stream", match="ticket 1:")])
+    results, counters = run(client(dify_emulator, response_mode="streaming"), requests_for(3))
+    recovered = results["ticket-1"]
+    assert recovered.succeeded and recovered.recovered and recovered.attempts == 1
+    assert counters["recovered_runs"] == 1
+    assert dify_emulator.stats()["paid_runs"] == 3  # one run per record: the dropped one was not sent again
+
+
+def test_parameters_are_read_from_the_app(dify_emulator):
+    configure(dify_emulator)
+    form = client(dify_emulator).fetch_parameters()["user_input_form"]
+    assert {next(iter(item.values()))["variable"] for item in form} == {"subject", "body"}
