@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
@@ -14,7 +16,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 def validate_identifier(name: str, what: str) -> str:
     """Table and column names come from configuration: accept plain identifiers only."""
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):  # match() lets "name\n" through
         raise ValueError(f"{what} must be a plain SQL identifier (letters, digits, underscore), got {name!r}")
     return name
 
@@ -45,7 +47,8 @@ def arrow_type(sql_type: sa.types.TypeEngine) -> pa.DataType:
     if isinstance(sql_type, sa.Float):
         return pa.float64()
     if isinstance(sql_type, sa.DateTime):
-        return pa.timestamp("us")
+        # timestamptz values arrive aware (already instants); only naive wall-clock needs the source zone
+        return pa.timestamp("us", tz="UTC") if sql_type.timezone else pa.timestamp("us")
     if isinstance(sql_type, sa.Date):
         return pa.date32()
     if isinstance(sql_type, (sa.LargeBinary, sa.types._Binary)):
@@ -59,8 +62,10 @@ def to_record_batch(rows: list, columns: list[str], types: list[pa.DataType], so
     for values, arrow in zip(zip(*rows), types):
         if pa.types.is_string(arrow):
             values = [_as_text(v) for v in values]
+        elif pa.types.is_floating(arrow):  # NUMERIC without precision: drivers hand back Decimal
+            values = [float(v) if isinstance(v, Decimal) else v for v in values]
         array = pa.array(values, type=arrow)
-        if pa.types.is_timestamp(arrow):
+        if pa.types.is_timestamp(arrow) and arrow.tz is None:
             array = pa.compute.assume_timezone(array, source_timezone, ambiguous="earliest", nonexistent="earliest")
             array = array.cast(pa.timestamp("us", tz="UTC"))
         arrays.append(array)
@@ -82,4 +87,6 @@ def _as_text(value):
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
             return bytes(value).decode("gb18030", errors="replace")
+    if isinstance(value, (dict, list)):  # JSON columns come back parsed: keep them JSON, not Python repr
+        return json.dumps(value, ensure_ascii=False, default=str)
     return str(value)

@@ -94,8 +94,9 @@ class ObjectStorage(dg.ConfigurableResource):
         fs = self.filesystem()
         if not fs.exists(folder):
             return []
-        names = [p for p in fs.ls(folder, detail=False) if p.endswith(suffix)]
-        return sorted(p for p in names if not p.rsplit("/", 1)[-1].startswith((".", "_")))
+        # Named as path() names them (fs.ls makes a relative local folder absolute), so callers can compare.
+        names = [p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False) if p.endswith(suffix)]
+        return sorted(f"{folder.rstrip('/')}/{n}" for n in names if not n.startswith((".", "_")))
 
     def remove(self, paths: Iterable[str]) -> None:
         paths = list(paths)

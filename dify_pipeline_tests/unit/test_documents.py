@@ -1,0 +1,143 @@
+import json
+import math
+from datetime import date, datetime, timezone
+from decimal import Decimal
+
+from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping, to_documents
+from dify_pipeline.schemas import CLEAN_FIELDS, ENRICHMENT_FIELDS
+
+TEXT_COLUMNS = ["subject", "body"]
+TIMESTAMP_COLUMNS = ["created_at", "updated_at"]
+CREATED = datetime(2026, 3, 8, 9, 15, 0, tzinfo=timezone.utc)
+
+
+def mapping() -> dict:
+    return index_mapping(TEXT_COLUMNS, TIMESTAMP_COLUMNS)
+
+
+def enriched_row(**overrides) -> dict:
+    """A row as tickets_elasticsearch reads it from the enriched Parquet (source, clean and enrichment columns)."""
+    row = {
+        "id": 1042, "subject": "快递没到", "body": "三天了还没收到", "created_at": CREATED, "updated_at": None,
+        "customer_tier": "vip", "amount": Decimal("129.90"), "due_on": date(2026, 3, 10),
+        "record_key": "tickets:1042", "text_truncated": False, "pii_masked": 2, "shard": 3,
+        "category": "物流问题", "summary": "包裹三天未到。", "sentiment": "negative",
+        "outputs_json": '{"category": "物流问题"}', "dify_status": "succeeded", "error_code": None,
+        "error_message": None, "attempts": 1, "latency_ms": 812.5, "total_tokens": 321, "total_price": 0.0012,
+        "currency": "USD", "dify_run_id": "run-1", "dify_workflow_id": "wf-1", "cache_hit": False,
+        "inputs_truncated": False, "enriched_at": datetime(2026, 3, 9, 1, 0, tzinfo=timezone.utc),
+        "app_identity": "app-3f2a", "cache_version": "v1", "pipeline_version": "dify_pipeline/0.1.0",
+    }
+    return {**row, **overrides}
+
+
+def documents(rows) -> list[dict]:
+    return list(to_documents(rows, "2026-03-08", "run-abc", set(mapping()["properties"]), "tickets-enriched"))
+
+
+# -- mapping ---------------------------------------------------------------------------------------
+
+
+def test_mapping_is_strict_at_the_top_level_and_versioned():
+    result = mapping()
+    assert result["dynamic"] == "strict"
+    assert result["_meta"] == {"dify_pipeline_mapping_version": MAPPING_VERSION}
+
+
+def test_attributes_stay_open_for_the_sources_own_columns():
+    assert mapping()["properties"]["attributes"] == {"type": "object", "dynamic": True}
+
+
+def test_configured_text_and_timestamp_columns_are_typed():
+    properties = mapping()["properties"]
+    assert properties["subject"] == properties["body"] == {"type": "text"}
+    assert properties["created_at"] == properties["updated_at"] == {"type": "date"}
+
+
+def test_every_indexed_pipeline_column_has_a_type():
+    properties = mapping()["properties"]
+    pipeline_columns = set(ENRICHMENT_FIELDS.names) | set(CLEAN_FIELDS.names)
+    assert pipeline_columns - {"outputs_json"} <= set(properties)
+    assert "outputs_json" not in properties and "shard" not in properties
+    assert {"dt", "load_id"} <= set(properties)
+
+
+def test_label_columns_are_keywords_and_the_summary_is_full_text():
+    properties = mapping()["properties"]
+    assert properties["category"]["type"] == properties["sentiment"]["type"] == "keyword"
+    assert properties["summary"]["type"] == "text"
+
+
+def test_mapping_differs_only_in_the_columns_asked_for():
+    bare = index_mapping([], [])["properties"]
+    assert "subject" not in bare and "created_at" not in bare
+    assert set(mapping()["properties"]) - set(bare) == set(TEXT_COLUMNS) | set(TIMESTAMP_COLUMNS)
+
+
+# -- documents -------------------------------------------------------------------------------------
+
+
+def test_document_id_is_the_record_key_so_a_reload_overwrites():
+    [document] = documents([enriched_row()])
+    assert document["_id"] == "tickets:1042"
+    assert document["_op_type"] == "index"
+    assert document["_index"] == "tickets-enriched"
+
+
+def test_document_carries_the_day_and_the_load():
+    [document] = documents([enriched_row()])
+    assert document["_source"]["dt"] == "2026-03-08"
+    assert document["_source"]["load_id"] == "run-abc"
+
+
+def test_source_columns_not_in_the_mapping_go_under_attributes():
+    [document] = documents([enriched_row()])
+    source = document["_source"]
+    assert source["attributes"] == {"id": 1042, "customer_tier": "vip", "amount": 129.9, "due_on": "2026-03-10"}
+    assert source["subject"] == "快递没到" and source["category"] == "物流问题"
+
+
+def test_every_top_level_field_is_in_the_strict_mapping():
+    properties = set(mapping()["properties"])
+    for document in documents([enriched_row(), enriched_row(record_key="tickets:7", extra_column="x")]):
+        assert set(document["_source"]) <= properties
+
+
+def test_outputs_json_and_shard_are_not_indexed():
+    [document] = documents([enriched_row()])
+    source = document["_source"]
+    assert "outputs_json" not in source and "shard" not in source
+    assert "outputs_json" not in source["attributes"] and "shard" not in source["attributes"]
+
+
+def test_datetimes_become_iso_text():
+    [document] = documents([enriched_row()])
+    source = document["_source"]
+    assert datetime.fromisoformat(source["created_at"]) == CREATED
+    assert source["enriched_at"] == "2026-03-09T01:00:00+00:00"
+    assert source["updated_at"] is None
+
+
+def test_nan_and_infinity_become_null():
+    [document] = documents([enriched_row(latency_ms=math.nan, total_price=math.inf, score=-math.inf)])
+    source = document["_source"]
+    assert source["latency_ms"] is None
+    assert source["total_price"] is None
+    assert source["attributes"]["score"] is None
+
+
+def test_documents_are_valid_json():
+    row = enriched_row(latency_ms=math.nan, raw=b"\xff\xfebytes", amount=Decimal("1.10"))
+    for document in documents([row]):
+        json.dumps(document["_source"], allow_nan=False)
+        assert document["_source"]["attributes"]["raw"].endswith("bytes")
+
+
+def test_one_document_per_row_in_order():
+    rows = [enriched_row(record_key=f"tickets:{i}") for i in range(5)]
+    assert [d["_id"] for d in documents(rows)] == [r["record_key"] for r in rows]
+
+
+def test_a_row_with_only_pipeline_columns_has_empty_attributes():
+    [document] = documents([{"record_key": "tickets:1", "category": "其他"}])
+    assert document["_source"]["attributes"] == {}

@@ -1,0 +1,272 @@
+import json
+import math
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from dify_pipeline.infer.app_form import InputVariable
+from dify_pipeline.infer.cache_key import cache_key
+from dify_pipeline.infer.contract import DEFAULT_CATEGORIES, DEFAULT_INPUT_MAPPING
+from dify_pipeline.infer.enrichment import Outcome, enrichment_columns, outcome_from_answer, plan_records
+from dify_pipeline.infer.progress import Progress
+from dify_pipeline.infer.stats import error_counts, latency_percentiles
+from dify_pipeline.schemas import ENRICHMENT_FIELDS, PIPELINE_VERSION
+
+APP = "app-3f2a"
+VERSION = "v1"
+VARIABLES = {
+    "subject": InputVariable("subject", required=True, max_length=10, options=()),
+    "body": InputVariable("body", required=True, max_length=None, options=()),
+}
+ANSWER = {"category": "物流问题", "summary": "包裹三天未到。", "sentiment": "negative"}
+ENRICHED_AT = datetime(2026, 3, 9, 1, 2, 3, tzinfo=timezone.utc)
+
+
+def row(key: str, subject: str | None = "快递没到", body: str | None = "三天了还没收到包裹", **other) -> dict:
+    return {"record_key": key, "subject": subject, "body": body, **other}
+
+
+def plan(rows):
+    return plan_records(rows, DEFAULT_INPUT_MAPPING, VARIABLES, APP, VERSION)
+
+
+# -- cache key -------------------------------------------------------------------------------------
+
+
+def test_cache_key_ignores_the_order_of_inputs():
+    assert cache_key(APP, VERSION, {"subject": "a", "body": "b"}) == cache_key(APP, VERSION, {"body": "b", "subject": "a"})
+
+
+@pytest.mark.parametrize(
+    ("app", "version", "inputs"),
+    [("app-other", VERSION, {"subject": "a"}), (APP, "v2", {"subject": "a"}), (APP, VERSION, {"subject": "a "})],
+)
+def test_cache_key_changes_with_app_prompt_version_or_inputs(app, version, inputs):
+    assert cache_key(app, version, inputs) != cache_key(APP, VERSION, {"subject": "a"})
+
+
+def test_cache_key_fields_cannot_run_into_each_other():
+    assert cache_key("app", "v1x", {}) != cache_key("appv", "1x", {})
+
+
+def test_cache_key_is_the_same_in_another_process():
+    """The key is persisted in the result cache: a new process (new hash seed) must compute the same one."""
+    inputs = {"subject": "快递没到", "body": "三天了"}
+    module = Path(__file__).resolve().parents[2] / "dify_pipeline" / "infer" / "cache_key.py"
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('cache_key', {str(module)!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        f"print(m.cache_key({APP!r}, {VERSION!r}, json.loads(sys.argv[1])))\n"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(inputs)], capture_output=True, text=True, check=True,
+        env={"PYTHONHASHSEED": "12345"},
+    )
+    assert other.stdout.strip() == cache_key(APP, VERSION, inputs)
+
+
+# -- planning --------------------------------------------------------------------------------------
+
+
+def test_plan_maps_columns_to_the_apps_variables():
+    [only] = plan_records([{"record_key": "r1", "title": "t", "content": "c", "other": "x"}],
+                          {"subject": "title", "body": "content"}, VARIABLES, APP, VERSION)
+    assert only.record_key == "r1"
+    assert only.inputs == {"subject": "t", "body": "c"}
+    assert only.cache_key == cache_key(APP, VERSION, {"subject": "t", "body": "c"})
+    assert not only.inputs_truncated
+
+
+def test_records_with_the_same_inputs_share_a_cache_key_and_different_inputs_do_not():
+    first, repeat, different = plan([row("r1"), row("r2"), row("r3", body="另一件事")])
+    assert first.cache_key == repeat.cache_key
+    assert different.cache_key != first.cache_key
+
+
+def test_plan_fits_inputs_to_the_form_and_keys_what_is_actually_sent():
+    long_subject = "快递" * 20
+    [cut] = plan([row("r1", subject=long_subject)])
+    assert cut.inputs["subject"] == long_subject[:10]
+    assert cut.inputs_truncated
+    [same_after_cut] = plan([row("r2", subject=long_subject[:10])])
+    assert same_after_cut.cache_key == cut.cache_key
+
+
+def test_plan_sends_missing_columns_as_empty_text():
+    [only] = plan([{"record_key": "r1", "subject": None}])
+    assert only.inputs == {"subject": "", "body": ""}
+
+
+def test_plan_keeps_record_order():
+    keys = [f"r{i}" for i in range(20)]
+    assert [p.record_key for p in plan([row(k, body=k) for k in keys])] == keys
+
+
+# -- outcome of an answer --------------------------------------------------------------------------
+
+
+def test_a_valid_answer_is_a_success_with_typed_fields_and_the_call_details():
+    outcome = outcome_from_answer(ANSWER, DEFAULT_CATEGORIES, attempts=2, latency_ms=812.5, total_tokens=321, run_id="run-1")
+    assert outcome.succeeded
+    assert (outcome.category, outcome.summary, outcome.sentiment) == ("物流问题", "包裹三天未到。", "negative")
+    assert (outcome.attempts, outcome.latency_ms, outcome.total_tokens, outcome.run_id) == (2, 812.5, 321, "run-1")
+    assert outcome.outputs == ANSWER
+
+
+def test_an_answer_breaking_the_contract_is_a_failed_outcome_not_a_crash():
+    outputs = {**ANSWER, "category": "投诉"}
+    outcome = outcome_from_answer(outputs, DEFAULT_CATEGORIES, attempts=1, total_tokens=99)
+    assert not outcome.succeeded
+    assert outcome.error_code == "invalid_category"
+    assert "投诉" in outcome.error_message
+    assert outcome.category is None
+    assert (outcome.outputs, outcome.attempts, outcome.total_tokens) == (outputs, 1, 99)  # kept for diagnosis
+
+
+# -- enrichment columns ----------------------------------------------------------------------------
+
+
+def columns_for(plans, outcomes, paying):
+    table = enrichment_columns(plans, outcomes, paying, APP, VERSION, enriched_at=ENRICHED_AT)
+    return table, {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+def test_enrichment_columns_follow_the_enrichment_schema():
+    plans = plan([row("r1")])
+    outcomes = {plans[0].cache_key: outcome_from_answer(ANSWER, DEFAULT_CATEGORIES, attempts=1)}
+    table, _ = columns_for(plans, outcomes, {"r1"})
+    assert table.schema == ENRICHMENT_FIELDS
+
+
+def test_no_plans_give_an_empty_table_with_the_schema():
+    table, _ = columns_for([], {}, set())
+    assert table.num_rows == 0
+    assert table.schema == ENRICHMENT_FIELDS
+
+
+def test_only_the_paying_record_carries_attempts_and_latency_and_its_repeats_are_cache_hits():
+    plans = plan([row("r1"), row("r2"), row("r3")])
+    assert len({p.cache_key for p in plans}) == 1
+    outcomes = {plans[0].cache_key: outcome_from_answer(ANSWER, DEFAULT_CATEGORIES, attempts=3, latency_ms=950.0)}
+    _, columns = columns_for(plans, outcomes, {"r2"})  # r2 paid; r1 and r3 reuse its answer
+    assert columns["attempts"] == [0, 3, 0]
+    assert columns["latency_ms"] == [None, 950.0, None]
+    assert columns["cache_hit"] == [True, False, True]
+    assert columns["category"] == ["物流问题"] * 3
+
+
+def test_an_answer_from_the_cache_is_a_cache_hit_without_attempts_or_latency():
+    plans = plan([row("r1")])
+    cached = Outcome(**{**outcome_from_answer(ANSWER, DEFAULT_CATEGORIES, attempts=2, latency_ms=700.0).__dict__,
+                        "from_cache": True})
+    _, columns = columns_for(plans, {plans[0].cache_key: cached}, {"r1"})
+    assert columns["cache_hit"] == [True]
+    assert columns["attempts"] == [0]
+    assert columns["latency_ms"] == [None]
+    assert columns["dify_status"] == ["succeeded"]
+
+
+def test_a_failure_is_never_a_cache_hit_and_its_attempts_stay_on_the_paying_record():
+    plans = plan([row("r1"), row("r2")])
+    failed = Outcome(False, error_code="gateway_error", error_message="HTTP 502", attempts=4, latency_ms=30000.0)
+    _, columns = columns_for(plans, {plans[0].cache_key: failed}, {"r1"})
+    assert columns["dify_status"] == ["failed", "failed"]
+    assert columns["cache_hit"] == [False, False]
+    assert columns["attempts"] == [4, 0]
+    assert columns["error_code"] == ["gateway_error", "gateway_error"]
+    assert columns["category"] == [None, None]
+    assert columns["outputs_json"] == [None, None]
+
+
+def test_enrichment_columns_carry_the_answer_and_the_run_identity():
+    plans = plan([row("r1", subject="快递" * 20)])
+    outcome = outcome_from_answer(ANSWER, DEFAULT_CATEGORIES, attempts=1, latency_ms=10.0, total_tokens=321,
+                                  total_price=0.0012, currency="USD", run_id="run-1", workflow_id="wf-1")
+    _, columns = columns_for(plans, {plans[0].cache_key: outcome}, {"r1"})
+    assert json.loads(columns["outputs_json"][0]) == ANSWER
+    assert columns["summary"] == ["包裹三天未到。"]
+    assert columns["sentiment"] == ["negative"]
+    assert (columns["total_tokens"], columns["total_price"], columns["currency"]) == ([321], [0.0012], ["USD"])
+    assert (columns["dify_run_id"], columns["dify_workflow_id"]) == (["run-1"], ["wf-1"])
+    assert columns["inputs_truncated"] == [True]
+    assert columns["enriched_at"] == [ENRICHED_AT]
+    assert (columns["app_identity"], columns["cache_version"], columns["pipeline_version"]) == (
+        [APP], [VERSION], [PIPELINE_VERSION])
+
+
+def test_rows_follow_the_order_of_the_plans():
+    plans = plan([row(f"r{i}", body=f"body {i}") for i in range(5)])
+    outcomes = {p.cache_key: outcome_from_answer({**ANSWER, "summary": p.record_key}, DEFAULT_CATEGORIES) for p in plans}
+    _, columns = columns_for(plans, outcomes, {p.record_key for p in plans})
+    assert columns["summary"] == [p.record_key for p in plans]
+
+
+# -- progress --------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_stays_quiet_until_the_interval_has_passed():
+    clock = FakeClock()
+    progress = Progress(total=10, every_seconds=5.0, clock=clock)
+    clock.now += 1.0
+    assert progress.record(True) is None
+    clock.now += 3.9
+    assert progress.record(True) is None
+    clock.now += 0.1
+    assert progress.record(True) is not None
+    clock.now += 1.0
+    assert progress.record(True) is None  # the interval restarts at each line
+
+
+def test_progress_line_reports_done_rate_eta_and_failures():
+    clock = FakeClock()
+    progress = Progress(total=10, every_seconds=5.0, clock=clock)
+    clock.now += 2.0
+    progress.record(True)
+    progress.record(False)
+    clock.now += 8.0
+    line = progress.record(True)  # 3 done in 10 s: 0.3/s, 7 left -> 23 s
+    assert line == "3/10 records (30%), 0.3/s, ETA 23s, 1 failed so far"
+
+
+def test_progress_always_reports_the_last_record():
+    clock = FakeClock()
+    progress = Progress(total=2, every_seconds=60.0, clock=clock)
+    assert progress.record(True) is None
+    line = progress.record(False)
+    assert line is not None and line.startswith("2/2 records (100%)")
+    assert "1 failed so far" in line
+
+
+# -- stats -----------------------------------------------------------------------------------------
+
+
+def test_latency_percentiles_ignore_missing_values():
+    latencies = [float(v) for v in range(1, 101)]
+    with_gaps = latencies + [None, math.nan]
+    assert latency_percentiles(with_gaps) == latency_percentiles(latencies)
+    result = latency_percentiles(latencies)
+    assert result["p50"] == pytest.approx(50.5, abs=0.05)
+    assert result["p50"] < result["p95"] < result["p99"] <= 100.0
+
+
+def test_latency_percentiles_of_nothing_are_zero():
+    assert latency_percentiles([]) == {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+    assert latency_percentiles([None]) == {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+
+
+def test_error_counts_skip_successes_and_list_the_commonest_first():
+    counts = error_counts([None, "gateway_error", "invalid_category", None, "gateway_error", "", "gateway_error"])
+    assert counts == {"gateway_error": 3, "invalid_category": 1}
+    assert list(counts) == ["gateway_error", "invalid_category"]

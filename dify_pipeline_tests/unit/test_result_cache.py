@@ -1,0 +1,100 @@
+import pytest
+
+from dify_pipeline.infer.cache_key import cache_key
+from dify_pipeline.resources.result_cache import CachedResult, ResultCache
+
+APP = "app-3f2a"
+VERSION = "v1"
+
+
+def result(**overrides) -> CachedResult:
+    values = dict(
+        outputs={"category": "物流问题", "summary": "包裹三天未到。", "sentiment": "negative"},
+        run_id="run-1", workflow_id="wf-1", total_tokens=321, total_price=0.0012, currency="USD",
+        latency_ms=812.5, attempts=2,
+    )
+    return CachedResult(**{**values, **overrides})
+
+
+def key(n: int) -> str:
+    return cache_key(APP, VERSION, {"subject": f"ticket {n}"})
+
+
+@pytest.fixture
+def cache_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/state/result_cache.sqlite"
+
+
+@pytest.fixture
+def session(cache_url):
+    opened = ResultCache(url=cache_url).open()
+    yield opened
+    opened.close()
+
+
+def test_a_stored_result_is_found_with_everything_it_held(session):
+    stored = result()
+    session.store(key(1), APP, VERSION, stored)
+    assert session.lookup([key(1)]) == {key(1): stored}
+
+
+def test_a_completion_answer_stored_as_text_comes_back_as_text(session):
+    stored = result(outputs='```json\n{"category": "其他"}\n```', run_id=None, workflow_id=None, total_price=None)
+    session.store(key(1), APP, VERSION, stored)
+    assert session.lookup([key(1)])[key(1)] == stored
+
+
+def test_lookup_returns_only_the_keys_that_were_stored(session):
+    session.store(key(1), APP, VERSION, result())
+    assert set(session.lookup([key(1), key(2), key(1)])) == {key(1)}
+    assert session.lookup([]) == {}
+
+
+def test_storing_a_key_again_replaces_its_result(session):
+    session.store(key(1), APP, VERSION, result(attempts=1))
+    session.store(key(1), APP, VERSION, result(attempts=5, run_id="run-2"))
+    found = session.lookup([key(1)])[key(1)]
+    assert (found.attempts, found.run_id) == (5, "run-2")
+
+
+def test_lookup_of_more_keys_than_one_query_may_bind_finds_them_all(session):
+    stored = [key(n) for n in range(950)]
+    for k in stored:
+        session.store(k, APP, VERSION, result(total_tokens=int(k[:6], 16)))
+    asked = stored + [key(n) for n in range(950, 2000)]
+    found = session.lookup(asked)
+    assert set(found) == set(stored)
+    assert all(found[k].total_tokens == int(k[:6], 16) for k in stored)
+
+
+def test_a_second_session_sees_what_the_first_stored(cache_url):
+    first = ResultCache(url=cache_url).open()
+    first.store(key(1), APP, VERSION, result())
+    first.close()
+    second = ResultCache(url=cache_url).open()
+    try:
+        assert second.lookup([key(1)]) == {key(1): result()}
+    finally:
+        second.close()
+
+
+def test_a_disabled_cache_stores_nothing(cache_url):
+    disabled = ResultCache(url=cache_url, enabled=False).open()
+    disabled.store(key(1), APP, VERSION, result())
+    disabled.close()
+    enabled = ResultCache(url=cache_url).open()
+    try:
+        assert enabled.lookup([key(1)]) == {}
+    finally:
+        enabled.close()
+
+
+def test_a_disabled_cache_finds_nothing_even_when_results_are_stored(cache_url):
+    enabled = ResultCache(url=cache_url).open()
+    enabled.store(key(1), APP, VERSION, result())
+    enabled.close()
+    disabled = ResultCache(url=cache_url, enabled=False).open()
+    try:
+        assert disabled.lookup([key(1)]) == {}
+    finally:
+        disabled.close()
