@@ -154,8 +154,12 @@ def _metadata(tables: list[pa.Table], sent: int, call_counters: dict, fresh_late
     status = enrichment.column("dify_status").to_pylist()
     failed = sum(1 for s in status if s == "failed")
     tokens = enrichment.column("total_tokens").to_pylist()
-    cache_hits = sum(1 for hit in enrichment.column("cache_hit").to_pylist() if hit)
-    prices = [p for p in enrichment.column("total_price").to_pylist() if p is not None]
+    hits = enrichment.column("cache_hit").to_pylist()
+    cache_hits = sum(1 for hit in hits if hit)
+    prices = enrichment.column("total_price").to_pylist()
+    # What the day's answers cost when they were paid, and what this run paid (cache hits cost nothing now).
+    spent_tokens = sum(t for t, hit in zip(tokens, hits) if t and not hit)
+    spent_price = sum(p for p, hit in zip(prices, hits) if p and not hit)
     workflow_ids = sorted({w for w in enrichment.column("dify_workflow_id").to_pylist() if w})
     percentiles = latency_percentiles(fresh_latencies)
     categories = Counter(c for c in enrichment.column("category").to_pylist() if c)
@@ -172,7 +176,9 @@ def _metadata(tables: list[pa.Table], sent: int, call_counters: dict, fresh_late
         "throttled": call_counters.get("throttled", 0),
         "recovered_runs": call_counters.get("recovered_runs", 0),
         "total_tokens": sum(t for t in tokens if t),
-        "total_price": round(sum(prices), 6),
+        "total_price": round(sum(p for p in prices if p), 6),
+        "tokens_spent_this_run": spent_tokens,
+        "price_spent_this_run": round(spent_price, 6),
         "latency_p50_ms": percentiles["p50"],
         "latency_p95_ms": percentiles["p95"],
         "latency_p99_ms": percentiles["p99"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -30,8 +31,11 @@ _FATAL_CODES = {"unauthorized", "app_unavailable", "not_workflow_app", "not_comp
                 "provider_quota_exceeded", "provider_not_initialize", "model_currently_not_support", "forbidden"}
 # Failed-run messages that speak of passing trouble in the model provider or the network.
 _TRANSIENT_RUN_ERROR = re.compile(
-    r"timeout|timed out|rate.?limit|429|5\d\d|overload|temporar|unavailable|connection|try again", re.IGNORECASE
+    r"timeout|timed out|rate.?limit|too many requests|overload|temporar|unavailable|connection (?:error|reset|refused)"
+    r"|try again|internal server error|bad gateway|gateway time-?out",
+    re.IGNORECASE,
 )
+MAX_RETRY_AFTER_SECONDS = 3600.0  # a server asking for longer is broken; we would rather fail the record
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -40,16 +44,18 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+    return min(max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds()), MAX_RETRY_AFTER_SECONDS)
 
 
 def classify_http_error(status: int, body: str, retry_after_header: str | None = None) -> DifyCallError:

@@ -11,7 +11,7 @@ from dify_pipeline.infer.contract import SENTIMENTS
 from dify_pipeline.infer.errors import DifyCallError
 
 OUTPUT_FIELDS = ("category", "summary", "sentiment")
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL | re.IGNORECASE)  # models wrap JSON in prose
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _find_fields(outputs: Mapping | str | None) -> Mapping | None:
 
 
 def _loads(text: str):
-    fenced = _FENCE.match(text)
+    fenced = _FENCE.search(text)
     try:
         return json.loads(fenced.group(1) if fenced else text)
     except ValueError:

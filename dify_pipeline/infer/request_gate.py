@@ -15,7 +15,7 @@ MAX_PATIENCE = 64
 
 
 class RequestGate:
-    """`async with gate.slot():` around every HTTP attempt.
+    """`await gate.acquire()` before every HTTP attempt, `await gate.release(...)` after it.
 
     - at most `limit` attempts in flight; `limit` starts at `max_concurrency`, drops by one for every
       throttled answer (each one means we were one over the server's limit) and grows by one after
@@ -60,7 +60,11 @@ class RequestGate:
 
     async def acquire(self) -> None:
         async with self._changed:
-            await self._changed.wait_for(lambda: self._active < self.limit)
+            try:
+                await self._changed.wait_for(lambda: self._active < self.limit)
+            except asyncio.CancelledError:  # we may have been the one woken for a free slot: pass it on
+                self._changed.notify(max(0, self.limit - self._active))
+                raise
             self._active += 1
         try:
             await self._wait_for_start_time()
@@ -104,4 +108,5 @@ class RequestGate:
     async def _release(self) -> None:
         async with self._changed:
             self._active -= 1
-            self._changed.notify_all()
+            # Wake only as many waiters as there are free slots: notify_all would wake every worker per call.
+            self._changed.notify(max(0, self.limit - self._active))

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
@@ -58,8 +59,6 @@ class ResultCache(dg.ConfigurableResource):
         if url.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
             if url.database:
-                from pathlib import Path
-
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, **kwargs)
         if url.get_backend_name() == "sqlite":
@@ -102,9 +101,11 @@ class ResultCacheSession:
             currency=result.currency, latency_ms=result.latency_ms, attempts=result.attempts,
             created_at=datetime.now(timezone.utc),
         )
-        with self._engine.begin() as connection:
-            connection.execute(sa.delete(RESULTS).where(RESULTS.c.cache_key == key))
-            connection.execute(sa.insert(RESULTS).values(**values))
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(sa.insert(RESULTS).values(**values))
+        except sa.exc.IntegrityError:
+            pass  # another run stored the same inputs first: same key, same answer, nothing to do
 
     def close(self) -> None:
         self._engine.dispose()

@@ -50,11 +50,12 @@ def test_lookup_returns_only_the_keys_that_were_stored(session):
     assert session.lookup([]) == {}
 
 
-def test_storing_a_key_again_replaces_its_result(session):
+def test_storing_a_key_again_keeps_the_first_answer_without_error(session):
+    """Two runs answering the same inputs at once (a backfill) must not crash on the unique key."""
     session.store(key(1), APP, VERSION, result(attempts=1))
     session.store(key(1), APP, VERSION, result(attempts=5, run_id="run-2"))
     found = session.lookup([key(1)])[key(1)]
-    assert (found.attempts, found.run_id) == (5, "run-2")
+    assert (found.attempts, found.run_id) == (1, "run-1")
 
 
 def test_lookup_of_more_keys_than_one_query_may_bind_finds_them_all(session):
