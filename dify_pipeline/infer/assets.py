@@ -70,7 +70,9 @@ def enriched_tickets(
     try:
         for key, cached in cache.lookup(first_use).items():
             outcomes[key] = _from_cache(cached, settings.categories)
-        pending = [DifyRequest(key, inputs_by_key[key]) for key in first_use if key not in outcomes]
+        unanswered = [key for key in first_use if key not in outcomes]
+        started_runs = cache.started_runs(unanswered)  # interrupted earlier: fetch, don't pay again
+        pending = [DifyRequest(key, inputs_by_key[key], started_runs.get(key)) for key in unanswered]
         context.log.info(
             f"{len(plans)} records, {len(first_use)} distinct inputs, {len(first_use) - len(pending)} answered before; "
             f"sending {len(pending)} to Dify ({dify.app_mode}, {dify.response_mode}, concurrency {dify.max_concurrency}, "
@@ -83,6 +85,8 @@ def enriched_tickets(
             outcome = _from_call(result, settings.categories)
             if outcome.succeeded:
                 cache.store(result.record_key, app_identity, settings.cache_version, _cacheable(outcome))
+            else:
+                cache.forget_run(result.record_key)
             outcomes[result.record_key] = outcome
             if result.latency_ms is not None:
                 fresh_latencies.append(result.latency_ms)
@@ -90,7 +94,7 @@ def enriched_tickets(
             if line:
                 context.log.info(line)
 
-        call_counters = dify.run_all(pending, on_result) if pending else {}
+        call_counters = dify.run_all(pending, on_result, on_run_started=cache.note_run_started) if pending else {}
     finally:
         cache.close()
 
@@ -175,6 +179,7 @@ def _metadata(tables: list[pa.Table], sent: int, call_counters: dict, fresh_late
         "retries": call_counters.get("retries", 0),
         "throttled": call_counters.get("throttled", 0),
         "recovered_runs": call_counters.get("recovered_runs", 0),
+        "resumed_runs": call_counters.get("resumed_runs", 0),
         "total_tokens": sum(t for t in tokens if t),
         "total_price": round(sum(p for p in prices if p), 6),
         "tokens_spent_this_run": spent_tokens,

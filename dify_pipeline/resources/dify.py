@@ -38,6 +38,7 @@ from dify_pipeline.infer.request_gate import RequestGate
 class DifyRequest:
     record_key: str
     inputs: dict[str, Any]
+    resume_run_id: str | None = None  # a run an interrupted earlier attempt started: fetch it before paying again
 
 
 @dataclass
@@ -67,6 +68,7 @@ class _Counters:
     retries: int = 0
     throttled: int = 0
     recovered_runs: int = 0
+    resumed_runs: int = 0
     fatal: DifyCallError | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     consecutive_throttles: int = 0
@@ -153,6 +155,7 @@ class DifyResource(dg.ConfigurableResource):
             "retries": counters.retries,
             "throttled": counters.throttled,
             "recovered_runs": counters.recovered_runs,
+            "resumed_runs": counters.resumed_runs,
         }
 
     async def _run_all(self, requests, on_result, on_run_started) -> _Counters:
@@ -180,6 +183,11 @@ class DifyResource(dg.ConfigurableResource):
         return counters
 
     async def _call_with_retries(self, client, gate, counters, request, on_run_started) -> DifyResult | None:
+        if request.resume_run_id and self.app_mode == "workflow":
+            resumed = await self._resume(client, request)
+            if resumed is not None:
+                counters.resumed_runs += 1
+                return resumed
         attempts = 0
         while True:
             if counters.stop.is_set():
@@ -293,6 +301,19 @@ class DifyResource(dg.ConfigurableResource):
         # The run goes on inside Dify after the stream broke: fetch its result instead of paying again.
         counters.recovered_runs += 1
         return await self._recover_run(client, request.record_key, run_id)
+
+    async def _resume(self, client: aiohttp.ClientSession, request: DifyRequest) -> DifyResult | None:
+        """The answer of a run started before a crash, or None when it must be sent again (failed, unknown)."""
+        started = time.perf_counter()
+        try:
+            result = await self._recover_run(client, request.record_key, request.resume_run_id)
+        except DifyCallError:
+            return None
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return None
+        result.attempts, result.recovered = 0, True  # nothing was sent for it this time
+        result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        return result
 
     async def _recover_run(self, client: aiohttp.ClientSession, record_key: str, run_id: str) -> DifyResult:
         delay = 0.5

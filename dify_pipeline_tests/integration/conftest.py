@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
+from dify_pipeline.demo.sample_data import create_source_table, generate_tickets, insert_tickets
 from dify_pipeline.emulators.dify import DifyEmulator
 from dify_pipeline.emulators.elasticsearch import ElasticsearchEmulator
 from dify_pipeline.emulators.server import serve_in_thread
 from dify_pipeline_tests.integration import services
+from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY
 
-DIFY_KEY = "app-integration-test-key"
 S3_BUCKET = "dify-pipeline-test"
 
 
@@ -111,3 +114,15 @@ def pipeline_env(monkeypatch, tmp_path, mariadb_url, s3_server, dify_emulator, e
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture
+def source_tickets(pipeline_env):
+    """800 generated tickets around DAY (UTC) in the test's MariaDB table `tickets`."""
+    tickets = generate_tickets(date.fromisoformat(DAY), count=800, seed=11, timezone="UTC")
+    engine = sa.create_engine(pipeline_env["SOURCE_DATABASE_URL"])
+    create_source_table(engine, "tickets")
+    insert_tickets(engine, "tickets", tickets)
+    engine.dispose()
+    return tickets
+

@@ -8,7 +8,7 @@ import pytest
 
 from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig, Fault, answer_for
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource
-from dify_pipeline_tests.integration.conftest import DIFY_KEY
+from dify_pipeline_tests.integration.pipeline import DIFY_KEY
 
 COMPLETION_KEY = "app-completion-test-key"
 

@@ -3,46 +3,17 @@ with the Dagster instance on PostgreSQL."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pytest
 import s3fs
-import sqlalchemy as sa
 from elasticsearch import Elasticsearch
 
-from dify_pipeline.definitions import build_definitions
-from dify_pipeline.demo.sample_data import create_source_table, generate_tickets, insert_tickets, pii_values_in
+from dify_pipeline.demo.sample_data import pii_values_in
 from dify_pipeline.infer.contract import DEFAULT_CATEGORIES
 
-DAY = "2026-11-20"
-
-
-def run_day(instance, partition_key: str = DAY):
-    job = build_definitions().resolve_job_def("daily_enrichment")
-    return job.execute_in_process(partition_key=partition_key, instance=instance, raise_on_error=False)
-
-
-def materialization_metadata(result, asset: str) -> dict:
-    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [asset]]
-    return {k: v.value for k, v in event.materialization.metadata.items()}
-
-
-def check_results(result) -> dict[str, bool]:
-    return {e.event_specific_data.asset_check_name if hasattr(e.event_specific_data, "asset_check_name")
-            else e.event_specific_data.check_name: e.event_specific_data.passed
-            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-
-
-@pytest.fixture
-def source_tickets(pipeline_env):
-    tickets = generate_tickets(date.fromisoformat(DAY), count=800, seed=11, timezone="UTC")
-    engine = sa.create_engine(pipeline_env["SOURCE_DATABASE_URL"])
-    create_source_table(engine, "tickets")
-    insert_tickets(engine, "tickets", tickets)
-    engine.dispose()
-    return tickets
+from dify_pipeline_tests.integration.pipeline import DAY, check_results, materialization_metadata, run_day
 
 
 def s3(env) -> s3fs.S3FileSystem:

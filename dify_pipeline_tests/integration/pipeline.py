@@ -1,0 +1,25 @@
+"""Running the pipeline from tests, and reading what it reported."""
+
+from __future__ import annotations
+
+DIFY_KEY = "app-integration-test-key"
+DAY = "2026-11-20"
+
+
+def run_day(instance, partition_key: str = DAY):
+    """The daily job for one partition, in process, on `instance`, as the environment configures it now."""
+    from dify_pipeline.definitions import build_definitions
+
+    job = build_definitions().resolve_job_def("daily_enrichment")
+    return job.execute_in_process(partition_key=partition_key, instance=instance, raise_on_error=False)
+
+
+def materialization_metadata(result, asset: str) -> dict:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [asset]]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def check_results(result) -> dict[str, bool]:
+    """check name → passed, for every asset check evaluated in the run."""
+    return {e.event_specific_data.check_name: e.event_specific_data.passed
+            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
