@@ -87,14 +87,14 @@ daily_schedule = dg.build_schedule_from_partitioned_job(
 
 
 
-def build_definitions() -> dg.Definitions:
+def build_definitions(**resource_overrides) -> dg.Definitions:
     """The code location as the environment describes it now (tests call this after setting variables)."""
     return dg.Definitions(
         assets=[raw_tickets, clean_tickets, ticket_shards, enriched_tickets, tickets_parquet, tickets_elasticsearch],
         asset_checks=publish_checks,
         jobs=[daily_enrichment_job],
         schedules=[daily_schedule],
-        resources=build_resources(),
+        resources={**build_resources(), **resource_overrides},
     )
 
 

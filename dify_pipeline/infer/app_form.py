@@ -53,18 +53,22 @@ def check_input_mapping(variables: dict[str, InputVariable], mapping: dict[str, 
 class FittedInputs:
     inputs: dict[str, object]
     truncated: bool  # some text was cut to the app's max_length
+    problem: str | None = None  # why Dify would refuse these inputs (a value outside a select's options)
 
 
 def fit_inputs(values: dict[str, object], variables: dict[str, InputVariable]) -> FittedInputs:
-    """Cut text to each variable's declared max_length: Dify rejects longer input with 400 invalid_param.
+    """Cut text to each variable's declared max_length (Dify rejects longer input with 400 invalid_param),
+    and spot a select value outside its options (Dify would refuse it: the record fails without a paid call).
 
     Missing values are sent as empty strings, which Dify accepts for required variables as well.
     """
-    fitted, truncated = {}, False
+    fitted, truncated, problems = {}, False, []
     for name, value in values.items():
         variable = variables.get(name)
         value = "" if value is None else value
         if isinstance(value, str) and variable and variable.max_length and len(value) > variable.max_length:
             value, truncated = value[: variable.max_length], True
+        if variable and variable.options and value not in variable.options and (value != "" or variable.required):
+            problems.append(f"{name}={str(value)[:50]!r} is not one of the app's options {list(variable.options)}")
         fitted[name] = value
-    return FittedInputs(fitted, truncated)
+    return FittedInputs(fitted, truncated, "; ".join(problems) or None)

@@ -10,6 +10,7 @@ from dify_pipeline.infer.app_form import check_input_mapping, input_variables
 from dify_pipeline.infer.enrichment import (
     Outcome,
     enrichment_columns,
+    refused_inputs_outcome,
     outcome_from_answer,
     plan_records,
 )
@@ -29,10 +30,16 @@ from dify_pipeline.stages import day_folder, shard_file
     group_name="tickets",
     deps=["ticket_shards"],
     kinds={"dify", "parquet"},
-    check_specs=[dg.AssetCheckSpec(
-        "failure_rate_below_threshold", asset="enriched_tickets", blocking=True,
-        description="Records Dify could not enrich stay under settings.max_failure_rate; a worse day is not published.",
-    )],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "failure_rate_below_threshold", asset="enriched_tickets", blocking=True,
+            description="Records Dify could not enrich stay under settings.max_failure_rate; a worse day is not published.",
+        ),
+        dg.AssetCheckSpec(
+            "single_app_version", asset="enriched_tickets",
+            description="All answers of the day come from one published version of the app (one workflow_id).",
+        ),
+    ],
 )
 def enriched_tickets(
     context: dg.AssetExecutionContext,
@@ -64,6 +71,8 @@ def enriched_tickets(
     first_use: dict[str, str] = {}  # cache key → the record that pays for it
     for plan in plans:
         first_use.setdefault(plan.cache_key, plan.record_key)
+        if plan.input_problem:
+            outcomes[plan.cache_key] = refused_inputs_outcome(plan)
     inputs_by_key = {p.cache_key: p.inputs for p in plans}
 
     cache = result_cache.open()
@@ -111,6 +120,7 @@ def enriched_tickets(
     stage_storage.remove(p for p in stage_storage.list_files(output_folder) if p not in written)
 
     metadata = _metadata(tables, len(pending), call_counters, fresh_latencies, stage_storage.uri(output_folder))
+    workflow_ids = metadata["dify_workflow_ids"].value
     failure_rate = metadata["failure_rate"]
     return dg.MaterializeResult(
         metadata=metadata,
@@ -118,6 +128,12 @@ def enriched_tickets(
             check_name="failure_rate_below_threshold", passed=failure_rate <= settings.max_failure_rate,
             metadata={"failure_rate": failure_rate, "threshold": settings.max_failure_rate,
                       "failures_by_code": metadata["failures_by_code"]},
+        ), dg.AssetCheckResult(
+            check_name="single_app_version", passed=len(workflow_ids) <= 1,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"dify_workflow_ids": dg.MetadataValue.json(workflow_ids),
+                      "hint": "answers from several app versions: bump settings.cache_version and re-run the day "
+                              "to answer it all with the current version"},
         )],
     )
 

@@ -22,6 +22,7 @@ class RecordPlan:
     inputs: dict
     cache_key: str
     inputs_truncated: bool
+    input_problem: str | None = None  # the app would refuse these inputs: fail the record, don't send it
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def plan_records(
         plans.append(RecordPlan(
             record_key=row["record_key"], inputs=fitted.inputs,
             cache_key=cache_key(app_identity, cache_version, fitted.inputs),
-            inputs_truncated=fitted.truncated,
+            inputs_truncated=fitted.truncated, input_problem=fitted.problem,
         ))
     return plans
 
@@ -69,6 +70,10 @@ def outcome_from_answer(outputs, categories: Sequence[str], **call: object) -> O
         return Outcome(False, outputs=outputs, error_code=error.code, error_message=error.message, **call)
     return Outcome(True, outputs=outputs, category=parsed.category, summary=parsed.summary,
                    sentiment=parsed.sentiment, **call)
+
+
+def refused_inputs_outcome(plan: RecordPlan) -> Outcome:
+    return Outcome(False, error_code="invalid_input", error_message=plan.input_problem)
 
 
 def enrichment_columns(

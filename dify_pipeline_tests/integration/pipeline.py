@@ -6,11 +6,11 @@ DIFY_KEY = "app-integration-test-key"
 DAY = "2026-11-20"
 
 
-def run_day(instance, partition_key: str = DAY):
+def run_day(instance, partition_key: str = DAY, **resource_overrides):
     """The daily job for one partition, in process, on `instance`, as the environment configures it now."""
     from dify_pipeline.definitions import build_definitions
 
-    job = build_definitions().resolve_job_def("daily_enrichment")
+    job = build_definitions(**resource_overrides).resolve_job_def("daily_enrichment")
     return job.execute_in_process(partition_key=partition_key, instance=instance, raise_on_error=False)
 
 

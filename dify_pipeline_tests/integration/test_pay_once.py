@@ -1,0 +1,83 @@
+"""Paying once: the result cache across days and runs, its version key, and retries of failed records."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import sqlalchemy as sa
+
+from dify_pipeline.demo.sample_data import create_source_table, generate_tickets, insert_tickets
+from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
+from dify_pipeline.settings import PipelineSettings
+from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY, check_results, materialization_metadata, run_day
+
+DAY_BEFORE = (date.fromisoformat(DAY) - timedelta(days=1)).isoformat()  # DAY is yesterday: no later partition yet
+
+
+def add_day_before_with_the_same_texts(env, tickets):
+    """The day before holds exactly DAY's texts under new ids (the same complaints come in every day)."""
+    copy = tickets[tickets.created_at.dt.strftime("%Y-%m-%d") == DAY].copy()
+    copy["id"] = copy["id"] + 1_000_000
+    copy["created_at"] = copy["created_at"] - timedelta(days=1)
+    copy["updated_at"] = copy["updated_at"] - timedelta(days=1)
+    engine = sa.create_engine(env["SOURCE_DATABASE_URL"])
+    with engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM tickets WHERE created_at < :day"), {"day": DAY})
+    insert_tickets(engine, "tickets", copy)
+    engine.dispose()
+
+
+def test_identical_inputs_on_another_day_are_answered_from_the_cache(pipeline_env, source_tickets, dagster_instance, dify_emulator):
+    add_day_before_with_the_same_texts(pipeline_env, source_tickets)
+    first = run_day(dagster_instance, DAY)
+    paid = dify_emulator.stats()["paid_runs"]
+    second = run_day(dagster_instance, DAY_BEFORE)
+    assert first.success and second.success
+    enriched = materialization_metadata(second, "enriched_tickets")
+    assert enriched["rows"] > 0 and enriched["requests_sent"] == 0 and enriched["cache_hits"] == enriched["rows"]
+    assert enriched["tokens_spent_this_run"] == 0 < enriched["total_tokens"]
+    assert dify_emulator.stats()["paid_runs"] == paid
+
+
+def test_a_new_cache_version_pays_for_fresh_answers(pipeline_env, source_tickets, dagster_instance, dify_emulator):
+    first = run_day(dagster_instance)
+    sent_first = materialization_metadata(first, "enriched_tickets")["requests_sent"]
+    again = run_day(dagster_instance, settings=PipelineSettings(cache_version="prompt-v2"))
+    enriched = materialization_metadata(again, "enriched_tickets")
+    assert again.success and enriched["requests_sent"] == sent_first > 0 and enriched["cache_hits"] < enriched["rows"]
+
+
+def test_a_bad_day_is_not_published_and_the_next_run_retries_only_the_failed_records(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
+    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5,
+                                               faults=[Fault(kind="failed_run", match="退款")]))
+    bad = run_day(dagster_instance)
+    assert not bad.success
+    assert check_results(bad)["failure_rate_below_threshold"] is False
+    enriched = materialization_metadata(bad, "enriched_tickets")
+    assert enriched["failed"] > 0 and enriched["failures_by_code"] == {"run_failed": enriched["failed"]}
+    assert not [e for e in bad.get_asset_materialization_events() if e.asset_key.path[0].startswith("tickets_")]
+
+    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5))
+    good = run_day(dagster_instance)
+    assert good.success
+    retried = materialization_metadata(good, "enriched_tickets")
+    assert retried["failed"] == 0 and 0 < retried["requests_sent"] <= enriched["failed"]
+    assert materialization_metadata(good, "tickets_parquet")["rows"] == retried["rows"]
+
+
+def test_a_day_answered_by_two_app_versions_is_flagged(pipeline_env, source_tickets, dagster_instance, dify_emulator):
+    first = run_day(dagster_instance)
+    assert check_results(first)["single_app_version"] is True
+    # The app is republished (new workflow_id) and new tickets arrive for the same day.
+    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY, workflow_id="republished-workflow")], latency_ms=5))
+    extra = generate_tickets(date.fromisoformat(DAY), count=50, seed=99, timezone="UTC")
+    extra["id"] = extra["id"] + 5_000_000
+    extra["body"] = extra["body"] + " (late ticket)"
+    engine = sa.create_engine(pipeline_env["SOURCE_DATABASE_URL"])
+    insert_tickets(engine, "tickets", extra)
+    engine.dispose()
+    second = run_day(dagster_instance)
+    assert check_results(second)["single_app_version"] is False
+    assert "republished-workflow" in materialization_metadata(second, "enriched_tickets")["dify_workflow_ids"]
