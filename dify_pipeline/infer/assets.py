@@ -6,7 +6,7 @@ from collections import Counter
 import dagster as dg
 import pyarrow as pa
 
-from dify_pipeline.infer.app_form import check_input_mapping, input_variables
+from dify_pipeline.infer.app_form import InputMappingError, check_input_mapping, input_variables
 from dify_pipeline.infer.enrichment import (
     Outcome,
     enrichment_columns,
@@ -17,7 +17,7 @@ from dify_pipeline.infer.enrichment import (
 from dify_pipeline.infer.progress import Progress
 from dify_pipeline.infer.stats import error_counts, latency_percentiles
 from dify_pipeline.partitions import daily_partitions
-from dify_pipeline.resources.dify import DifyRequest, DifyResource, DifyResult
+from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource, DifyResult
 from dify_pipeline.resources.result_cache import CachedResult, ResultCache
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import ENRICHMENT_FIELDS, with_fields
@@ -54,8 +54,11 @@ def enriched_tickets(
     resumed crash sends only the records whose inputs were never answered. Failed records are retried
     by the next materialization of the day.
     """
-    variables = input_variables(dify.fetch_parameters())
-    check_input_mapping(variables, settings.input_mapping)  # before any paid call
+    try:
+        variables = input_variables(dify.fetch_parameters())
+        check_input_mapping(variables, settings.input_mapping)  # before any paid call
+    except (DifyFatalError, InputMappingError) as error:
+        raise dg.Failure(description=str(error)) from None  # the message, not a stack trace, in the UI
     app_identity = dify.app_identity()
 
     shard_folder = day_folder(stage_storage, "ticket_shards", context.partition_key)
@@ -103,7 +106,13 @@ def enriched_tickets(
             if line:
                 context.log.info(line)
 
-        call_counters = dify.run_all(pending, on_result, on_run_started=cache.note_run_started) if pending else {}
+        try:
+            call_counters = dify.run_all(pending, on_result, on_run_started=cache.note_run_started) if pending else {}
+        except DifyFatalError as error:
+            raise dg.Failure(
+                description=f"{error}. The answers received so far are kept in the result cache: "
+                "materialize the day again once this is fixed, and only the rest is sent."
+            ) from None
     finally:
         cache.close()
 

@@ -107,3 +107,17 @@ def test_values_for_undeclared_variables_and_non_text_values_pass_through():
     fitted = fit_inputs({"extra": "z" * 100, "subject": 12345}, input_variables(PARAMETERS))
     assert fitted.inputs == {"extra": "z" * 100, "subject": 12345}
     assert not fitted.truncated
+
+
+def test_a_select_value_outside_the_options_is_a_problem_not_a_paid_call():
+    variables = {"priority": InputVariable("priority", required=True, max_length=None, options=("low", "high"))}
+    assert fit_inputs({"priority": "high"}, variables).problem is None
+    problem = fit_inputs({"priority": "urgent"}, variables).problem
+    assert problem and "priority" in problem and "'urgent'" in problem and "low" in problem
+
+
+def test_an_empty_optional_select_is_no_problem_but_an_empty_required_one_is():
+    optional = {"tag": InputVariable("tag", required=False, max_length=None, options=("a", "b"))}
+    required = {"tag": InputVariable("tag", required=True, max_length=None, options=("a", "b"))}
+    assert fit_inputs({"tag": None}, optional).problem is None
+    assert fit_inputs({"tag": None}, required).problem is not None

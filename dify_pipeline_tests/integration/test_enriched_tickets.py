@@ -1,4 +1,5 @@
-"""Paying once: the result cache across days and runs, its version key, and retries of failed records."""
+"""enriched_tickets on real services: paying once (cache across days and runs, its version key), retries of
+failed records, bad days, app versions, and the input contract checked before any paid call."""
 
 from __future__ import annotations
 
@@ -81,3 +82,14 @@ def test_a_day_answered_by_two_app_versions_is_flagged(pipeline_env, source_tick
     second = run_day(dagster_instance)
     assert check_results(second)["single_app_version"] is False
     assert "republished-workflow" in materialization_metadata(second, "enriched_tickets")["dify_workflow_ids"]
+
+
+def test_an_input_mapping_the_app_does_not_declare_fails_before_any_paid_call(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
+    result = run_day(dagster_instance, settings=PipelineSettings(input_mapping={"subject": "subject", "text": "body"}))
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.user_failure_data.description
+    assert "text" in message and "body" in message and "does not declare" in message
+    assert dify_emulator.stats()["paid_runs"] == 0
