@@ -49,3 +49,36 @@ def with_fields(base: pa.Schema, extra: pa.Schema) -> pa.Schema:
     """`base` without any field `extra` redefines, then `extra`'s fields."""
     names = set(extra.names)
     return pa.schema([f for f in base if f.name not in names] + list(extra))
+
+
+# The published dataset (tickets_parquet): one folder per day, `dt=YYYY-MM-DD`, read as a Hive partition.
+PARTITION_COLUMN = "dt"  # in the folder name only, never inside the files (readers would see it twice)
+INTERNAL_COLUMNS = frozenset({SHARD_FIELD.name})  # how the pipeline cut its work: not part of the data
+
+
+def published_schema(enriched: pa.Schema) -> pa.Schema:
+    """The schema of the published day: the source's own columns as exported, every timestamp with a zone
+    (UTC), then the pipeline's columns with their fixed types (CLEAN_FIELDS, then ENRICHMENT_FIELDS, which
+    carry the versions that produced each row: pipeline_version, app_identity, cache_version,
+    dify_workflow_id). Internal columns are dropped."""
+    pipeline = list(CLEAN_FIELDS) + list(ENRICHMENT_FIELDS)
+    pipeline_names = {f.name for f in pipeline}
+    source = [f for f in enriched if f.name not in pipeline_names and f.name not in INTERNAL_COLUMNS]
+    if any(f.name == PARTITION_COLUMN for f in source):
+        raise ValueError(
+            f"the source has a column named {PARTITION_COLUMN!r}, which is the published dataset's partition "
+            "column (dt=YYYY-MM-DD folders): rename it in the source query or view"
+        )
+    return pa.schema([_with_zone(f) for f in source] + pipeline)
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """`batch` with exactly `schema`'s columns, in its order and types (casting where the types differ)."""
+    selected = batch.select(schema.names)
+    return selected if selected.schema == schema else selected.cast(schema)
+
+
+def _with_zone(field: pa.Field) -> pa.Field:
+    if pa.types.is_timestamp(field.type) and field.type.tz is None:
+        return field.with_type(pa.timestamp(field.type.unit, tz="UTC"))  # the export writes instants in UTC
+    return field

@@ -7,7 +7,8 @@ import dagster as dg
 import pyarrow as pa
 
 from dify_pipeline.partitions import daily_partitions
-from dify_pipeline.resources.storage import DAY_FILE_NAME, ObjectStorage
+from dify_pipeline.resources.storage import DAY_FILE_NAME, PARQUET_WRITE_OPTIONS, ObjectStorage
+from dify_pipeline.schemas import conform, published_schema
 from dify_pipeline.stages import day_folder
 
 
@@ -15,37 +16,44 @@ from dify_pipeline.stages import day_folder
 def tickets_parquet(
     context: dg.AssetExecutionContext, stage_storage: ObjectStorage, parquet_output: ObjectStorage
 ) -> dg.MaterializeResult:
-    """One Parquet file per day, replaced whole on a re-run.
+    """One Parquet object per day, replaced whole on a re-run.
 
-    The day is a single object written under its final name: S3 shows an object only once its upload
-    completes (locally: write hidden, then rename), so readers see the previous day or the new one,
-    never a mix, a half-written file or an empty folder. Files of an older layout are removed after.
+    The day is streamed into a single object under its final name: S3 shows an object only once its
+    multipart upload completes (locally: write hidden, then rename), so readers see the previous day or
+    the new one, never a mix, a half-written file or an empty folder. A write that fails half-way is
+    aborted and leaves the previous day as it was. Other files in the day's folder (nothing this
+    package writes) are removed after the switch.
     """
-    shard_paths = stage_storage.list_files(day_folder(stage_storage, "enriched_tickets", context.partition_key))
+    day = context.partition_key
+    shard_paths = stage_storage.list_files(day_folder(stage_storage, "enriched_tickets", day))
     if not shard_paths:
-        raise dg.Failure(f"no enriched data for {context.partition_key}: materialize enriched_tickets first")
-    schema = _common_schema(stage_storage, shard_paths)
-    folder = parquet_output.path(f"dt={context.partition_key}")
+        raise dg.Failure(f"no enriched data for {day}: materialize enriched_tickets first")
+    schema = published_schema(stage_storage.read_schema(shard_paths[0]))
+    folder = parquet_output.path(f"dt={day}")
     path = f"{folder}/{DAY_FILE_NAME}"
 
     def batches() -> Iterator[pa.RecordBatch]:
         for shard_path in shard_paths:
             for batch in stage_storage.iter_parquet_batches(shard_path):
-                yield batch.drop_columns(["shard"])
+                yield conform(batch, schema)
 
     rows = parquet_output.write_parquet(path, schema, batches())
+    footer = parquet_output.parquet_metadata(path)
+    if footer.num_rows != rows:  # someone else replaced the day meanwhile: say so rather than report our numbers
+        raise dg.Failure(f"{parquet_output.uri(path)} holds {footer.num_rows} rows after writing {rows}")
     stale = [p for p in parquet_output.list_files(folder) if p.rsplit("/", 1)[-1] != DAY_FILE_NAME]
     parquet_output.remove(stale)
     return dg.MaterializeResult(
         metadata={
             "rows": rows,
+            "row_groups": footer.num_row_groups,
+            "bytes": parquet_output.filesystem().size(path),
+            "compression": PARQUET_WRITE_OPTIONS["compression"],
             "path": dg.MetadataValue.path(parquet_output.uri(path)),
             "dataset": dg.MetadataValue.path(parquet_output.uri(parquet_output.path())),
             "stale_files_removed": len(stale),
+            "dagster/column_schema": dg.TableSchema(
+                columns=[dg.TableColumn(field.name, str(field.type)) for field in schema]
+            ),
         }
     )
-
-
-def _common_schema(storage: ObjectStorage, paths: list[str]) -> pa.Schema:
-    """The published schema: the enriched shards' schema without the internal shard number."""
-    return pa.schema([f for f in storage.read_schema(paths[0]) if f.name != "shard"])

@@ -4,44 +4,71 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import Literal
 
 import dagster as dg
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
-PARQUET_WRITE_OPTIONS = dict(compression="zstd", write_statistics=True)
+# Statistics and the page index let readers skip row groups and pages; zstd reads as fast as snappy, smaller.
+PARQUET_WRITE_OPTIONS = dict(compression="zstd", write_statistics=True, write_page_index=True)
+# A row group is the unit a reader scans in parallel and skips by statistics: big enough to amortize its
+# metadata and seeks, small enough to hold one in memory while writing (this bounds the writer's memory).
 ROW_GROUP_ROWS = 128 * 1024
+ROW_GROUP_BYTES = 64 * 1024 * 1024  # Arrow (uncompressed) bytes
+S3_PART_BYTES = 32 * 1024 * 1024  # multipart upload part size (S3's minimum is 5 MiB)
 DAY_FILE_NAME = "part-00000.parquet"  # one object per day: replaced atomically
 
 
 class ObjectStorage(dg.ConfigurableResource):
     """A folder of Parquet files: `url` is a local path or `s3://bucket/prefix`.
 
-    S3 credentials come from the standard AWS chain (environment variables, profiles, instance roles),
-    never from this configuration.
+    S3 credentials come from the standard AWS chain (environment variables, `AWS_PROFILE` and the shared
+    config files, instance or task roles), never from this configuration.
     """
 
     url: str = Field(description="Local folder or s3://bucket/prefix.")
-    s3_endpoint_url: str | None = Field(default=None, description="For S3-compatible stores (MinIO, moto...).")
+    s3_endpoint_url: str | None = Field(default=None, description="For S3-compatible stores (MinIO, Ceph, OSS, moto...).")
     s3_region: str | None = Field(default=None, description="AWS region; the standard AWS_REGION when unset.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="auto: path-style when an endpoint is set (MinIO, Ceph), virtual-hosted on AWS; "
+        "set virtual for stores that require it with a custom endpoint (e.g. Aliyun OSS).",
+    )
+
+    # One client per resource instance: building an S3 client costs ~100 ms, more than a small request.
+    _filesystem: fsspec.AbstractFileSystem | None = PrivateAttr(default=None)
 
     @property
     def is_s3(self) -> bool:
         return self.url.startswith("s3://")
 
     def filesystem(self) -> fsspec.AbstractFileSystem:
+        if self._filesystem is None:
+            self._filesystem = self._new_filesystem()
+        return self._filesystem
+
+    def _new_filesystem(self) -> fsspec.AbstractFileSystem:
         if self.is_s3:
             client_kwargs = {"region_name": self.s3_region} if self.s3_region else {}
+            style = self.s3_addressing_style
+            if style == "auto":
+                # Path-style works with every S3-compatible server; AWS wants virtual-hosted for new buckets.
+                style = "path" if self.s3_endpoint_url else "virtual"
+            config: dict = {"s3": {"addressing_style": style}}
+            if self.s3_endpoint_url:
+                # botocore >= 1.36 adds CRC checksums to every upload; several S3-compatible stores reject them.
+                config.update(request_checksum_calculation="when_required", response_checksum_validation="when_required")
             return fsspec.filesystem(
                 "s3",
                 endpoint_url=self.s3_endpoint_url,
                 client_kwargs=client_kwargs,
-                # Path-style addressing works with every S3-compatible server, virtual-host style does not.
-                config_kwargs={"s3": {"addressing_style": "path"}} if self.s3_endpoint_url else None,
+                config_kwargs=config,
+                default_block_size=S3_PART_BYTES,
                 use_listings_cache=False,  # other processes write the same prefixes
-                skip_instance_cache=True,
+                skip_instance_cache=True,  # nor share a client with another resource's configuration
             )
         return fsspec.filesystem("file", auto_mkdir=True)
 
@@ -54,24 +81,33 @@ class ObjectStorage(dg.ConfigurableResource):
         return f"s3://{path}" if self.is_s3 else path
 
     def write_parquet(self, path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]) -> int:
-        """Write batches as one Parquet file that appears whole or not at all; returns rows written.
+        """Stream batches into one Parquet file that appears whole or not at all; returns rows written.
 
-        On S3 an object becomes visible only when its (multipart) upload completes; locally we write a
-        hidden temporary file and rename it, which is atomic on one filesystem.
+        Batches are regrouped into row groups of up to ROW_GROUP_ROWS rows / ROW_GROUP_BYTES bytes, so
+        memory holds one row group (plus one upload part on S3), whatever the size of the file.
+
+        On S3 the parts are uploaded as the file grows, and the object appears only when the multipart
+        upload is completed after the last byte; if anything fails before (the batches, the writer, the
+        network), the upload is aborted and whatever the key held before is untouched. Locally we write
+        a hidden temporary file in the same folder and rename it, which is atomic on one filesystem.
         """
         fs = self.filesystem()
+        # autocommit=False: closing the file uploads its last part but does not complete the upload.
         target = path if self.is_s3 else _hidden_sibling(path)
+        handle = fs.open(target, "wb", autocommit=False) if self.is_s3 else fs.open(target, "wb")
+        writer = None
         rows = 0
         try:
-            with fs.open(target, "wb") as handle, pq.ParquetWriter(handle, schema, **PARQUET_WRITE_OPTIONS) as writer:
-                for batch in batches:
-                    if batch.num_rows:
-                        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-                        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-                        rows += batch.num_rows
+            writer = pq.ParquetWriter(handle, schema, **PARQUET_WRITE_OPTIONS)
+            for group in row_groups(batches, ROW_GROUP_ROWS, ROW_GROUP_BYTES):
+                writer.write_table(group, row_group_size=group.num_rows)
+                rows += group.num_rows
+            writer.close()
+            handle.close()
+            if self.is_s3:
+                handle.commit()
         except BaseException:
-            if not self.is_s3 and fs.exists(target):
-                fs.rm(target)
+            _abandon(writer, handle, fs if not self.is_s3 else None, target)
             raise
         if not self.is_s3:
             fs.mv(target, path)
@@ -81,13 +117,20 @@ class ObjectStorage(dg.ConfigurableResource):
         with self.filesystem().open(path, "rb") as handle:
             return pq.read_schema(handle)
 
-    def read_parquet(self, path: str) -> pa.Table:
+    def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
         with self.filesystem().open(path, "rb") as handle:
-            return pq.read_table(handle)
+            return pq.read_table(handle, columns=columns)
 
-    def iter_parquet_batches(self, path: str, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    def parquet_metadata(self, path: str) -> pq.FileMetaData:
+        """The file's footer: row count, row groups, schema, statistics (reads only the footer)."""
         with self.filesystem().open(path, "rb") as handle:
-            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size)
+            return pq.ParquetFile(handle).metadata
+
+    def iter_parquet_batches(
+        self, path: str, batch_size: int = 65536, columns: list[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        with self.filesystem().open(path, "rb") as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns)
 
     def list_files(self, folder: str, suffix: str = ".parquet") -> list[str]:
         """Visible files of a folder, sorted; hidden (`.`/`_`) files are in-progress writes."""
@@ -102,6 +145,49 @@ class ObjectStorage(dg.ConfigurableResource):
         paths = list(paths)
         if paths:
             self.filesystem().rm(paths)
+
+
+def row_groups(batches: Iterable[pa.RecordBatch | pa.Table], max_rows: int, max_bytes: int) -> Iterator[pa.Table]:
+    """Regroup a stream of batches into tables of at most `max_rows` rows, cut early at `max_bytes`.
+
+    Small inputs (a 500-row shard) are merged, large ones are sliced: a file's row groups have the size
+    chosen for readers, not the size the data happened to arrive in. Holds at most one group in memory.
+    """
+    pending: list[pa.RecordBatch] = []
+    rows = size = 0
+    for item in batches:
+        for batch in item.to_batches() if isinstance(item, pa.Table) else [item]:
+            while batch.num_rows:
+                take = min(batch.num_rows, max_rows - rows)
+                part = batch.slice(0, take)
+                pending.append(part)
+                rows += take
+                size += part.nbytes
+                batch = batch.slice(take)
+                if rows >= max_rows or size >= max_bytes:
+                    yield pa.Table.from_batches(pending)
+                    pending, rows, size = [], 0, 0
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+def _abandon(writer: pq.ParquetWriter | None, handle, local_fs: fsspec.AbstractFileSystem | None, target: str) -> None:
+    """Throw away a write that failed: abort the multipart upload, or delete the hidden local file."""
+    try:
+        if writer is not None and writer.is_open:
+            writer.close()  # only writes the footer into our buffer; keeps its destructor from doing it later
+    except Exception:
+        pass
+    try:
+        if local_fs is None:
+            handle.discard()  # aborts the multipart upload: nothing becomes visible
+            handle.closed = True  # the upload is gone: its destructor must not try to flush it
+        else:
+            handle.close()
+            if local_fs.exists(target):
+                local_fs.rm(target)
+    except Exception:
+        pass  # an upload that cannot be aborted stays invisible; a bucket lifecycle rule reclaims its parts
 
 
 def _hidden_sibling(path: str) -> str:

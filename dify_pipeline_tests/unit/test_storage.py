@@ -124,3 +124,80 @@ def test_remove_deletes_only_the_given_files(storage):
     storage.remove([])  # nothing to do is not an error
     storage.remove(iter([]))
     assert storage.list_files(folder) == [keep]
+
+
+# -- row groups ------------------------------------------------------------------------------------
+
+from dify_pipeline.resources import storage as storage_module  # noqa: E402
+from dify_pipeline.resources.storage import row_groups  # noqa: E402
+
+
+def sizes(groups) -> list[int]:
+    return [group.num_rows for group in groups]
+
+
+def test_small_batches_are_merged_into_row_groups_of_the_chosen_size():
+    groups = list(row_groups((batch(i * 500, 500) for i in range(7)), max_rows=1000, max_bytes=1 << 30))
+    assert sizes(groups) == [1000, 1000, 1000, 500]
+    assert pa.concat_tables(groups).column("n").to_pylist() == list(range(3500))  # order and rows kept
+
+
+def test_a_large_batch_is_sliced_into_row_groups():
+    assert sizes(row_groups([pa.Table.from_batches([batch(0, 2500)])], max_rows=1000, max_bytes=1 << 30)) == [1000, 1000, 500]
+
+
+def test_a_row_group_is_cut_early_when_it_reaches_the_byte_limit():
+    one_batch = batch(0, 100).nbytes
+    assert sizes(row_groups([batch(i * 100, 100) for i in range(5)], max_rows=10_000, max_bytes=2 * one_batch)) == [200, 200, 100]
+
+
+def test_empty_batches_make_no_row_groups():
+    assert sizes(row_groups([batch(0, 0), batch(0, 0)], max_rows=10, max_bytes=1 << 30)) == []
+
+
+def test_a_written_file_has_row_groups_of_the_configured_size_whatever_the_batches(storage, monkeypatch):
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(storage_module, "ROW_GROUP_ROWS", 1000)
+    path = storage.path("raw", "dt=2026-03-08", "part-00000.parquet")
+    assert storage.write_parquet(path, SCHEMA, (batch(i * 300, 300) for i in range(8))) == 2400
+    footer = storage.parquet_metadata(path)
+    assert [footer.row_group(i).num_rows for i in range(footer.num_row_groups)] == [1000, 1000, 400]
+    assert footer.row_group(0).column(1).compression == "ZSTD"
+    assert footer.row_group(0).column(1).statistics.min == 0
+    assert pq.read_table(path, columns=["n"]).column("n").to_pylist() == list(range(2400))
+
+
+def test_reading_selected_columns(storage):
+    path = storage.path("raw", "part-00000.parquet")
+    storage.write_parquet(path, SCHEMA, [batch(0, 3)])
+    assert storage.read_parquet(path, columns=["n"]).column_names == ["n"]
+    assert [b.column_names for b in storage.iter_parquet_batches(path, columns=["record_key"])] == [["record_key"]]
+
+
+# -- S3 client configuration -----------------------------------------------------------------------
+
+
+def test_s3_compatible_stores_get_path_style_addressing_and_checksums_only_when_required():
+    fs = ObjectStorage(url="s3://bucket/prefix", s3_endpoint_url="http://127.0.0.1:9000").filesystem()
+    assert fs.config_kwargs["s3"] == {"addressing_style": "path"}
+    assert fs.config_kwargs["request_checksum_calculation"] == "when_required"
+    assert fs.endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_aws_gets_virtual_hosted_addressing_and_its_default_checksums():
+    fs = ObjectStorage(url="s3://bucket/prefix", s3_region="eu-west-1").filesystem()
+    assert fs.config_kwargs == {"s3": {"addressing_style": "virtual"}}
+    assert fs.client_kwargs == {"region_name": "eu-west-1"}
+
+
+def test_addressing_style_can_be_forced_for_stores_that_need_virtual_hosts():
+    fs = ObjectStorage(url="s3://bucket/p", s3_endpoint_url="https://oss-cn-hangzhou.aliyuncs.com",
+                       s3_addressing_style="virtual").filesystem()
+    assert fs.config_kwargs["s3"] == {"addressing_style": "virtual"}
+
+
+def test_one_client_serves_every_call_of_a_resource():
+    storage = ObjectStorage(url="s3://bucket/prefix", s3_endpoint_url="http://127.0.0.1:9000")
+    assert storage.filesystem() is storage.filesystem()
+    assert ObjectStorage(url="s3://bucket/prefix").filesystem() is not storage.filesystem()
