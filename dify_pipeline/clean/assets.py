@@ -39,8 +39,10 @@ def clean_tickets(
     )
     result = clean_frame(to_pandas(raw), config)
 
-    clean_schema = with_fields(raw.schema, CLEAN_FIELDS)
-    quarantine_schema = with_fields(_all_nullable(raw.schema), QUARANTINE_FIELDS)
+    # Text columns are text from here on, whatever the source stored them as (BLOB, numbers...).
+    source = pa.schema([pa.field(f.name, pa.string()) if f.name in settings.text_columns else f for f in raw.schema])
+    clean_schema = with_fields(source, CLEAN_FIELDS)
+    quarantine_schema = with_fields(_all_nullable(source), QUARANTINE_FIELDS)
     clean_path = day_file(stage_storage, "clean_tickets", context.partition_key)
     quarantine_path = day_file(stage_storage, "quarantined_tickets", context.partition_key)
     stage_storage.write_parquet(clean_path, clean_schema, [to_arrow(result.clean, clean_schema)])

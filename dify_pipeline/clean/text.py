@@ -7,6 +7,8 @@ import sys
 import unicodedata
 from html.parser import HTMLParser
 
+from pandas import isna
+
 
 def _invisible_characters() -> re.Pattern[str]:
     """A character class of the control (Cc), format (Cf) and surrogate (Cs) code points, except whitespace."""
@@ -80,15 +82,18 @@ def strip_html(text: str) -> str:
     return "".join(extractor.parts)
 
 
-def normalize_text(value: str | bytes | None) -> str:
+def normalize_text(value: object) -> str:
     """One line of clean text: decoded, HTML stripped, NFKC-normalized, invisible characters removed,
     whitespace collapsed to single spaces and trimmed. None gives "". Emoji and rare CJK are kept.
 
     HTML is stripped before NFKC so that text decoded from entities is normalized too.
     """
-    if value is None:
+    if value is None or (not isinstance(value, (str, bytes, bytearray, memoryview)) and isna(value)):
         return ""
-    text = decode_bytes(value) if isinstance(value, bytes) else value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        text = decode_bytes(bytes(value))
+    else:
+        text = value if isinstance(value, str) else str(value)  # a number in a text column is still text
     text = unicodedata.normalize("NFKC", strip_html(_remove_invisible(text)))
     # Entities and NFKC can produce invisible characters again, e.g. "&#8203;" (zero-width space).
     return " ".join(_remove_invisible(text).split())
