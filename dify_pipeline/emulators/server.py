@@ -35,7 +35,7 @@ class RunningServer:
         self.stop()
 
 
-def _config(app, host: str, port: int) -> uvicorn.Config:
+def _config(app, host: str, port: int, certfile: str | None = None, keyfile: str | None = None) -> uvicorn.Config:
     check_loopback(host)
     return uvicorn.Config(
         app,
@@ -46,12 +46,19 @@ def _config(app, host: str, port: int) -> uvicorn.Config:
         lifespan="off",
         timeout_keep_alive=30,
         backlog=4096,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
     )
 
 
-def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 10.0) -> RunningServer:
-    """Start `app` on a free (or given) loopback port in a daemon thread and return once it accepts."""
-    server = uvicorn.Server(_config(app, host, port))
+def serve_in_thread(
+    app, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 10.0,
+    certfile: str | None = None, keyfile: str | None = None,
+) -> RunningServer:
+    """Start `app` on a free (or given) loopback port in a daemon thread and return once it accepts.
+
+    With `certfile`/`keyfile` it speaks HTTPS (for tests of certificate verification)."""
+    server = uvicorn.Server(_config(app, host, port, certfile, keyfile))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
     thread = threading.Thread(target=server.run, name="emulator", daemon=True)
     thread.start()
@@ -61,7 +68,8 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, startup_timeout
             raise RuntimeError(f"emulator did not start on {host}:{port}")
         time.sleep(0.01)
     bound_port = server.servers[0].sockets[0].getsockname()[1]
-    return RunningServer(url=f"http://{host}:{bound_port}", server=server, thread=thread)
+    scheme = "https" if certfile else "http"
+    return RunningServer(url=f"{scheme}://{host}:{bound_port}", server=server, thread=thread)
 
 
 def serve_forever(app, host: str, port: int) -> None:

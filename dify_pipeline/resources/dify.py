@@ -129,6 +129,11 @@ class DifyResource(dg.ConfigurableResource):
                     if response.status != 200:
                         error = classify_http_error(response.status, text, response.headers.get("Retry-After"))
                         raise DifyFatalError(f"GET /parameters failed: {error}")
+            except aiohttp.ClientConnectorCertificateError:
+                raise DifyFatalError(
+                    f"the TLS certificate of {self.base_url} could not be verified: if it comes from a private "
+                    "certificate authority, give its CA bundle in DIFY_CA_FILE"
+                ) from None
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 raise DifyFatalError(
                     f"cannot reach Dify at {self.base_url}: {type(error).__name__}. Check DIFY_BASE_URL."
