@@ -22,6 +22,7 @@ dynamic_templates and `ignore_above` are stored but not applied.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import logging
@@ -85,6 +86,7 @@ class ElasticsearchEmulatorConfig(BaseModel):
     version: str = "9.1.0"
     item_faults: list[ItemFault] = []
     request_faults: list[RequestFault] = []
+    bulk_latency_ms: float = 0.0  # each `_bulk` takes this long before it is applied (a loaded cluster)
 
 
 @dataclass(slots=True, frozen=True)
@@ -269,6 +271,7 @@ class ElasticsearchEmulator:
     def __init__(self, config: ElasticsearchEmulatorConfig | None = None) -> None:
         self._lock = threading.RLock()  # handlers run on the server's loop; control calls may come from tests
         self._config = config or ElasticsearchEmulatorConfig()
+        self._bulk_in_flight = 0  # bulks received and not yet answered (only counted with bulk_latency_ms)
         self._cluster_uuid = uuid.uuid4().hex[:22]
         self.reset()
         self._routes = self._build_routes()
@@ -309,6 +312,7 @@ class ElasticsearchEmulator:
                 "requests": dict(self._requests),  # "POST /{index}/_bulk" -> count
                 "responses_by_status": dict(self._statuses),
                 "bulk_requests": self._bulk_requests,
+                "bulk_in_flight": self._bulk_in_flight,
                 "bulk_bytes": self._bulk_bytes,
                 "bulk_items": {action: dict(results) for action, results in self._bulk_items.items()},
                 "item_faults_injected": self._item_faults_injected,
@@ -376,6 +380,12 @@ class ElasticsearchEmulator:
 
         async def endpoint(request: Request) -> Response:
             raw = await request.body()
+            if pattern.endswith("_bulk") and self._config.bulk_latency_ms:
+                self._bulk_in_flight += 1
+                try:
+                    await asyncio.sleep(self._config.bulk_latency_ms / 1000)
+                finally:
+                    self._bulk_in_flight -= 1
             with self._lock:
                 return self._respond(request, raw, pattern, handlers, control)
 

@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 
+import dagster as dg
 import sqlalchemy as sa
+from elasticsearch import Elasticsearch
 
 from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig
+from dify_pipeline.emulators.elasticsearch import ElasticsearchEmulatorConfig
 from dify_pipeline.infer.cache_key import cache_key
 from dify_pipeline.resources.dify import DifyResource
 from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY, materialization_metadata, run_day
@@ -58,6 +61,10 @@ def test_a_run_killed_during_inference_resumes_without_paying_twice_and_loses_no
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    # What "Terminate" in the UI (or run monitoring) does for a dead run: it ends, its `dify` pool slot is freed.
+    for run in dagster_instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        dagster_instance.report_run_canceled(run)
+        dagster_instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
     time.sleep(0.5)  # requests already on the wire land, the runs in flight finish inside "Dify", as they would
     answered, started = cache_state(pipeline_env)
     before = accepted_runs(dify_emulator)
@@ -84,3 +91,31 @@ def test_a_run_killed_during_inference_resumes_without_paying_twice_and_loses_no
     # ...and every distinct input was paid once over both runs, but for that window.
     assert len(before) == len(answered) + len(started) + len(unjournaled)
     assert dify_emulator.stats()["paid_runs"] == len(before) + len(after)
+
+
+def test_a_run_killed_while_loading_leaves_no_duplicates_after_the_next_run(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator, es_emulator
+):
+    es_emulator.configure(ElasticsearchEmulatorConfig(bulk_latency_ms=3000))  # the load is under way for 3 s
+    process = subprocess.Popen([sys.executable, "-c", RUN_IN_A_PROCESS_OF_ITS_OWN], env=dict(os.environ),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not es_emulator.stats()["bulk_in_flight"]:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "loading never started"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # in the middle of the load
+    process.wait()
+    paid = dify_emulator.stats()["paid_runs"]
+    es_emulator.configure(ElasticsearchEmulatorConfig())
+
+    result = run_day(dagster_instance)
+    assert result.success
+    clean_rows = materialization_metadata(result, "clean_tickets")["rows"]
+    assert materialization_metadata(result, "enriched_tickets")["requests_sent"] == 0
+    assert dify_emulator.stats()["paid_runs"] == paid  # the answers were all in the cache
+    assert materialization_metadata(result, "tickets_parquet")["rows"] == clean_rows
+    client = Elasticsearch(pipeline_env["ELASTICSEARCH_URL"])
+    client.indices.refresh(index=pipeline_env["ELASTICSEARCH_INDEX"])
+    assert client.count(index=pipeline_env["ELASTICSEARCH_INDEX"])["count"] == clean_rows
+
