@@ -155,3 +155,21 @@ def test_parameters_are_read_from_the_app(dify_emulator):
     configure(dify_emulator)
     form = client(dify_emulator).fetch_parameters()["user_input_form"]
     assert {next(iter(item.values()))["variable"] for item in form} == {"subject", "body"}
+
+
+@pytest.mark.parametrize("kind", ["http_500", "http_502_html", "drop", "malformed_json"])
+def test_streaming_faults_end_in_an_answer_paid_once_per_run(dify_emulator, kind):
+    """Before the stream starts: retried. A stream whose last event is cut: the run is fetched, not re-sent."""
+    configure(dify_emulator, ping_interval=0.01, latency_ms=20, faults=[Fault(kind=kind, times_per_input=1)])
+    results, counters = run(client(dify_emulator, response_mode="streaming"), requests_for(4))
+    assert all(r.succeeded for r in results.values()), {k: r.error_code for k, r in results.items()}
+    if kind == "malformed_json":  # the run was created and paid: fetched with GET /workflows/run/{id}
+        assert counters["recovered_runs"] == 4 and dify_emulator.stats()["paid_runs"] == 4
+    else:
+        assert counters["retries"] == 4
+
+
+def test_a_stream_error_event_is_a_failure_with_its_code(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="quota_exceeded")])
+    with pytest.raises(DifyFatalError, match="provider_quota_exceeded"):
+        run(client(dify_emulator, response_mode="streaming", max_concurrency=1), requests_for(3))
