@@ -4,6 +4,7 @@
 import dagster as dg
 import pyarrow.compute as pc
 
+from dify_pipeline.publish.documents import MAPPING_VERSION, day_query
 from dify_pipeline.resources.elasticsearch import ElasticsearchResource
 from dify_pipeline.resources.storage import DAY_FILE_NAME, ObjectStorage
 from dify_pipeline.stages import day_folder
@@ -39,12 +40,21 @@ def elasticsearch_matches_parquet(
 ) -> dg.AssetCheckResult:
     day = context.partition_key
     rows = _parquet_rows(parquet_output, day)
+    physical = elasticsearch.physical_index(MAPPING_VERSION)  # the index the load wrote, even before an alias swap
     client = elasticsearch.client()
     try:
-        documents = client.count(index=elasticsearch.index, query={"term": {"dt": day}})["count"]
+        client.indices.refresh(index=physical)
+        found = client.search(index=physical, query=day_query(day), size=0, track_total_hits=True,
+                              aggs={"loads": {"terms": {"field": "load_id", "size": 10}}})
     finally:
         client.close()
-    return dg.AssetCheckResult(passed=documents == rows, metadata={"documents": documents, "parquet_rows": rows})
+    documents = found["hits"]["total"]["value"]
+    loads = {bucket["key"]: bucket["doc_count"] for bucket in found["aggregations"]["loads"]["buckets"]}
+    return dg.AssetCheckResult(
+        passed=documents == rows and len(loads) <= 1,  # more than one load: stale documents survived
+        metadata={"documents": documents, "parquet_rows": rows, "missing": rows - documents,
+                  "documents_by_load": dg.MetadataValue.json(loads), "index": physical},
+    )
 
 
 publish_checks = [parquet_matches_enriched, elasticsearch_matches_parquet]

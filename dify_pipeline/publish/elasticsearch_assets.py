@@ -1,16 +1,14 @@
 """Step 5b — index the enriched day into Elasticsearch, one document per record key."""
 
 
-from collections import Counter
 from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
-from elasticsearch import helpers
 
 from dify_pipeline.partitions import daily_partitions
-from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping, to_documents
-from dify_pipeline.resources.elasticsearch import ElasticsearchResource
+from dify_pipeline.publish.documents import MAPPING_VERSION, batch_documents, day_query, index_mapping
+from dify_pipeline.resources.elasticsearch import BulkOutcome, ElasticsearchResource
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_folder
@@ -25,62 +23,83 @@ def tickets_elasticsearch(
 ) -> dg.MaterializeResult:
     """Bulk-index the day with `_id` = record key, then delete the day's documents this load did not write.
 
-    After a successful load the index holds exactly the day's current records. Documents Elasticsearch
-    rejects are counted by error type in the metadata (and fail the day's count check); the rest load.
+    After a complete load the index holds exactly the day's current records. Documents Elasticsearch
+    refuses for their content (a mapping error) are counted by error type in the metadata and fail the
+    day's count check; the others load. If the cluster stays unavailable beyond the retries, the step
+    fails and keeps the day's previous documents (no deletion after an incomplete load).
     """
-    shard_paths = stage_storage.list_files(day_folder(stage_storage, "enriched_tickets", context.partition_key))
+    day = context.partition_key
+    shard_paths = stage_storage.list_files(day_folder(stage_storage, "enriched_tickets", day))
     if not shard_paths:
-        raise dg.Failure(f"no enriched data for {context.partition_key}: materialize enriched_tickets first")
+        raise dg.Failure(f"no enriched data for {day}: materialize enriched_tickets first")
     schema = stage_storage.read_schema(shard_paths[0])
     timestamp_columns = [f.name for f in schema if pa.types.is_timestamp(f.type) and f.name != "enriched_at"]
     mapping = index_mapping(settings.text_columns, timestamp_columns)
     mapped_fields = set(mapping["properties"])
+    load_id = context.run.run_id
 
     client = elasticsearch.client()
-    load_id = context.run.run_id
     try:
-        elasticsearch.ensure_index(client, mapping, MAPPING_VERSION)
+        physical = elasticsearch.ensure_index(client, mapping, MAPPING_VERSION)
+        client.indices.refresh(index=physical)
+        before = client.count(index=physical, query=day_query(day))["count"]
 
-        def actions() -> Iterator[dict]:
-            for path in shard_paths:
-                for batch in stage_storage.iter_parquet_batches(path, batch_size=elasticsearch.chunk_size):
-                    yield from to_documents(batch.to_pylist(), context.partition_key, load_id, mapped_fields, elasticsearch.index)
+        def documents_of(shard_path: str) -> Iterator[dict]:
+            for batch in stage_storage.iter_parquet_batches(shard_path, batch_size=elasticsearch.chunk_size):
+                yield from batch_documents(batch, day, load_id, mapped_fields, physical)
 
-        indexed, errors, samples = 0, Counter(), []
-        for ok, item in helpers.streaming_bulk(
-            client, actions(), chunk_size=elasticsearch.chunk_size, max_chunk_bytes=elasticsearch.max_chunk_bytes,
-            max_retries=elasticsearch.max_retries, initial_backoff=elasticsearch.initial_backoff_seconds,
-            raise_on_error=False, raise_on_exception=False,
-        ):
-            if ok:
-                indexed += 1
-                continue
-            detail = next(iter(item.values()))
-            error = detail.get("error") or {}
-            errors[error.get("type", str(detail.get("status")))] += 1
-            if len(samples) < 5:
-                samples.append({"_id": detail.get("_id"), "status": detail.get("status"), "reason": str(error.get("reason", error))[:300]})
-
-        client.indices.refresh(index=elasticsearch.index)
-        day_filter = {"term": {"dt": context.partition_key}}
-        stale = client.delete_by_query(
-            index=elasticsearch.index, refresh=True, conflicts="proceed",
-            query={"bool": {"filter": [day_filter], "must_not": [{"term": {"load_id": load_id}}]}},
-        )
-        count = client.count(index=elasticsearch.index, query=day_filter)["count"]
+        outcome = elasticsearch.bulk_index(client, shard_paths, documents_of)
+        metadata = _load_metadata(outcome, elasticsearch, physical)
+        if not outcome.complete:
+            raise dg.Failure(
+                description=f"the load of {day} into {physical} is incomplete "
+                f"({sum(outcome.unavailable.values())} documents not accepted after retries"
+                f"{'; ' + outcome.error if outcome.error else ''}); the day's previous documents are kept: re-run it",
+                metadata=metadata,
+            )
+        client.indices.refresh(index=physical)
+        stale_deleted = 0
+        if before:  # a first load of the day has nothing to replace
+            stale_deleted = client.delete_by_query(
+                index=physical, refresh=True, conflicts="proceed",
+                query={"bool": {"filter": [day_query(day)], "must_not": [{"term": {"load_id": load_id}}]}},
+            ).get("deleted", 0)
+        count = client.count(index=physical, query=day_query(day))["count"]
+        alias_targets = elasticsearch.alias_targets(client)
     finally:
         client.close()
 
-    if errors:
-        context.log.error(f"Elasticsearch rejected {sum(errors.values())} documents: {dict(errors)}; e.g. {samples[:2]}")
+    if outcome.rejected:
+        context.log.error(
+            f"Elasticsearch rejected {sum(outcome.rejected.values())} documents of {day}: {dict(outcome.rejected)}; "
+            f"e.g. {outcome.samples[:2]}"
+        )
+    if alias_targets != [physical]:
+        context.log.warning(
+            f"the alias {elasticsearch.index} points at {alias_targets}, not at {physical} that this load wrote: "
+            "readers see the new data after ElasticsearchResource.swap_alias (see README)"
+        )
     return dg.MaterializeResult(
         metadata={
-            "rows": indexed,
-            "rejected": sum(errors.values()),
-            "rejected_by_type": dg.MetadataValue.json(dict(errors)),
-            "rejected_samples": dg.MetadataValue.json(samples),
-            "stale_deleted": int(stale.get("deleted", 0)),
+            **metadata,
+            "documents_before": int(before),
+            "stale_deleted": int(stale_deleted),
             "documents_for_day": int(count),
-            "index": elasticsearch.index,
+            "alias_targets": dg.MetadataValue.json(alias_targets),
         }
     )
+
+
+def _load_metadata(outcome: BulkOutcome, elasticsearch: ElasticsearchResource, physical: str) -> dict:
+    return {
+        "rows": outcome.indexed,
+        "rejected": sum(outcome.rejected.values()),
+        "rejected_by_type": dg.MetadataValue.json(dict(outcome.rejected)),
+        "not_accepted_after_retries": sum(outcome.unavailable.values()),
+        "failure_samples": dg.MetadataValue.json(outcome.samples),
+        "index": elasticsearch.index,
+        "physical_index": physical,
+        "parallel_requests": elasticsearch.parallel_requests,
+        "seconds": round(outcome.seconds, 3),
+        "documents_per_second": round(outcome.sent / outcome.seconds, 1) if outcome.seconds else 0.0,
+    }

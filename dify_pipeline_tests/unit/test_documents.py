@@ -141,3 +141,100 @@ def test_one_document_per_row_in_order():
 def test_a_row_with_only_pipeline_columns_has_empty_attributes():
     [document] = documents([{"record_key": "tickets:1", "category": "其他"}])
     assert document["_source"]["attributes"] == {}
+
+
+# -- documents from record batches -----------------------------------------------------------------
+
+import pyarrow as pa  # noqa: E402
+
+from dify_pipeline.publish.documents import batch_documents, day_query  # noqa: E402
+from dify_pipeline.resources.elasticsearch import BulkOutcome  # noqa: E402
+
+
+def as_instants(document: dict) -> dict:
+    """A document with its ISO-8601 timestamps parsed, so two spellings of one instant compare equal."""
+    source = dict(document["_source"])
+    for name in ("created_at", "updated_at", "enriched_at"):
+        if isinstance(source.get(name), str):
+            source[name] = datetime.fromisoformat(source[name].replace("Z", "+00:00"))
+    return {**document, "_source": source}
+
+
+def batch_of(rows: list[dict]) -> pa.RecordBatch:
+    table = pa.Table.from_pylist(rows)
+    category = pa.dictionary(pa.int32(), pa.string())
+    table = table.set_column(table.schema.get_field_index("category"), "category", table.column("category").cast(category))
+    return table.to_batches()[0]
+
+
+def batch_docs(rows: list[dict]) -> list[dict]:
+    return list(batch_documents(batch_of(rows), "2026-03-08", "run-abc", set(mapping()["properties"]), "tickets-enriched"))
+
+
+def test_documents_from_a_batch_are_the_documents_from_its_rows():
+    rows = [enriched_row(record_key=f"tickets:{i}", latency_ms=[812.5, math.nan, math.inf][i % 3],
+                         updated_at=[None, CREATED][i % 2], amount=Decimal(f"{i}.25")) for i in range(6)]
+    assert [as_instants(d) for d in batch_docs(rows)] == [as_instants(d) for d in documents(rows)]
+
+
+def test_batch_timestamps_are_iso_8601_in_utc():
+    [document] = batch_docs([enriched_row()])
+    assert document["_source"]["created_at"] == "2026-03-08T09:15:00.000000Z"
+    assert document["_source"]["updated_at"] is None
+
+
+def test_batch_values_are_json_ready():
+    [document] = batch_docs([enriched_row(latency_ms=math.nan, total_price=math.inf, raw=b"\xff\xfebytes")])
+    source = document["_source"]
+    json.dumps(source, allow_nan=False)
+    assert source["latency_ms"] is None and source["total_price"] is None
+    assert source["category"] == "物流问题"  # dictionary decoded
+    assert source["attributes"]["amount"] == 129.9 and source["attributes"]["due_on"] == "2026-03-10"
+    assert source["attributes"]["raw"].endswith("bytes")
+
+
+def test_a_source_column_named_like_a_load_field_cannot_overwrite_it():
+    row = enriched_row(dt="1999-01-01", load_id="someone else")
+    for document in documents([row]) + batch_docs([row]):
+        assert document["_source"]["dt"] == "2026-03-08" and document["_source"]["load_id"] == "run-abc"
+        assert document["_source"]["attributes"]["dt"] == "1999-01-01"
+
+
+def test_the_day_query_selects_the_day_field():
+    assert day_query("2026-03-08") == {"term": {"dt": "2026-03-08"}}
+
+
+# -- what a bulk load reports ----------------------------------------------------------------------
+
+
+def test_a_document_refused_for_its_content_is_rejected_and_the_load_stays_complete():
+    outcome = BulkOutcome(sent=3)
+    outcome.record_failure({"index": {"_id": "7", "status": 400, "error": {"type": "document_parsing_exception",
+                                                                            "reason": "failed to parse field [x]"}}})
+    assert outcome.rejected == {"document_parsing_exception": 1} and not outcome.unavailable
+    assert outcome.complete and outcome.indexed == 2
+    assert outcome.samples == [{"_id": "7", "status": 400, "type": "document_parsing_exception",
+                                "reason": "failed to parse field [x]"}]
+
+
+def test_documents_still_throttled_after_the_retries_make_the_load_incomplete():
+    outcome = BulkOutcome(sent=2)
+    outcome.record_failure({"index": {"_id": "1", "status": 429, "error": {"type": "es_rejected_execution_exception"}}})
+    assert outcome.unavailable == {"es_rejected_execution_exception": 1} and not outcome.complete
+
+
+def test_a_whole_request_that_failed_is_the_clusters_fault_whatever_its_status():
+    outcome = BulkOutcome(sent=1)
+    outcome.record_failure({"index": {"_id": "1", "status": 400, "error": "ApiError(400, 'bad')", "exception": ValueError()}})
+    assert outcome.unavailable == {"request failed (400)": 1} and not outcome.rejected
+
+
+def test_at_most_five_samples_are_kept():
+    outcome = BulkOutcome(sent=9)
+    for i in range(9):
+        outcome.record_failure({"index": {"_id": str(i), "status": 400, "error": {"type": "mapper_parsing_exception"}}})
+    assert len(outcome.samples) == 5 and outcome.rejected == {"mapper_parsing_exception": 9}
+
+
+def test_a_stopped_worker_makes_the_load_incomplete():
+    assert not BulkOutcome(sent=5, error="ConnectionError: refused").complete
