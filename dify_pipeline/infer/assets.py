@@ -30,6 +30,7 @@ from dify_pipeline.stages import day_folder, shard_file
     group_name="tickets",
     deps=["ticket_shards"],
     kinds={"dify", "parquet"},
+    pool="dify",  # one step at a time across all runs holds the Dify budget (dagster.yaml: concurrency.pools)
     check_specs=[
         dg.AssetCheckSpec(
             "failure_rate_below_threshold", asset="enriched_tickets", blocking=True,
