@@ -114,9 +114,11 @@ def _print_summary(result, day: date, output: Path, elapsed: float, dify_stats: 
           f"({len(documents)} documents held by the emulator)")
     print(line)
     print("Next:")
-    print(f"  query the day:  duckdb -c \"SELECT category, count(*) FROM read_parquet('{output}/parquet/*/*.parquet', hive_partitioning=true) GROUP BY 1\"")
-    print(f"  open the UI:    DAGSTER_HOME={output / 'dagster_home'} .venv/bin/dagster dev -w workspace.yaml")
-    print("                  (with the variables of .env.example set to your own services; see README)")
+    query = f"SELECT dt, category, count(*) AS n FROM read_parquet('{output}/parquet/*/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY n DESC"
+    print(f"  query the day:  .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"{query}\\\").show()\"")
+    print(f"  browse the run: PIPELINE_TIMEZONE={DEMO_TIMEZONE} DAGSTER_HOME={output / 'dagster_home'} .venv/bin/dagster dev -w workspace.yaml")
+    print("                  (runs, metadata and checks of the demo; to run days for real, set the variables of")
+    print("                  .env.example to your services and use dagster.yaml's PostgreSQL instance: see README)")
     if not result.success:
         for event in result.all_events:
             if event.is_failure:
