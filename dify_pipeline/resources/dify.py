@@ -58,6 +58,9 @@ class DifyResult:
     recovered: bool = False  # fetched with GET /workflows/run/{id} after a stream broke
 
 
+THROTTLED_ATTEMPTS_FACTOR = 4
+
+
 class DifyFatalError(RuntimeError):
     """No record can succeed (bad key, wrong app, quota): the run stops instead of failing every row."""
 
@@ -193,7 +196,7 @@ class DifyResource(dg.ConfigurableResource):
             if resumed is not None:
                 counters.resumed_runs += 1
                 return resumed
-        attempts = 0
+        attempts = throttled = 0
         while True:
             if counters.stop.is_set():
                 return None  # left for the next materialization
@@ -219,8 +222,12 @@ class DifyResource(dg.ConfigurableResource):
                 return None
             if error.throttled:
                 counters.throttled += 1
+                throttled += 1
                 self._cool_down(gate, counters, error)
-            if not error.retryable or attempts >= self.max_attempts:
+            # "Slow down" is not a failure of the record: it gets a longer budget than real errors.
+            out_of_attempts = (attempts - throttled >= self.max_attempts
+                               or throttled >= self.max_attempts * THROTTLED_ATTEMPTS_FACTOR)
+            if not error.retryable or out_of_attempts:
                 return DifyResult(
                     record_key=request.record_key, succeeded=False, attempts=attempts,
                     latency_ms=round((time.perf_counter() - started) * 1000, 1),

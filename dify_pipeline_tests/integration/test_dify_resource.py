@@ -173,3 +173,10 @@ def test_a_stream_error_event_is_a_failure_with_its_code(dify_emulator):
     configure(dify_emulator, faults=[Fault(kind="quota_exceeded")])
     with pytest.raises(DifyFatalError, match="provider_quota_exceeded"):
         run(client(dify_emulator, response_mode="streaming", max_concurrency=1), requests_for(3))
+
+
+def test_being_throttled_longer_than_the_error_budget_does_not_fail_the_record(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="http_429", times_per_input=6)])
+    results, counters = run(client(dify_emulator, max_attempts=3, max_concurrency=2), requests_for(2))
+    assert all(r.succeeded and r.attempts == 7 for r in results.values())
+    assert counters["throttled"] == 12
