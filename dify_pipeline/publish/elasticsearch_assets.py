@@ -45,7 +45,7 @@ def tickets_elasticsearch(
         before = client.count(index=physical, query=day_query(day))["count"]
 
         def documents_of(shard_path: str) -> Iterator[dict]:
-            for batch in stage_storage.iter_parquet_batches(shard_path, batch_size=elasticsearch.chunk_size):
+            for batch in stage_storage.iter_parquet_batches(shard_path, elasticsearch.chunk_size, use_threads=False):
                 yield from batch_documents(batch, day, load_id, mapped_fields, physical)
 
         outcome = elasticsearch.bulk_index(client, shard_paths, documents_of)

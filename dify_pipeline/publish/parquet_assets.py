@@ -1,10 +1,7 @@
 """Step 5a — publish the enriched day as Parquet under <OUTPUT_PARQUET_URL>/dt=YYYY-MM-DD/."""
 
 
-from collections.abc import Iterator
-
 import dagster as dg
-import pyarrow as pa
 
 from dify_pipeline.partitions import daily_partitions
 from dify_pipeline.resources.storage import DAY_FILE_NAME, PARQUET_WRITE_OPTIONS, ObjectStorage
@@ -32,12 +29,8 @@ def tickets_parquet(
     folder = parquet_output.path(f"dt={day}")
     path = f"{folder}/{DAY_FILE_NAME}"
 
-    def batches() -> Iterator[pa.RecordBatch]:
-        for shard_path in shard_paths:
-            for batch in stage_storage.iter_parquet_batches(shard_path):
-                yield conform(batch, schema)
-
-    rows = parquet_output.write_parquet(path, schema, batches())
+    batches = (conform(batch, schema) for batch in stage_storage.iter_files_batches(shard_paths))
+    rows = parquet_output.write_parquet(path, schema, batches)
     footer = parquet_output.parquet_metadata(path)
     if footer.num_rows != rows:  # someone else replaced the day meanwhile: say so rather than report our numbers
         raise dg.Failure(f"{parquet_output.uri(path)} holds {footer.num_rows} rows after writing {rows}")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import uuid
-from collections.abc import Iterable, Iterator
-from typing import Literal
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, TypeVar
 
 import dagster as dg
 import fsspec
@@ -12,14 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
-# Statistics and the page index let readers skip row groups and pages; zstd reads as fast as snappy, smaller.
-PARQUET_WRITE_OPTIONS = dict(compression="zstd", write_statistics=True, write_page_index=True)
+# Statistics let readers skip row groups by value; zstd reads as fast as snappy and is smaller.
+PARQUET_WRITE_OPTIONS = dict(compression="zstd", write_statistics=True)
 # A row group is the unit a reader scans in parallel and skips by statistics: big enough to amortize its
 # metadata and seeks, small enough to hold one in memory while writing (this bounds the writer's memory).
 ROW_GROUP_ROWS = 128 * 1024
 ROW_GROUP_BYTES = 64 * 1024 * 1024  # Arrow (uncompressed) bytes
 S3_PART_BYTES = 32 * 1024 * 1024  # multipart upload part size (S3's minimum is 5 MiB)
 DAY_FILE_NAME = "part-00000.parquet"  # one object per day: replaced atomically
+T = TypeVar("T")
 
 
 class ObjectStorage(dg.ConfigurableResource):
@@ -83,8 +88,9 @@ class ObjectStorage(dg.ConfigurableResource):
     def write_parquet(self, path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]) -> int:
         """Stream batches into one Parquet file that appears whole or not at all; returns rows written.
 
-        Batches are regrouped into row groups of up to ROW_GROUP_ROWS rows / ROW_GROUP_BYTES bytes, so
-        memory holds one row group (plus one upload part on S3), whatever the size of the file.
+        Batches are regrouped into row groups of up to ROW_GROUP_ROWS rows / ROW_GROUP_BYTES bytes, which a
+        background thread assembles while this one compresses and uploads the previous group: memory holds
+        at most three row groups (plus one upload part on S3), whatever the size of the file.
 
         On S3 the parts are uploaded as the file grows, and the object appears only when the multipart
         upload is completed after the last byte; if anything fails before (the batches, the writer, the
@@ -99,7 +105,7 @@ class ObjectStorage(dg.ConfigurableResource):
         rows = 0
         try:
             writer = pq.ParquetWriter(handle, schema, **PARQUET_WRITE_OPTIONS)
-            for group in row_groups(batches, ROW_GROUP_ROWS, ROW_GROUP_BYTES):
+            for group in prefetched(row_groups(batches, ROW_GROUP_ROWS, ROW_GROUP_BYTES)):
                 writer.write_table(group, row_group_size=group.num_rows)
                 rows += group.num_rows
             writer.close()
@@ -127,10 +133,36 @@ class ObjectStorage(dg.ConfigurableResource):
             return pq.ParquetFile(handle).metadata
 
     def iter_parquet_batches(
-        self, path: str, batch_size: int = 65536, columns: list[str] | None = None
+        self, path: str, batch_size: int = 65536, columns: list[str] | None = None, use_threads: bool = True
     ) -> Iterator[pa.RecordBatch]:
+        """The file's rows in batches; `use_threads=False` for small files (a shard), where decoding each
+        column in its own thread costs more than it saves."""
         with self.filesystem().open(path, "rb") as handle:
-            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns)
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns, use_threads=use_threads)
+
+    def iter_files_batches(
+        self, paths: Sequence[str], batch_size: int = 65536, readahead: int = 8
+    ) -> Iterator[pa.RecordBatch]:
+        """The batches of several small Parquet files (a day's shards), in order, reading up to `readahead`
+        files ahead in threads: opening a file costs more than decoding 500 rows, so reading them one after
+        another would dominate. Memory holds `readahead` files."""
+        paths = iter(paths)
+        with ThreadPoolExecutor(max_workers=readahead, thread_name_prefix="parquet-read") as pool:
+            ahead = deque(pool.submit(self._read_small_file, path) for _, path in zip(range(readahead), paths))
+            try:
+                while ahead:
+                    table = ahead.popleft().result()
+                    for path in [next(paths, None)]:
+                        if path is not None:
+                            ahead.append(pool.submit(self._read_small_file, path))
+                    yield from table.to_batches(max_chunksize=batch_size)
+            finally:
+                for future in ahead:
+                    future.cancel()
+
+    def _read_small_file(self, path: str) -> pa.Table:
+        with self.filesystem().open(path, "rb") as handle:
+            return pq.ParquetFile(handle).read(use_threads=False)  # per-column threads cost more than they save here
 
     def list_files(self, folder: str, suffix: str = ".parquet") -> list[str]:
         """Visible files of a folder, sorted; hidden (`.`/`_`) files are in-progress writes."""
@@ -169,6 +201,58 @@ def row_groups(batches: Iterable[pa.RecordBatch | pa.Table], max_rows: int, max_
                     pending, rows, size = [], 0, 0
     if pending:
         yield pa.Table.from_batches(pending)
+
+
+class _Raised:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """`items` as produced by a background thread, up to `depth` ahead of the consumer, so that reading
+    (a database, files) overlaps writing. An error of the producer is raised to the consumer; when the
+    consumer stops early, the producer stops too and `items` is closed."""
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not hand_over(item):
+                    return
+            hand_over(_DONE)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
+            hand_over(_Raised(error))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        producer.join()
 
 
 def _abandon(writer: pq.ParquetWriter | None, handle, local_fs: fsspec.AbstractFileSystem | None, target: str) -> None:

@@ -201,3 +201,67 @@ def test_one_client_serves_every_call_of_a_resource():
     storage = ObjectStorage(url="s3://bucket/prefix", s3_endpoint_url="http://127.0.0.1:9000")
     assert storage.filesystem() is storage.filesystem()
     assert ObjectStorage(url="s3://bucket/prefix").filesystem() is not storage.filesystem()
+
+
+# -- reading ahead and writing behind --------------------------------------------------------------
+
+import threading  # noqa: E402
+
+from dify_pipeline.resources.storage import prefetched  # noqa: E402
+
+
+def test_prefetched_items_arrive_in_order_from_another_thread():
+    producers = []
+
+    def items():
+        for i in range(5):
+            producers.append(threading.current_thread().name)
+            yield i
+
+    assert list(prefetched(items())) == [0, 1, 2, 3, 4]
+    assert set(producers) == {"prefetch"}
+
+
+def test_an_error_of_the_producer_reaches_the_consumer_after_the_items_before_it():
+    received = []
+    with pytest.raises(Boom):
+        for item in prefetched(iter(failing_batches())):
+            received.append(item.num_rows)
+    assert received == [3]
+
+
+def test_a_consumer_that_stops_early_stops_and_closes_the_producer():
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    stream = prefetched(endless())
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()
+    assert closed.is_set()
+
+
+def test_many_small_files_read_as_one_stream_in_order(storage):
+    folder = storage.path("shards", "dt=2026-03-08")
+    paths = [f"{folder}/shard-{i:05d}.parquet" for i in range(12)]
+    for i, path in enumerate(paths):
+        storage.write_parquet(path, SCHEMA, [batch(i * 10, 10)])
+    batches = list(storage.iter_files_batches(paths, batch_size=4, readahead=3))
+    assert max(b.num_rows for b in batches) == 4
+    assert [n for b in batches for n in b.column("n").to_pylist()] == list(range(120))
+
+
+def test_a_file_that_cannot_be_read_fails_the_stream(storage):
+    good, bad = storage.path("a.parquet"), storage.path("b.parquet")
+    storage.write_parquet(good, SCHEMA, [batch(0, 2)])
+    with open(bad, "wb") as handle:
+        handle.write(b"not parquet")
+    with pytest.raises(Exception):
+        list(storage.iter_files_batches([good, bad]))

@@ -1,0 +1,275 @@
+"""Loading a generated enriched day into both sinks on loopback, next to the bare libraries doing the same work.
+
+    .venv/bin/python -m benchmarks.load_sinks                  # 200,000 rows
+    .venv/bin/python -m benchmarks.load_sinks --rows 50000
+
+The day is written as enriched_tickets writes it (shards of 500 rows, local stage storage). Then, each in a
+process of its own (so its peak memory is its own):
+
+- parquet, ours: `tickets_parquet` materialized in process (read the shards, conform, stream to S3, verify,
+  clean up)
+- parquet, raw:  pyarrow reading the same shards (`pyarrow.dataset`, multithreaded) and writing the table with
+  `pyarrow.parquet.write_table` to the same store, zstd; the write alone is also shown
+- elasticsearch, ours: `tickets_elasticsearch` materialized in process (ensure the index, parallel bulk,
+  refresh, stale deletion, count)
+- elasticsearch, raw: the client's `parallel_bulk` (same threads, same chunk size) sending the same
+  documents, already built in memory, to an empty index
+
+S3 is moto's server and Elasticsearch the project's emulator, each in its own process: their CPU is not ours.
+The bound is ours ≥ 0.80 × raw, in rows per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from benchmarks._harness import emulator_process, measured, report
+from dify_pipeline.schemas import CLEAN_FIELDS, ENRICHMENT_FIELDS, PIPELINE_VERSION, SHARD_FIELD, with_fields
+
+DAY = "2026-11-20"
+BUCKET = "load-benchmark"
+SHARD_ROWS = 500
+PARALLEL_REQUESTS = 4
+CHUNK_SIZE = 1000
+
+SUBJECTS = ["订单物流延迟", "Refund not received", "无法登录账户", "App crashes on start", "发票开具问题", "Wrong item delivered"]
+BODIES = [
+    "我的订单已经三天没有更新物流信息了，请帮忙查一下。客服电话一直占线，希望尽快处理。",
+    "I was charged twice for my order and still have not received a refund after two weeks of waiting.",
+    "登录时一直提示密码错误，但是我确定密码是对的，已经重置过两次，还是不行。",
+    "Since the last update the app closes right after the splash screen on my phone, every single time.",
+]
+SUMMARIES = ["客户反映物流延迟，要求加急处理。", "Customer reports a double charge and asks for a refund.",
+             "用户无法登录，已重置密码两次。", "App crashes at start after the update."]
+CATEGORIES = ["物流问题", "退款", "账户登录", "技术故障", "发票", "商品错误", "其他", "投诉", "咨询", "表扬"]
+
+
+def enriched_day(rows: int) -> pa.Table:
+    """A day as enriched_tickets leaves it: source, clean and enrichment columns, realistic text sizes."""
+    rng = np.random.default_rng(1)
+    keys = np.arange(rows)
+    start = datetime.fromisoformat(DAY).replace(tzinfo=timezone.utc)
+    micros = int(start.timestamp() * 1_000_000) + rng.integers(0, 86_400_000_000, rows)
+    pick = lambda pool: pa.array(np.array(pool, dtype=object)[rng.integers(0, len(pool), rows)], pa.string())  # noqa: E731
+    source = pa.schema([("id", pa.int64()), ("subject", pa.string()), ("body", pa.string()), ("channel", pa.string()),
+                        ("customer_id", pa.int64()), ("priority", pa.string()),
+                        ("created_at", pa.timestamp("us", tz="UTC")), ("updated_at", pa.timestamp("us", tz="UTC"))])
+    schema = with_fields(with_fields(source, CLEAN_FIELDS), ENRICHMENT_FIELDS).append(SHARD_FIELD)
+    numbers = pa.array(keys.astype(str).astype(object), pa.string())
+    body = pc.binary_join_element_wise(pick(BODIES), " 编号 ", numbers, pick(BODIES), "")
+    columns = {
+        "id": pa.array(keys, pa.int64()),
+        "subject": pc.binary_join_element_wise(pick(SUBJECTS), numbers, " #"),
+        "body": body,
+        "channel": pick(["email", "web", "app", "phone"]),
+        "customer_id": pa.array(rng.integers(1, 10**6, rows), pa.int64()),
+        "priority": pick(["normal", "normal", "high", "low"]),
+        "created_at": pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "updated_at": pa.array(micros + 3_600_000_000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "record_key": numbers,
+        "text_truncated": pa.array(np.zeros(rows, bool)),
+        "pii_masked": pa.array(rng.integers(0, 3, rows), pa.int64()),
+        "category": pick(CATEGORIES).dictionary_encode().cast(pa.dictionary(pa.int32(), pa.string())),
+        "summary": pick(SUMMARIES),
+        "sentiment": pick(["negative", "neutral", "positive"]).dictionary_encode().cast(pa.dictionary(pa.int32(), pa.string())),
+        "outputs_json": pa.array(['{"category": "物流问题", "summary": "…", "sentiment": "negative"}'] * rows, pa.string()),
+        "dify_status": pa.array(["succeeded"] * rows, pa.string()).dictionary_encode().cast(pa.dictionary(pa.int32(), pa.string())),
+        "error_code": pa.nulls(rows, pa.string()),
+        "error_message": pa.nulls(rows, pa.string()),
+        "attempts": pa.array(np.ones(rows, np.int32)),
+        "latency_ms": pa.array(rng.lognormal(6.5, 0.3, rows)),
+        "total_tokens": pa.array(rng.integers(150, 600, rows), pa.int64()),
+        "total_price": pa.array(rng.random(rows) / 1000),
+        "currency": pa.array(["USD"] * rows, pa.string()),
+        "dify_run_id": pc.binary_join_element_wise("run-", numbers, ""),
+        "dify_workflow_id": pa.array(["wf-benchmark"] * rows, pa.string()),
+        "cache_hit": pa.array(np.zeros(rows, bool)),
+        "inputs_truncated": pa.array(np.zeros(rows, bool)),
+        "enriched_at": pa.array(np.full(rows, micros.max()), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "app_identity": pa.array(["app-benchmark"] * rows, pa.string()),
+        "cache_version": pa.array(["v1"] * rows, pa.string()),
+        "pipeline_version": pa.array([PIPELINE_VERSION] * rows, pa.string()),
+        "shard": pa.array((keys // SHARD_ROWS).astype(np.int32)),
+    }
+    return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
+
+
+def write_stage(folder: str, rows: int) -> int:
+    """The day as enriched shards under `folder`; returns the rows written."""
+    from dify_pipeline.resources.storage import ObjectStorage
+    from dify_pipeline.stages import shard_file
+
+    stage = ObjectStorage(url=folder)
+    table = enriched_day(rows)
+    for shard, offset in enumerate(range(0, rows, SHARD_ROWS)):
+        stage.write_parquet(shard_file(stage, "enriched_tickets", DAY, shard), table.schema, [table.slice(offset, SHARD_ROWS)])
+    return table.num_rows
+
+
+# -- the cases, each run in a child process ----------------------------------------------------------
+
+
+def current_rss_mb() -> float:
+    """This process's resident memory now (the harness reports the peak, imports included)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def materialize(asset, resources: dict) -> dict:
+    """Run the asset as Dagster runs it (in process, ephemeral instance made before the clock starts)."""
+    import dagster as dg
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        start_rss = current_rss_mb()
+        with measured() as usage:
+            result = dg.materialize([asset], partition_key=DAY, instance=instance, resources=resources)
+    [event] = result.asset_materializations_for_node(asset.key.path[-1])
+    return {"metadata": {key: value.value for key, value in event.metadata.items()},
+            "usage": {**usage.__dict__, "start_rss_mb": start_rss}}
+
+
+def case_parquet_ours(stage_url: str, s3_url: str, prefix: str) -> dict:
+    import s3fs  # noqa: F401 - imported before the clock starts, as the raw case does
+
+    from dify_pipeline.publish.parquet_assets import tickets_parquet
+    from dify_pipeline.resources.storage import ObjectStorage
+
+    stage = ObjectStorage(url=stage_url)
+    output = ObjectStorage(url=f"s3://{BUCKET}/{prefix}", s3_endpoint_url=s3_url, s3_region="us-east-1")
+    outcome = materialize(tickets_parquet, {"stage_storage": stage, "parquet_output": output})
+    return {"rows": outcome["metadata"]["rows"], "usage": outcome["usage"]}
+
+
+def case_parquet_raw(stage_url: str, s3_url: str, prefix: str) -> dict:
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+    import s3fs
+
+    shards = ds.dataset(f"{stage_url}/enriched_tickets/dt={DAY}", format="parquet")
+    fs = s3fs.S3FileSystem(endpoint_url=s3_url, client_kwargs={"region_name": "us-east-1"})
+    start_rss = current_rss_mb()
+    with measured() as usage:
+        table = shards.to_table().drop_columns(["shard"])  # pyarrow's own multithreaded reader
+        started = time.perf_counter()
+        pq.write_table(table, f"{BUCKET}/{prefix}/dt={DAY}/part-00000.parquet", filesystem=fs, compression="zstd")
+        write_seconds = time.perf_counter() - started
+    return {"rows": table.num_rows, "usage": {**usage.__dict__, "start_rss_mb": start_rss}, "write_seconds": write_seconds}
+
+
+def case_elasticsearch_ours(stage_url: str, es_url: str, index: str) -> dict:
+    from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
+    from dify_pipeline.resources.elasticsearch import ElasticsearchResource
+    from dify_pipeline.resources.storage import ObjectStorage
+    from dify_pipeline.settings import PipelineSettings
+
+    es = ElasticsearchResource(url=es_url, index=index, parallel_requests=PARALLEL_REQUESTS, chunk_size=CHUNK_SIZE)
+    outcome = materialize(tickets_elasticsearch, {"elasticsearch": es, "stage_storage": ObjectStorage(url=stage_url),
+                                                  "settings": PipelineSettings()})
+    assert outcome["metadata"]["rejected"] == 0
+    return {"rows": outcome["metadata"]["documents_for_day"], "usage": outcome["usage"],
+            "bulk_seconds": outcome["metadata"]["seconds"]}
+
+
+def case_elasticsearch_raw(stage_url: str, es_url: str, index: str) -> dict:
+    import pyarrow.dataset as ds
+    from elasticsearch import Elasticsearch, helpers
+
+    from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping, to_documents
+
+    table = ds.dataset(f"{stage_url}/enriched_tickets/dt={DAY}", format="parquet").to_table()
+    mapping = index_mapping(["subject", "body"], ["created_at", "updated_at"])
+    physical = f"{index}-v{MAPPING_VERSION}"
+    documents = list(to_documents(table.to_pylist(), DAY, "raw", set(mapping["properties"]), physical))
+    del table
+    client = Elasticsearch(es_url, request_timeout=60)
+    client.indices.create(index=physical, mappings=mapping)
+    start_rss = current_rss_mb()
+    with measured() as usage:
+        started = time.perf_counter()
+        for ok, item in helpers.parallel_bulk(client, documents, thread_count=PARALLEL_REQUESTS, chunk_size=CHUNK_SIZE,
+                                              raise_on_error=True):
+            pass
+        bulk_seconds = time.perf_counter() - started
+        client.indices.refresh(index=physical)
+    rows = client.count(index=physical)["count"]
+    return {"rows": rows, "usage": {**usage.__dict__, "start_rss_mb": start_rss}, "bulk_seconds": bulk_seconds}
+
+
+CASES = {name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")}
+
+
+def run_case(name: str, *args: str) -> dict:
+    """Run one case in a fresh interpreter; returns what it printed (rows and usage)."""
+    output = subprocess.run([sys.executable, "-m", "benchmarks.load_sinks", "--case", name, *args],
+                            check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(CASES[args.case](*args.args)))
+        return 0
+
+    from dify_pipeline_tests.integration.services import S3Server  # moto's server in its own process
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "benchmark")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "benchmark")
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        stage_url = f"{folder}/stages"
+        rows = write_stage(stage_url, args.rows)
+        print(f"{rows} enriched rows in {rows // SHARD_ROWS} shards under {stage_url}", flush=True)
+
+        s3 = S3Server()
+        try:
+            s3.client().create_bucket(Bucket=BUCKET)
+            raw = run_case("parquet_raw", stage_url, s3.url, "raw")
+            ours = run_case("parquet_ours", stage_url, s3.url, "ours")
+        finally:
+            s3.stop()
+        results.append(compare("parquet → S3 (moto)", rows, ours, raw))
+        write_only = rows / raw["write_seconds"]
+        print(f"  raw write alone (table already in memory): {write_only:.3g} rows/s; "
+              f"ours / that: {rows / ours['usage']['wall_seconds'] / write_only:.3f}", flush=True)
+
+        with emulator_process("dify_pipeline.emulators.elasticsearch") as es_url:
+            raw = run_case("elasticsearch_raw", stage_url, es_url, "raw")
+            ours = run_case("elasticsearch_ours", stage_url, es_url, "ours")
+        results.append(compare(f"elasticsearch (emulator, {PARALLEL_REQUESTS} requests in flight)", rows, ours, raw))
+        print(f"  bulk phase alone: ours {rows / ours['bulk_seconds']:.3g} rows/s, raw {rows / raw['bulk_seconds']:.3g} rows/s "
+              f"(ours also refreshes, counts, deletes stale documents)", flush=True)
+    return 0 if all(results) else 1
+
+
+def compare(name: str, rows: int, ours: dict, raw: dict) -> bool:
+    assert ours["rows"] == raw["rows"] == rows, (ours["rows"], raw["rows"], rows)
+    ours_rate = rows / ours["usage"]["wall_seconds"]
+    raw_rate = rows / raw["usage"]["wall_seconds"]
+    ratio = ours_rate / raw_rate
+    report(name, {"rows": rows, "ours_rows/s": ours_rate, "raw_rows/s": raw_rate,
+                  "ours_s": ours["usage"]["wall_seconds"], "raw_s": raw["usage"]["wall_seconds"],
+                  "ours_peak_rss_mb": ours["usage"]["peak_rss_mb"], "ours_rss_at_start_mb": ours["usage"]["start_rss_mb"],
+                  "raw_peak_rss_mb": raw["usage"]["peak_rss_mb"], "raw_rss_at_start_mb": raw["usage"]["start_rss_mb"],
+                  "ours_cpu_cores": ours["usage"]["cpu_seconds"] / ours["usage"]["wall_seconds"]},
+           ratio, 0.80, ratio >= 0.80)
+    return ratio >= 0.80
+
+
+if __name__ == "__main__":
+    sys.exit(main())
