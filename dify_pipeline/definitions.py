@@ -23,6 +23,7 @@ from dify_pipeline.resources.elasticsearch import ElasticsearchResource
 from dify_pipeline.resources.result_cache import ResultCache
 from dify_pipeline.resources.source_database import SourceDatabase
 from dify_pipeline.resources.storage import ObjectStorage
+from dify_pipeline.schedules import daily_enrichment_job, daily_schedule
 from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.shard.assets import ticket_shards
 
@@ -72,19 +73,6 @@ def build_resources() -> dict:
         ),
         "settings": PipelineSettings(),
     }
-
-
-daily_enrichment_job = dg.define_asset_job(
-    "daily_enrichment", selection=dg.AssetSelection.groups("tickets")
-)
-
-daily_schedule = dg.build_schedule_from_partitioned_job(
-    daily_enrichment_job,
-    hour_of_day=int(os.environ.get("SCHEDULE_HOUR", "2")),
-    minute_of_hour=int(os.environ.get("SCHEDULE_MINUTE", "0")),
-    name="daily_enrichment_schedule",
-)
-
 
 
 def build_definitions(**resource_overrides) -> dg.Definitions:

@@ -1,0 +1,18 @@
+"""The nightly run: the job over the whole flow, and its schedule for the day that just ended."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+daily_enrichment_job = dg.define_asset_job("daily_enrichment", selection=dg.AssetSelection.groups("tickets"))
+
+# At SCHEDULE_HOUR:SCHEDULE_MINUTE in the partitions' zone (PIPELINE_TIMEZONE), for the last complete day there.
+# Stopped until turned on in the UI, so a deploy never spends money by surprise.
+daily_schedule = dg.build_schedule_from_partitioned_job(
+    daily_enrichment_job,
+    hour_of_day=int(os.environ.get("SCHEDULE_HOUR", "2")),
+    minute_of_hour=int(os.environ.get("SCHEDULE_MINUTE", "0")),
+    name="daily_enrichment_schedule",
+)
