@@ -29,6 +29,7 @@ def raw_tickets(
             "window_start": window_start.isoformat(),
             "window_end": window_end.isoformat(),
             "source": f"{source_database.safe_url()} table {source_database.table}",
+            "driver": source_database.export_driver(),
             "path": dg.MetadataValue.path(stage_storage.uri(path)),
         }
     )

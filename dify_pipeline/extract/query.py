@@ -9,6 +9,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import sqlalchemy as sa
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -58,13 +59,29 @@ def arrow_type(sql_type: sa.types.TypeEngine) -> pa.DataType:
 
 def to_record_batch(rows: list, columns: list[str], types: list[pa.DataType], source_timezone: str) -> pa.RecordBatch:
     """Transpose fetched rows into a record batch; naive timestamps become aware (source zone → UTC)."""
+    return columns_to_record_batch(list(zip(*rows)) or [[] for _ in columns], columns, types, source_timezone)
+
+
+def columns_to_record_batch(
+    values_by_column: list, columns: list[str], types: list[pa.DataType], source_timezone: str
+) -> pa.RecordBatch:
+    """A record batch from each column's values, built column by column in Arrow.
+
+    Each column takes Arrow's fast path when its values already fit the type, and falls back to Python
+    value by value only when they do not (bytes in a broken encoding, parsed JSON, Decimal in a float
+    column). Timestamps and dates may arrive as text (`2026-11-20 01:26:36.191643`, as MySQL sends them):
+    they are parsed in Arrow, and MySQL's zero dates (`0000-00-00`), which are no moment, become null.
+    """
     arrays = []
-    for values, arrow in zip(zip(*rows), types):
+    for values, arrow in zip(values_by_column, types):
         if pa.types.is_string(arrow):
-            values = [_as_text(v) for v in values]
+            array = _fast_or(values, arrow, lambda v: [_as_text(x) for x in v])
         elif pa.types.is_floating(arrow):  # NUMERIC without precision: drivers hand back Decimal
-            values = [float(v) if isinstance(v, Decimal) else v for v in values]
-        array = pa.array(values, type=arrow)
+            array = _fast_or(values, arrow, lambda v: [float(x) if isinstance(x, Decimal) else x for x in v])
+        elif pa.types.is_timestamp(arrow) or pa.types.is_date(arrow):
+            array = _temporal(values, arrow)
+        else:
+            array = pa.array(values, type=arrow)
         if pa.types.is_timestamp(arrow) and arrow.tz is None:
             array = pa.compute.assume_timezone(array, source_timezone, ambiguous="earliest", nonexistent="earliest")
             array = array.cast(pa.timestamp("us", tz="UTC"))
@@ -78,6 +95,37 @@ def arrow_schema(columns: list[str], types: list[pa.DataType]) -> pa.Schema:
     )
 
 
+def _fast_or(values, arrow: pa.DataType, slow) -> pa.Array:
+    try:
+        return pa.array(values, type=arrow)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array(slow(values), type=arrow)
+
+
+def _temporal(values, arrow: pa.DataType) -> pa.Array:
+    first = next((v for v in values if v is not None), None)
+    if not isinstance(first, (str, bytes)):  # datetime/date objects (SQLite, PostgreSQL, default converters)
+        try:
+            return pa.array(values, type=arrow)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # a driver's text among them (PyMySQL's zero dates)
+            values = [v if isinstance(v, (str, bytes)) or v is None else str(v) for v in values]
+    text = pa.array(values, type=pa.string())
+    text = pa.compute.if_else(pa.compute.starts_with(text, "0000-00-00"), pa.scalar(None, pa.string()), text)
+    try:
+        return text.cast(arrow)
+    except pa.ArrowInvalid:  # e.g. 2026-11-00, which MySQL accepts in lenient modes: not a moment either
+        return pa.array([_parsed_or_none(v, arrow) for v in text.to_pylist()], type=arrow)
+
+
+def _parsed_or_none(text: str | None, arrow: pa.DataType):
+    if text is None:
+        return None
+    try:
+        return pa.scalar(text).cast(arrow).as_py()
+    except pa.ArrowInvalid:
+        return None
+
+
 def _as_text(value):
     """Text columns may hold bytes with a broken encoding; keep them as text, never crash the export."""
     if value is None or isinstance(value, str):
@@ -87,6 +135,8 @@ def _as_text(value):
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
             return bytes(value).decode("gb18030", errors="replace")
+    if isinstance(value, (set, frozenset)):  # MySQL SET, parsed by SQLAlchemy: back to MySQL's own text
+        return ",".join(sorted(value))
     if isinstance(value, (dict, list)):  # JSON columns come back parsed: keep them JSON, not Python repr
         return json.dumps(value, ensure_ascii=False, default=str)
     return str(value)

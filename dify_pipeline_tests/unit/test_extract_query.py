@@ -245,3 +245,40 @@ def test_record_batch_keeps_column_names_and_order():
     assert batch.schema.names == ["id", "subject", "blob"]
     assert batch.num_rows == 2
     assert batch.column(2).to_pylist() == [b"\x00", None]
+
+
+# -- temporal values sent as text (the fast MySQL path) --------------------------------------------
+
+from dify_pipeline.extract.query import columns_to_record_batch  # noqa: E402
+
+
+def test_timestamps_sent_as_text_are_parsed_and_read_in_the_source_zone():
+    values = [b"2026-03-10 08:30:00.250000", "2026-03-10 08:31:00", None]
+    assert batch_of(values, pa.timestamp("us"), "Asia/Shanghai") == [
+        datetime(2026, 3, 10, 0, 30, 0, 250000, tzinfo=UTC), datetime(2026, 3, 10, 0, 31, tzinfo=UTC), None]
+
+
+def test_mysql_zero_dates_and_impossible_dates_become_null():
+    assert batch_of([b"0000-00-00 00:00:00", b"2026-11-00 10:00:00", b"2026-11-20 10:00:00"], pa.timestamp("us")) == [
+        None, None, datetime(2026, 11, 20, 10, tzinfo=UTC)]
+    assert batch_of([b"0000-00-00", b"2026-11-21", None], pa.date32()) == [None, date(2026, 11, 21), None]
+
+
+def test_a_driver_mixing_datetimes_and_text_in_one_column_still_exports():
+    assert batch_of([datetime(2026, 3, 10, 8, 30), "0000-00-00 00:00:00"], pa.timestamp("us")) == [
+        datetime(2026, 3, 10, 8, 30, tzinfo=UTC), None]
+
+
+def test_a_mysql_set_parsed_by_sqlalchemy_becomes_mysqls_own_text():
+    assert batch_of([{"vip", "refund"}, set()], pa.string()) == ["refund,vip", ""]
+
+
+def test_columns_and_rows_make_the_same_batch():
+    rows = [(1, "a", datetime(2026, 3, 10, 8, 30), Decimal("1.5")), (2, None, None, None)]
+    names, types = ["id", "s", "t", "f"], [pa.int64(), pa.string(), pa.timestamp("us"), pa.float64()]
+    assert columns_to_record_batch(list(zip(*rows)), names, types, "UTC") == to_record_batch(rows, names, types, "UTC")
+
+
+def test_no_rows_make_an_empty_batch_with_the_schema():
+    batch = to_record_batch([], ["id", "t"], [pa.int64(), pa.timestamp("us")], "UTC")
+    assert batch.num_rows == 0 and batch.schema == arrow_schema(["id", "t"], [pa.int64(), pa.timestamp("us")])
