@@ -97,6 +97,7 @@ def _load_metadata(outcome: BulkOutcome, elasticsearch: ElasticsearchResource, p
         "rejected_by_type": dg.MetadataValue.json(dict(outcome.rejected)),
         "not_accepted_after_retries": sum(outcome.unavailable.values()),
         "failure_samples": dg.MetadataValue.json(outcome.samples),
+        "stopped_by": outcome.error or "",
         "index": elasticsearch.index,
         "physical_index": physical,
         "parallel_requests": elasticsearch.parallel_requests,

@@ -117,21 +117,21 @@ class ElasticsearchResource(dg.ConfigurableResource):
         lock = threading.Lock()
         started = time.perf_counter()
 
-        def actions() -> Iterator[dict]:
+        def actions(sent: list[int]) -> Iterator[dict]:
             while not stop.is_set():
                 try:
                     part = pending.get_nowait()
                 except queue.Empty:
                     return
                 for action in actions_of(part):
-                    with lock:
-                        outcome.sent += 1
+                    sent[0] += 1
                     yield action
 
         def worker() -> None:
+            sent = [0]  # this worker's count, added once at the end: no lock per document
             try:
                 for ok, item in helpers.streaming_bulk(
-                    client, actions(), chunk_size=self.chunk_size, max_chunk_bytes=self.max_chunk_bytes,
+                    client, actions(sent), chunk_size=self.chunk_size, max_chunk_bytes=self.max_chunk_bytes,
                     max_retries=self.max_retries, initial_backoff=self.initial_backoff_seconds,
                     max_backoff=self.max_backoff_seconds, retry_on_status=RETRIED_STATUSES,
                     raise_on_error=False, raise_on_exception=False, yield_ok=False,
@@ -142,6 +142,9 @@ class ElasticsearchResource(dg.ConfigurableResource):
                 stop.set()
                 with lock:
                     outcome.error = outcome.error or f"{type(error).__name__}: {error}"
+            finally:
+                with lock:
+                    outcome.sent += sent[0]
 
         threads = [threading.Thread(target=worker, name=f"bulk-{i}") for i in range(self.parallel_requests)]
         for thread in threads:

@@ -221,6 +221,24 @@ def test_a_cluster_unavailable_beyond_the_retries_fails_the_load_and_keeps_the_p
     assert not result.get_asset_check_evaluations()  # the check did not run on a failed load
 
 
+def test_an_unreadable_shard_stops_the_load_and_deletes_nothing(
+    emulator, es, publish_stage, output, write_enriched_day
+):
+    write_enriched_day(range(0, 1500), tag="old")
+    assert load(es, publish_stage, output).success
+    write_enriched_day(range(1000, 2500), tag="new")  # 0-999 left the day: deleting them needs a complete load
+    broken = publish_stage.list_files(publish_stage.path("enriched_tickets", f"dt={PUBLISH_DAY}"))[1]
+    with open(broken, "wb") as handle:
+        handle.write(b"PAR1 not a parquet file")
+
+    result = load(es, publish_stage, output)
+    assert not result.success
+    assert "ArrowInvalid" in failure_metadata(result)["stopped_by"]
+    documents = summaries(emulator, es)
+    assert {str(k) for k in range(0, 1000)} <= set(documents)  # nothing deleted after an incomplete load
+    assert len(documents) == len(set(documents))
+
+
 # -- security and the alias ------------------------------------------------------------------------
 
 
