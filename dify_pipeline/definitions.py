@@ -75,6 +75,13 @@ def build_resources() -> dict:
     }
 
 
+# Each step in a process of its own, forked from one that has imported the code location once: a step starts in
+# a fraction of a second instead of paying ~2 s of imports (8 steps a day, 30 days a backfill).
+step_processes = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": ["dify_pipeline.definitions"]}}}
+)
+
+
 def build_definitions(**resource_overrides) -> dg.Definitions:
     """The code location as the environment describes it now (tests call this after setting variables)."""
     return dg.Definitions(
@@ -83,6 +90,7 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
         jobs=[daily_enrichment_job],
         schedules=[daily_schedule],
         resources={**build_resources(), **resource_overrides},
+        executor=step_processes,
     )
 
 
