@@ -16,7 +16,7 @@ process of its own (so its peak memory is its own):
   documents, already built in memory, to an empty index
 
 S3 is moto's server and Elasticsearch the project's emulator, each in its own process: their CPU is not ours.
-The bound is ours ≥ 0.80 × raw, in rows per second.
+The bound is ours ≥ 0.80 × raw, in rows per second; each figure is the fastest of `--repeat` runs.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime, timezone
 
 import numpy as np
@@ -216,9 +218,33 @@ def run_case(name: str, *args: str) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def best_of(repeat: int, name: str, *args: str, before=lambda: None) -> dict:
+    """The fastest of `repeat` runs: other load on the machine only ever slows a run down."""
+    runs = []
+    for _ in range(repeat):
+        before()
+        runs.append(run_case(name, *args))
+    return min(runs, key=lambda run: run["usage"]["wall_seconds"])
+
+
+def listening(url: str) -> str:
+    """Wait until the server behind `url` accepts connections (the emulator prints its URL first)."""
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=0.5).close()
+            return url
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each case; the fastest counts")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -239,8 +265,8 @@ def main() -> int:
         s3 = S3Server()
         try:
             s3.client().create_bucket(Bucket=BUCKET)
-            raw = run_case("parquet_raw", stage_url, s3.url, "raw")
-            ours = run_case("parquet_ours", stage_url, s3.url, "ours")
+            raw = best_of(args.repeat, "parquet_raw", stage_url, s3.url, "raw")
+            ours = best_of(args.repeat, "parquet_ours", stage_url, s3.url, "ours")
         finally:
             s3.stop()
         results.append(compare("parquet → S3 (moto)", rows, ours, raw))
@@ -249,11 +275,14 @@ def main() -> int:
               f"ours / that: {rows / ours['usage']['wall_seconds'] / write_only:.3f}", flush=True)
 
         with emulator_process("dify_pipeline.emulators.elasticsearch") as es_url:
-            raw = run_case("elasticsearch_raw", stage_url, es_url, "raw")
-            ours = run_case("elasticsearch_ours", stage_url, es_url, "ours")
+            listening(es_url)
+            reset = lambda: urllib.request.urlopen(urllib.request.Request(f"{es_url}/_emulator/reset", method="POST"))  # noqa: E731
+            raw = best_of(args.repeat, "elasticsearch_raw", stage_url, es_url, "raw", before=reset)
+            ours = best_of(args.repeat, "elasticsearch_ours", stage_url, es_url, "ours", before=reset)
         results.append(compare(f"elasticsearch (emulator, {PARALLEL_REQUESTS} requests in flight)", rows, ours, raw))
-        print(f"  bulk phase alone: ours {rows / ours['bulk_seconds']:.3g} rows/s, raw {rows / raw['bulk_seconds']:.3g} rows/s "
-              f"(ours also refreshes, counts, deletes stale documents)", flush=True)
+        print(f"  bulk phase alone: ours {rows / ours['bulk_seconds']:.3g} rows/s, raw {rows / raw['bulk_seconds']:.3g} rows/s, "
+              f"ratio {raw['bulk_seconds'] / ours['bulk_seconds']:.3f} (the step also counts the day's documents before "
+              f"and after, which the emulator does in Python over every document)", flush=True)
     return 0 if all(results) else 1
 
 

@@ -269,7 +269,9 @@ def test_tls_with_a_private_ca_file(emulator, es, publish_stage, output, write_e
     server.install_signal_handlers = lambda: None
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 10
     while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the TLS emulator did not start"
         time.sleep(0.01)
     url = f"https://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     try:
