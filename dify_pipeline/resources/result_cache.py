@@ -7,7 +7,7 @@ what is missing. Any SQLAlchemy database works: SQLite on one machine, PostgreSQ
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,22 +82,25 @@ class ResultCacheSession:
         self._engine = engine
         self.enabled = enabled
 
-    def lookup(self, keys: Iterable[str]) -> dict[str, CachedResult]:
-        if not self.enabled:
-            return {}
-        found: dict[str, CachedResult] = {}
+    def _rows(self, columns: list, keys: Iterable[str]) -> Iterator[sa.Row]:
+        """Rows of `columns`' table whose cache_key is among `keys`, queried in chunks."""
+        key_column = columns[0].table.c.cache_key
         keys = list(dict.fromkeys(keys))
         with self._engine.connect() as connection:
             for start in range(0, len(keys), 900):  # stay under every driver's parameter limit
-                chunk = keys[start : start + 900]
-                rows = connection.execute(sa.select(RESULTS).where(RESULTS.c.cache_key.in_(chunk)))
-                for row in rows:
-                    found[row.cache_key] = CachedResult(
-                        outputs=json.loads(row.outputs_json), run_id=row.run_id, workflow_id=row.workflow_id,
-                        total_tokens=row.total_tokens, total_price=row.total_price, currency=row.currency,
-                        latency_ms=row.latency_ms, attempts=row.attempts,
-                    )
-        return found
+                yield from connection.execute(sa.select(*columns).where(key_column.in_(keys[start : start + 900])))
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, CachedResult]:
+        if not self.enabled:
+            return {}
+        return {
+            row.cache_key: CachedResult(
+                outputs=json.loads(row.outputs_json), run_id=row.run_id, workflow_id=row.workflow_id,
+                total_tokens=row.total_tokens, total_price=row.total_price, currency=row.currency,
+                latency_ms=row.latency_ms, attempts=row.attempts,
+            )
+            for row in self._rows(list(RESULTS.c), keys)
+        }
 
     def store(self, key: str, app_identity: str, cache_version: str, result: CachedResult) -> None:
         """Persist one successful result at once (committed), so a killed run never pays for it again."""
@@ -136,14 +139,7 @@ class ResultCacheSession:
         """Run ids of `keys` started by an earlier, interrupted run and never answered."""
         if not self.enabled:
             return {}
-        found: dict[str, str] = {}
-        keys = list(dict.fromkeys(keys))
-        with self._engine.connect() as connection:
-            for start in range(0, len(keys), 900):
-                chunk = keys[start : start + 900]
-                query = sa.select(STARTED_RUNS.c.cache_key, STARTED_RUNS.c.run_id).where(STARTED_RUNS.c.cache_key.in_(chunk))
-                found.update({row.cache_key: row.run_id for row in connection.execute(query)})
-        return found
+        return {row.cache_key: row.run_id for row in self._rows([STARTED_RUNS.c.cache_key, STARTED_RUNS.c.run_id], keys)}
 
     def close(self) -> None:
         self._engine.dispose()
