@@ -18,6 +18,7 @@ from dify_pipeline.infer.assets import enriched_tickets
 from dify_pipeline.partitions import PIPELINE_TIMEZONE
 from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
 from dify_pipeline.publish.parquet_assets import tickets_parquet
+from dify_pipeline.quality_checks import enriched_day_checks
 from dify_pipeline.resources.dify import DifyResource
 from dify_pipeline.resources.elasticsearch import ElasticsearchResource
 from dify_pipeline.resources.result_cache import ResultCache
@@ -86,7 +87,7 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
     """The code location as the environment describes it now (tests call this after setting variables)."""
     return dg.Definitions(
         assets=[raw_tickets, clean_tickets, ticket_shards, enriched_tickets, tickets_parquet, tickets_elasticsearch],
-        asset_checks=publish_checks,
+        asset_checks=[*publish_checks, enriched_day_checks],
         jobs=[daily_enrichment_job],
         schedules=[daily_schedule],
         resources={**build_resources(), **resource_overrides},

@@ -1,0 +1,98 @@
+"""The enriched day's blocking checks on real services: they pass on a good day, attached to that day's
+materialization, and a bad day fails them before anything is published."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+import pyarrow as pa
+import sqlalchemy as sa
+
+from dify_pipeline.definitions import build_definitions
+from dify_pipeline.demo.sample_data import generate_tickets, insert_tickets
+from dify_pipeline.quality_checks import enriched_day_checks
+from dify_pipeline.resources.storage import ObjectStorage
+from dify_pipeline.stages import day_folder
+from dify_pipeline_tests.integration.pipeline import DAY, check_results, materialization_metadata, run_day
+
+ENRICHED_CHECKS = {"enriched_reconciles_with_clean", "unique_record_keys", "categories_allowed"}
+
+
+def evaluations(result) -> dict[str, tuple[bool, int | None, dict]]:
+    """check name → (passed, storage id of the materialization it judged, metadata) for every check in the run."""
+    found = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            target = evaluation.target_materialization_data
+            found[evaluation.check_name] = (evaluation.passed, target.storage_id if target else None,
+                                            {k: v.value for k, v in evaluation.metadata.items()})
+    return found
+
+
+def materialized(result) -> set[str]:
+    return {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+
+
+def test_a_good_day_passes_every_check_attached_to_its_partition(pipeline_env, source_tickets, dagster_instance, dify_emulator):
+    result = run_day(dagster_instance)
+    assert result.success
+    checks = evaluations(result)
+    assert ENRICHED_CHECKS | {"failure_rate_below_threshold", "counts_reconcile", "parquet_matches_enriched",
+                              "elasticsearch_matches_parquet"} <= set(checks)
+    assert all(passed for passed, _, _ in checks.values()), checks
+    # Each result is attached to the day's materialization of enriched_tickets: the UI shows it on that partition.
+    [day_materialization] = dagster_instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("enriched_tickets"), asset_partitions=[DAY]), limit=1).records
+    for name in ENRICHED_CHECKS | {"failure_rate_below_threshold", "single_app_version"}:
+        assert checks[name][1] == day_materialization.storage_id, name
+    assert checks["enriched_reconciles_with_clean"][2]["enriched_rows"] == materialization_metadata(result, "clean_tickets")["rows"]
+
+
+def test_a_day_re_cleaned_without_re_sharding_is_stopped_before_publishing(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
+    assert run_day(dagster_instance).success
+    late = generate_tickets(date.fromisoformat(DAY), count=40, seed=5, timezone="UTC")
+    late["id"] = late["id"] + 7_000_000
+    engine = sa.create_engine(pipeline_env["SOURCE_DATABASE_URL"])
+    insert_tickets(engine, "tickets", late)
+    engine.dispose()
+    job = build_definitions().resolve_job_def("daily_enrichment")
+    recleaned = job.execute_in_process(partition_key=DAY, instance=dagster_instance,
+                                       asset_selection=[dg.AssetKey("raw_tickets"), dg.AssetKey("clean_tickets")])
+    assert recleaned.success
+
+    # The shards still hold the day as it was: enriched_tickets answers those, not the day as it is now.
+    stale = job.execute_in_process(partition_key=DAY, instance=dagster_instance, raise_on_error=False, asset_selection=[
+        dg.AssetKey(name) for name in ("enriched_tickets", "tickets_parquet", "tickets_elasticsearch")])
+    assert not stale.success
+    passed, _, counts = evaluations(stale)["enriched_reconciles_with_clean"]
+    assert not passed and counts["clean_rows"] > counts["enriched_rows"]
+    assert materialized(stale) == {"enriched_tickets"}  # nothing published
+
+
+def test_duplicate_keys_and_categories_outside_the_list_fail_their_checks(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
+    assert run_day(dagster_instance).success
+    # What a regression in the enrichment code could write: a record twice, a label the app may not give.
+    storage = ObjectStorage(url=pipeline_env["PIPELINE_STORAGE_URL"], s3_endpoint_url=pipeline_env["S3_ENDPOINT_URL"])
+    path = storage.list_files(day_folder(storage, "enriched_tickets", DAY))[0]
+    shard = storage.read_parquet(path)
+    column = shard.schema.get_field_index("category")
+    categories = pa.array(["外星人投诉", *shard.column("category").to_pylist()[1:]], shard.schema.field("category").type)
+    storage.write_parquet(path, shard.schema, [pa.concat_tables([shard.set_column(column, "category", categories), shard.slice(1, 1)])])
+
+    # The checks alone for the day, as "Execute checks" on the partition in the UI runs them.
+    checks_only = build_definitions().resolve_job_def("daily_enrichment").get_subset(
+        asset_selection=set(), asset_check_selection=set(enriched_day_checks.check_keys))
+    result = checks_only.execute_in_process(partition_key=DAY, instance=dagster_instance, raise_on_error=False)
+    checks = evaluations(result)
+    assert set(checks) == ENRICHED_CHECKS and not any(passed for passed, _, _ in checks.values())
+    assert checks["unique_record_keys"][2]["duplicate_keys"] == 1
+    assert checks["categories_allowed"][2]["rows_outside"] == 1
+    assert checks["categories_allowed"][2]["categories_outside"] == {"外星人投诉": 1}
+    assert checks["enriched_reconciles_with_clean"][2]["enriched_rows"] == checks["enriched_reconciles_with_clean"][2]["clean_rows"] + 1
+    assert check_results(result) == dict.fromkeys(ENRICHED_CHECKS, False)
