@@ -152,9 +152,9 @@ class ObjectStorage(dg.ConfigurableResource):
             try:
                 while ahead:
                     table = ahead.popleft().result()
-                    for path in [next(paths, None)]:
-                        if path is not None:
-                            ahead.append(pool.submit(self._read_small_file, path))
+                    following = next(paths, None)
+                    if following is not None:
+                        ahead.append(pool.submit(self._read_small_file, following))
                     yield from table.to_batches(max_chunksize=batch_size)
             finally:
                 for future in ahead:
