@@ -244,7 +244,7 @@ def listening(url: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each case; the fastest counts")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each case; the fastest counts")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
