@@ -61,6 +61,10 @@ def enriched_tickets(
     except (DifyFatalError, InputMappingError) as error:
         raise dg.Failure(description=str(error)) from None  # the message, not a stack trace, in the UI
     app_identity = dify.app_identity()
+    # Which app and prompt version answered the day, on the run itself (non-secret: a digest, never the key).
+    context.instance.add_run_tags(context.run.run_id, {
+        "dify/app": app_identity, "dify/app_mode": dify.app_mode, "dify/cache_version": settings.cache_version,
+    })
 
     shard_folder = day_folder(stage_storage, "ticket_shards", context.partition_key)
     shards = [stage_storage.read_parquet(path) for path in stage_storage.list_files(shard_folder)]
@@ -131,6 +135,8 @@ def enriched_tickets(
 
     metadata = _metadata(tables, len(pending), call_counters, fresh_latencies, stage_storage.uri(output_folder))
     workflow_ids = metadata["dify_workflow_ids"].value
+    if workflow_ids:  # the published app versions (workflow_id) whose answers the day holds
+        context.instance.add_run_tags(context.run.run_id, {"dify/workflow_ids": ",".join(workflow_ids)})
     failure_rate = metadata["failure_rate"]
     return dg.MaterializeResult(
         metadata=metadata,
@@ -207,9 +213,9 @@ def _metadata(tables: list[pa.Table], sent: int, call_counters: dict, fresh_late
         "recovered_runs": call_counters.get("recovered_runs", 0),
         "resumed_runs": call_counters.get("resumed_runs", 0),
         "total_tokens": sum(t for t in tokens if t),
-        "total_price": round(sum(p for p in prices if p), 6),
+        "total_price": float(round(sum(p for p in prices if p), 6)),  # float even when 0: one series to plot
         "tokens_spent_this_run": spent_tokens,
-        "price_spent_this_run": round(spent_price, 6),
+        "price_spent_this_run": float(round(spent_price, 6)),
         "latency_p50_ms": percentiles["p50"],
         "latency_p95_ms": percentiles["p95"],
         "latency_p99_ms": percentiles["p99"],

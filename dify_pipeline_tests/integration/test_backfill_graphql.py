@@ -1,6 +1,7 @@
 """A backfill launched as the UI launches it — GraphQL `launchPartitionBackfill` on a running `dagster-webserver` —
 and run by a `dagster-daemon`, both on the project's dagster.yaml over a fresh PostgreSQL database. The days run
-concurrently; the Dify emulator's own counters show that Dify never saw more than the configured budget."""
+concurrently; the Dify emulator's own counters show that Dify never saw more than the configured budget. The UI's
+view of the days (numeric figures per day, run tags naming the app and prompt version) is read back the same way."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 
 from dify_pipeline.demo.sample_data import create_source_table, generate_tickets, insert_tickets
 from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig, max_runs_in_window
+from dify_pipeline.resources.dify import DifyResource
 from dify_pipeline_tests.integration import services
 from dify_pipeline_tests.integration.pipeline import DIFY_KEY
 
@@ -45,13 +47,26 @@ query Backfill($id: String!) {
     __typename
     ... on PartitionBackfill {
       status
-      runs(limit: 100) { runId status startTime endTime stepStats { stepKey status startTime endTime } }
+      runs(limit: 100) {
+        runId status startTime endTime tags { key value } stepStats { stepKey status startTime endTime }
+      }
     }
     ... on Error { message }
   }
 }"""
 LOCATION = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"
 PARTITION_STATS = "{ assetNodes { assetKey { path } partitionStats { numMaterialized numFailed } } }"
+HISTORY = """
+query History($partitions: [String!]) {
+  assetOrError(assetKey: {path: ["enriched_tickets"]}) {
+    ... on Asset { assetMaterializations(partitions: $partitions) { partition runId metadataEntries { __typename label } } }
+  }
+}"""
+# Figures the UI plots over the days: numeric entries (Int/Float), never text.
+PLOTTED = {"rows": "IntMetadataEntry", "failed": "IntMetadataEntry", "failure_rate": "FloatMetadataEntry",
+           "requests_sent": "IntMetadataEntry", "cache_hits": "IntMetadataEntry", "total_tokens": "IntMetadataEntry",
+           "total_price": "FloatMetadataEntry", "price_spent_this_run": "FloatMetadataEntry",
+           "latency_p50_ms": "FloatMetadataEntry", "latency_p95_ms": "FloatMetadataEntry"}
 
 
 class Deployment:
@@ -185,6 +200,19 @@ def test_a_backfill_launched_through_graphql_keeps_every_run_together_within_the
     with dg.DagsterInstance.from_config(deployment.env["DAGSTER_HOME"]) as instance:
         for asset in ASSETS:
             assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(DAYS)
+
+    # History a user can read: each day's figures as numbers, and on each run what answered it.
+    materializations = deployment.graphql(HISTORY, partitions=DAYS)["assetOrError"]["assetMaterializations"]
+    assert sorted(m["partition"] for m in materializations) == DAYS
+    for materialization in materializations:
+        kinds = {entry["label"]: entry["__typename"] for entry in materialization["metadataEntries"]}
+        assert {label: kinds.get(label) for label in PLOTTED} == PLOTTED
+    identity = DifyResource(base_url=pipeline_env["DIFY_BASE_URL"], api_key=DIFY_KEY).app_identity()
+    for run in runs:
+        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+        assert tags["dify/app"] == identity and tags["dify/cache_version"] == "v1" and tags["dify/app_mode"] == "workflow"
+        assert tags["dify/workflow_ids"] == dify_emulator.config.apps[0].workflow_id
+        assert DIFY_KEY not in str(tags)
 
     # The runs were in progress together, the Dify steps one after the other: the pool did the limiting.
     run_overlap = overlapping([(run["startTime"], run["endTime"]) for run in runs])
