@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, TypeVar
+from typing import Literal
 
 import dagster as dg
 import fsspec
@@ -24,7 +22,6 @@ ROW_GROUP_ROWS = 128 * 1024
 ROW_GROUP_BYTES = 64 * 1024 * 1024  # Arrow (uncompressed) bytes
 S3_PART_BYTES = 32 * 1024 * 1024  # multipart upload part size (S3's minimum is 5 MiB)
 DAY_FILE_NAME = "part-00000.parquet"  # one object per day: replaced atomically
-T = TypeVar("T")
 
 
 class ObjectStorage(dg.ConfigurableResource):
@@ -88,9 +85,8 @@ class ObjectStorage(dg.ConfigurableResource):
     def write_parquet(self, path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]) -> int:
         """Stream batches into one Parquet file that appears whole or not at all; returns rows written.
 
-        Batches are regrouped into row groups of up to ROW_GROUP_ROWS rows / ROW_GROUP_BYTES bytes, which a
-        background thread assembles while this one compresses and uploads the previous group: memory holds
-        at most three row groups (plus one upload part on S3), whatever the size of the file.
+        Batches are regrouped into row groups of up to ROW_GROUP_ROWS rows / ROW_GROUP_BYTES bytes, so
+        memory holds one row group (plus one upload part on S3), whatever the size of the file.
 
         On S3 the parts are uploaded as the file grows, and the object appears only when the multipart
         upload is completed after the last byte; if anything fails before (the batches, the writer, the
@@ -105,7 +101,7 @@ class ObjectStorage(dg.ConfigurableResource):
         rows = 0
         try:
             writer = pq.ParquetWriter(handle, schema, **PARQUET_WRITE_OPTIONS)
-            for group in prefetched(row_groups(batches, ROW_GROUP_ROWS, ROW_GROUP_BYTES)):
+            for group in row_groups(batches, ROW_GROUP_ROWS, ROW_GROUP_BYTES):
                 writer.write_table(group, row_group_size=group.num_rows)
                 rows += group.num_rows
             writer.close()
@@ -201,58 +197,6 @@ def row_groups(batches: Iterable[pa.RecordBatch | pa.Table], max_rows: int, max_
                     pending, rows, size = [], 0, 0
     if pending:
         yield pa.Table.from_batches(pending)
-
-
-class _Raised:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_DONE = object()
-
-
-def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """`items` as produced by a background thread, up to `depth` ahead of the consumer, so that reading
-    (a database, files) overlaps writing. An error of the producer is raised to the consumer; when the
-    consumer stops early, the producer stops too and `items` is closed."""
-    handoff: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def hand_over(item) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not hand_over(item):
-                    return
-            hand_over(_DONE)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
-            hand_over(_Raised(error))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    producer = threading.Thread(target=produce, name="prefetch", daemon=True)
-    producer.start()
-    try:
-        while True:
-            item = handoff.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Raised):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        producer.join()
 
 
 def _abandon(writer: pq.ParquetWriter | None, handle, local_fs: fsspec.AbstractFileSystem | None, target: str) -> None:

@@ -205,49 +205,6 @@ def test_one_client_serves_every_call_of_a_resource():
 
 # -- reading ahead and writing behind --------------------------------------------------------------
 
-import threading  # noqa: E402
-
-from dify_pipeline.resources.storage import prefetched  # noqa: E402
-
-
-def test_prefetched_items_arrive_in_order_from_another_thread():
-    producers = []
-
-    def items():
-        for i in range(5):
-            producers.append(threading.current_thread().name)
-            yield i
-
-    assert list(prefetched(items())) == [0, 1, 2, 3, 4]
-    assert set(producers) == {"prefetch"}
-
-
-def test_an_error_of_the_producer_reaches_the_consumer_after_the_items_before_it():
-    received = []
-    with pytest.raises(Boom):
-        for item in prefetched(iter(failing_batches())):
-            received.append(item.num_rows)
-    assert received == [3]
-
-
-def test_a_consumer_that_stops_early_stops_and_closes_the_producer():
-    closed = threading.Event()
-
-    def endless():
-        try:
-            i = 0
-            while True:
-                yield i
-                i += 1
-        finally:
-            closed.set()
-
-    stream = prefetched(endless())
-    assert [next(stream) for _ in range(3)] == [0, 1, 2]
-    stream.close()
-    assert closed.is_set()
-
-
 def test_many_small_files_read_as_one_stream_in_order(storage):
     folder = storage.path("shards", "dt=2026-03-08")
     paths = [f"{folder}/shard-{i:05d}.parquet" for i in range(12)]
