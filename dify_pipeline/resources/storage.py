@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import dagster as dg
 import fsspec
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
@@ -94,9 +95,10 @@ class ObjectStorage(dg.ConfigurableResource):
         a hidden temporary file in the same folder and rename it, which is atomic on one filesystem.
         """
         fs = self.filesystem()
-        # autocommit=False: closing the file uploads its last part but does not complete the upload.
         target = path if self.is_s3 else _hidden_sibling(path)
-        handle = fs.open(target, "wb", autocommit=False) if self.is_s3 else fs.open(target, "wb")
+        # Never `with`: leaving a `with` block on an error would close the file, which publishes it. Only
+        # close() publishes (one PUT for a file smaller than a part, else completing the multipart upload).
+        handle = fs.open(target, "wb")
         writer = None
         rows = 0
         try:
@@ -106,8 +108,6 @@ class ObjectStorage(dg.ConfigurableResource):
                 rows += group.num_rows
             writer.close()
             handle.close()
-            if self.is_s3:
-                handle.commit()
         except BaseException:
             _abandon(writer, handle, fs if not self.is_s3 else None, target)
             raise
@@ -139,26 +139,15 @@ class ObjectStorage(dg.ConfigurableResource):
     def iter_files_batches(
         self, paths: Sequence[str], batch_size: int = 65536, readahead: int = 8
     ) -> Iterator[pa.RecordBatch]:
-        """The batches of several small Parquet files (a day's shards), in order, reading up to `readahead`
-        files ahead in threads: opening a file costs more than decoding 500 rows, so reading them one after
-        another would dominate. Memory holds `readahead` files."""
-        paths = iter(paths)
-        with ThreadPoolExecutor(max_workers=readahead, thread_name_prefix="parquet-read") as pool:
-            ahead = deque(pool.submit(self._read_small_file, path) for _, path in zip(range(readahead), paths))
-            try:
-                while ahead:
-                    table = ahead.popleft().result()
-                    following = next(paths, None)
-                    if following is not None:
-                        ahead.append(pool.submit(self._read_small_file, following))
-                    yield from table.to_batches(max_chunksize=batch_size)
-            finally:
-                for future in ahead:
-                    future.cancel()
-
-    def _read_small_file(self, path: str) -> pa.Table:
-        with self.filesystem().open(path, "rb") as handle:
-            return pq.ParquetFile(handle).read(use_threads=False)  # per-column threads cost more than they save here
+        """The batches of several small Parquet files (a day's shards), in order, through Arrow's dataset
+        scanner reading `readahead` files ahead: opening a 500-row file costs more than decoding it, so
+        reading them one after another would dominate. Memory holds `readahead` files."""
+        if self.is_s3:
+            filesystem, paths = pafs.PyFileSystem(pafs.FSSpecHandler(self.filesystem())), list(paths)
+        else:
+            filesystem, paths = pafs.LocalFileSystem(), [os.path.abspath(p) for p in paths]
+        dataset = ds.dataset(paths, format="parquet", filesystem=filesystem)
+        yield from dataset.to_batches(batch_size=batch_size, fragment_readahead=readahead)
 
     def list_files(self, folder: str, suffix: str = ".parquet") -> list[str]:
         """Visible files of a folder, sorted; hidden (`.`/`_`) files are in-progress writes."""
