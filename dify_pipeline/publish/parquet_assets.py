@@ -29,7 +29,8 @@ def tickets_parquet(
     folder = parquet_output.path(f"dt={day}")
     path = f"{folder}/{DAY_FILE_NAME}"
 
-    batches = (conform(batch, schema) for batch in stage_storage.iter_files_batches(shard_paths))
+    shards = stage_storage.iter_files_batches(shard_paths, columns=schema.names)  # not the stage-only columns
+    batches = (conform(batch, schema) for batch in shards)
     rows = parquet_output.write_parquet(path, schema, batches)
     footer = parquet_output.parquet_metadata(path)
     if footer.num_rows != rows:  # someone else replaced the day meanwhile: say so rather than report our numbers

@@ -137,17 +137,18 @@ class ObjectStorage(dg.ConfigurableResource):
             yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns, use_threads=use_threads)
 
     def iter_files_batches(
-        self, paths: Sequence[str], batch_size: int = 65536, readahead: int = 8
+        self, paths: Sequence[str], batch_size: int = 65536, readahead: int = 8, columns: list[str] | None = None
     ) -> Iterator[pa.RecordBatch]:
         """The batches of several small Parquet files (a day's shards), in order, through Arrow's dataset
         scanner reading `readahead` files ahead: opening a 500-row file costs more than decoding it, so
-        reading them one after another would dominate. Memory holds `readahead` files."""
+        reading them one after another would dominate. Memory holds `readahead` files. Only `columns` are
+        decoded when given (all when None)."""
         if self.is_s3:
             filesystem, paths = pafs.PyFileSystem(pafs.FSSpecHandler(self.filesystem())), list(paths)
         else:
             filesystem, paths = pafs.LocalFileSystem(), [os.path.abspath(p) for p in paths]
         dataset = ds.dataset(paths, format="parquet", filesystem=filesystem)
-        yield from dataset.to_batches(batch_size=batch_size, fragment_readahead=readahead)
+        yield from dataset.to_batches(columns=columns, batch_size=batch_size, fragment_readahead=readahead)
 
     def list_files(self, folder: str, suffix: str = ".parquet") -> list[str]:
         """Visible files of a folder, sorted; hidden (`.`/`_`) files are in-progress writes."""

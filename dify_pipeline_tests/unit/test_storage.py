@@ -215,6 +215,15 @@ def test_many_small_files_read_as_one_stream_in_order(storage):
     assert [n for b in batches for n in b.column("n").to_pylist()] == list(range(120))
 
 
+def test_only_the_asked_columns_are_read(storage):
+    paths = [storage.path(f"shard-{i}.parquet") for i in range(3)]
+    for i, path in enumerate(paths):
+        storage.write_parquet(path, SCHEMA, [batch(i * 5, 5)])
+    batches = list(storage.iter_files_batches(paths, columns=["n"]))
+    assert {tuple(b.schema.names) for b in batches} == {("n",)}
+    assert [n for b in batches for n in b.column("n").to_pylist()] == list(range(15))
+
+
 def test_a_file_that_cannot_be_read_fails_the_stream(storage):
     good, bad = storage.path("a.parquet"), storage.path("b.parquet")
     storage.write_parquet(good, SCHEMA, [batch(0, 2)])
