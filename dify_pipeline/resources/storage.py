@@ -152,11 +152,12 @@ class ObjectStorage(dg.ConfigurableResource):
 
     def list_files(self, folder: str, suffix: str = ".parquet") -> list[str]:
         """Visible files of a folder, sorted; hidden (`.`/`_`) files are in-progress writes."""
-        fs = self.filesystem()
-        if not fs.exists(folder):
+        try:  # one LIST request; a folder that was never written is not an error
+            listed = self.filesystem().ls(folder, detail=False)
+        except FileNotFoundError:
             return []
         # Named as path() names them (fs.ls makes a relative local folder absolute), so callers can compare.
-        names = [p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False) if p.endswith(suffix)]
+        names = [p.rsplit("/", 1)[-1] for p in listed if p.endswith(suffix)]
         return sorted(f"{folder.rstrip('/')}/{n}" for n in names if not n.startswith((".", "_")))
 
     def remove(self, paths: Iterable[str]) -> None:

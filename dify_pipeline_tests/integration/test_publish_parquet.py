@@ -352,6 +352,13 @@ def test_credentials_come_from_an_aws_profile(aws_env, publish_output, tmp_path,
     assert keys_seen(aws_env, path) == ["p-0", "p-1", "p-2"]
 
 
+def test_listing_a_prefix_never_written_is_empty(aws_env, publish_output):
+    assert publish_output.list_files(publish_output.path("dt=1999-01-01")) == []
+    day_file = publish_output.path("dt=1999-01-02", DAY_FILE_NAME)
+    publish_output.write_parquet(day_file, SCHEMA, [batch("l", 0, 1)])
+    assert publish_output.list_files(publish_output.path("dt=1999-01-02")) == [day_file]
+
+
 # -- the published schema (pure) -------------------------------------------------------------------
 
 
