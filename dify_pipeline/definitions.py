@@ -43,7 +43,8 @@ def _local_state_dir() -> Path:
 
 
 def build_resources() -> dict:
-    s3 = dict(s3_endpoint_url=_optional("S3_ENDPOINT_URL"), s3_region=_optional("AWS_REGION"))
+    s3 = dict(s3_endpoint_url=_optional("S3_ENDPOINT_URL"), s3_region=_optional("AWS_REGION"),
+              s3_addressing_style=os.environ.get("S3_ADDRESSING_STYLE") or "auto")
     state_dir = _local_state_dir()
     return {
         "source_database": SourceDatabase(
@@ -70,6 +71,8 @@ def build_resources() -> dict:
             url=dg.EnvVar("ELASTICSEARCH_URL"),
             index=os.environ.get("ELASTICSEARCH_INDEX", "tickets_enriched"),
             api_key=_secret("ELASTICSEARCH_API_KEY"),
+            username=_optional("ELASTICSEARCH_USERNAME"),
+            password=_secret("ELASTICSEARCH_PASSWORD"),
             ca_file=_optional("ELASTICSEARCH_CA_FILE"),
         ),
         "settings": PipelineSettings(),

@@ -262,6 +262,27 @@ def test_api_key_and_basic_auth(emulator, es, publish_stage, output, write_enric
     assert time.monotonic() - started < 2  # a wrong credential is not retried
 
 
+def test_basic_auth_from_the_environment_reaches_the_cluster(emulator, es, publish_stage, output, write_enriched_day,
+                                                             monkeypatch):
+    """The code location's resources (definitions.build_resources) take basic auth from the environment; the
+    password travels as an EnvVar, resolved by Dagster at run time."""
+    from dify_pipeline.definitions import build_resources
+
+    emulator.configure(ElasticsearchEmulatorConfig(basic_auth=("pipeline", "env-s3cret")))
+    for name, value in {"ELASTICSEARCH_URL": emulator.url, "ELASTICSEARCH_INDEX": es.index,
+                        "ELASTICSEARCH_USERNAME": "pipeline", "ELASTICSEARCH_PASSWORD": "env-s3cret"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ELASTICSEARCH_API_KEY", raising=False)
+    from_env = build_resources()["elasticsearch"]
+    assert isinstance(from_env.password, dg.EnvVar)  # a reference, not the value, in the definitions
+    write_enriched_day(range(0, 20))
+
+    assert load(from_env, publish_stage, output).success
+    assert len(summaries(emulator, es)) == 20
+    monkeypatch.setenv("ELASTICSEARCH_PASSWORD", "wrong")  # read when the run starts, not when the code loaded
+    assert not load(from_env, publish_stage, output).success
+
+
 def test_tls_with_a_private_ca_file(emulator, es, publish_stage, output, write_enriched_day, tmp_path):
     ca_file, cert_file, key_file = _certificates(tmp_path)
     server = uvicorn.Server(uvicorn.Config(emulator.app, host="127.0.0.1", port=0, log_level="warning",

@@ -197,6 +197,17 @@ def test_addressing_style_can_be_forced_for_stores_that_need_virtual_hosts():
     assert fs.config_kwargs["s3"] == {"addressing_style": "virtual"}
 
 
+def test_the_code_location_takes_the_addressing_style_from_the_environment(monkeypatch):
+    from dify_pipeline.definitions import build_resources
+
+    monkeypatch.setenv("S3_ENDPOINT_URL", "https://oss-cn-hangzhou.aliyuncs.com")
+    monkeypatch.setenv("S3_ADDRESSING_STYLE", "virtual")
+    resources = build_resources()
+    assert resources["parquet_output"].s3_addressing_style == resources["stage_storage"].s3_addressing_style == "virtual"
+    monkeypatch.delenv("S3_ADDRESSING_STYLE")
+    assert build_resources()["parquet_output"].s3_addressing_style == "auto"
+
+
 def test_one_client_serves_every_call_of_a_resource():
     storage = ObjectStorage(url="s3://bucket/prefix", s3_endpoint_url="http://127.0.0.1:9000")
     assert storage.filesystem() is storage.filesystem()
