@@ -51,6 +51,19 @@ def test_the_project_instance_queues_runs_and_gives_the_dify_pool_one_step_at_a_
     assert pools == {"enriched_tickets": "dify"}  # the one step that spends the Dify budget, and only it
 
 
+def test_the_project_instance_runs_one_run_per_day_at_a_time(dagster_instance):
+    """Judged by the counter the daemon's run queue uses: a second run of a day already in progress (a backfill
+    while the schedule's run goes on) waits; other days do not."""
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+    limits = dagster_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    day = lambda partition: dg.DagsterRun(job_name="daily_enrichment", tags={"dagster/partition": partition})  # noqa: E731
+    queue = TagConcurrencyLimitsCounter(limits, [day("2026-11-20")])
+    assert queue.is_blocked(day("2026-11-20"))
+    assert not queue.is_blocked(day("2026-11-19"))
+    assert not queue.is_blocked(dg.DagsterRun(job_name="__ASSET_JOB"))  # runs without a day are not limited
+
+
 @pytest.fixture
 def k8s_home(tmp_path, monkeypatch):
     """A DAGSTER_HOME with deploy/k8s/dagster.yaml on a fresh PostgreSQL database; the launcher reads a kubeconfig
