@@ -10,7 +10,16 @@ from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_file
 
 
-@dg.asset(partitions_def=daily_partitions, group_name="tickets", kinds={"sql", "parquet"})
+EVERY_ROW_HAS_A_DAY = "every_source_row_has_a_day"
+
+
+@dg.asset(
+    partitions_def=daily_partitions, group_name="tickets", kinds={"sql", "parquet"},
+    check_specs=[dg.AssetCheckSpec(
+        EVERY_ROW_HAS_A_DAY, asset="raw_tickets",
+        description="No row of the source table lacks the timestamp that decides its day (such rows are never exported).",
+    )],
+)
 def raw_tickets(
     context: dg.AssetExecutionContext,
     source_database: SourceDatabase,
@@ -23,6 +32,10 @@ def raw_tickets(
     path = day_file(stage_storage, "raw_tickets", context.partition_key)
     rows = stage_storage.write_parquet(path, schema, batches)
     context.log.info(f"exported {rows} rows created in [{window_start}, {window_end}) ({PIPELINE_TIMEZONE})")
+    undated = source_database.rows_without_timestamp(settings.timestamp_column)
+    if undated:
+        context.log.warning(f"{undated} rows of {source_database.table} have no {settings.timestamp_column}: "
+                            "they belong to no day and no run exports them")
     return dg.MaterializeResult(
         metadata={
             "rows": dg.MetadataValue.int(rows),
@@ -31,5 +44,10 @@ def raw_tickets(
             "source": f"{source_database.safe_url()} table {source_database.table}",
             "driver": source_database.export_driver(),
             "path": dg.MetadataValue.path(stage_storage.uri(path)),
-        }
+            "source_rows_without_timestamp": dg.MetadataValue.int(undated),
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name=EVERY_ROW_HAS_A_DAY, passed=undated == 0, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"rows_without_timestamp": undated, "timestamp_column": settings.timestamp_column},
+        )],
     )

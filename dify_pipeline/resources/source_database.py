@@ -105,6 +105,24 @@ class SourceDatabase(dg.ConfigurableResource):
 
         return arrow_schema(columns, types), batches()
 
+    def rows_without_timestamp(self, timestamp_column: str) -> int:
+        """How many rows of the table have no `timestamp_column`: they belong to no day, so no day exports them.
+
+        One COUNT over `timestamp_column IS NULL`, which the index the day's range query needs also serves."""
+        validate_identifier(self.table, "table")
+        validate_identifier(timestamp_column, "timestamp_column")
+        table = sa.table(self.table, sa.column(timestamp_column))
+        query = sa.select(sa.func.count()).select_from(table).where(table.c[timestamp_column].is_(None))
+        engine = self._engine()
+        try:
+            with engine.connect() as connection:
+                return connection.execute(query).scalar_one()
+        except sa.exc.DBAPIError as error:
+            raise SourceDatabaseError(f"counting rows without {timestamp_column} in {self.safe_url()} failed: "
+                                      f"{_reason(error)}") from None
+        finally:
+            engine.dispose()
+
     def _mysql_batches(
         self, driver: str, table: sa.Table, query: sa.Select, params: dict, columns: list[str], types: list[pa.DataType]
     ) -> Iterator[pa.RecordBatch]:

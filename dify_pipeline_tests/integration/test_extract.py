@@ -126,3 +126,25 @@ def test_raw_tickets_exports_the_day_and_says_which_driver_read_it(source, tmp_p
     assert event.metadata["driver"].value == "mysqldb"
     table = stage.read_parquet(day_file(stage, "raw_tickets", DAY))
     assert sorted(table.column("id").to_pylist()) == sorted(row[0] for row in IN_DAY)
+
+
+def test_rows_without_a_timestamp_are_counted_and_warned_about(source, mariadb_url, tmp_path):
+    stage = ObjectStorage(url=str(tmp_path / "stages"))
+    resources = {"source_database": source, "stage_storage": stage, "settings": PipelineSettings()}
+    checks = lambda result: {c.check_name: c for c in result.get_asset_check_evaluations()}  # noqa: E731
+    clean = dg.materialize([raw_tickets], partition_key=DAY, resources=resources)
+    assert clean.asset_materializations_for_node("raw_tickets")[0].metadata["source_rows_without_timestamp"].value == 0
+    assert checks(clean)["every_source_row_has_a_day"].passed
+
+    database = mariadb_url.rsplit("/", 1)[1].split("?")[0]
+    connection = pymysql.connect(**services.MARIADB, database=database, charset="utf8mb4")
+    with connection, connection.cursor() as cursor:
+        cursor.executemany("INSERT INTO tickets (id, subject, created_at) VALUES (%s, %s, NULL)", [(900, "a"), (901, "b")])
+        connection.commit()
+    undated = dg.materialize([raw_tickets], partition_key=DAY, resources=resources)
+    assert undated.success  # a warning, not a failure: the day itself is whole
+    [event] = undated.asset_materializations_for_node("raw_tickets")
+    assert event.metadata["source_rows_without_timestamp"].value == 2 and event.metadata["rows"].value == len(IN_DAY)
+    check = checks(undated)["every_source_row_has_a_day"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["rows_without_timestamp"].value == 2
