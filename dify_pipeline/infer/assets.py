@@ -105,7 +105,7 @@ def enriched_tickets(
             else:
                 cache.forget_run(result.record_key)
             outcomes[result.record_key] = outcome
-            if result.latency_ms is not None:
+            if result.latency_ms is not None and result.attempts:  # not a run fetched after a crash: nothing sent
                 fresh_latencies.append(result.latency_ms)
             line = progress.record(outcome.succeeded)
             if line:
@@ -133,7 +133,8 @@ def enriched_tickets(
         tables.append(enrichment)
     stage_storage.remove(p for p in stage_storage.list_files(output_folder) if p not in written)
 
-    metadata = _metadata(tables, len(pending), call_counters, fresh_latencies, stage_storage.uri(output_folder))
+    sent = len(pending) - call_counters.get("resumed_runs", 0)  # runs started before a crash were fetched, not sent
+    metadata = _metadata(tables, sent, call_counters, fresh_latencies, stage_storage.uri(output_folder))
     workflow_ids = metadata["dify_workflow_ids"].value
     if workflow_ids:  # the published app versions (workflow_id) whose answers the day holds
         context.instance.add_run_tags(context.run.run_id, {"dify/workflow_ids": ",".join(workflow_ids)})

@@ -88,6 +88,7 @@ def test_a_run_killed_during_inference_resumes_without_paying_twice_and_loses_no
     assert len(unjournaled) <= 8  # at most the runs in flight, in practice zero or one
     assert len(after) == len(set(after))
     assert enriched["resumed_runs"] == len(started)  # ...the in-flight runs were fetched, not re-run
+    assert enriched["requests_sent"] == len(after)  # and the figure a user reads counts only what was paid for
     # ...and every distinct input was paid once over both runs, but for that window.
     assert len(before) == len(answered) + len(started) + len(unjournaled)
     assert dify_emulator.stats()["paid_runs"] == len(before) + len(after)
