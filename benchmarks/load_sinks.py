@@ -1,7 +1,7 @@
 """Loading a generated enriched day into both sinks on loopback, next to the bare libraries doing the same work.
 
     .venv/bin/python -m benchmarks.load_sinks                  # 200,000 rows
-    .venv/bin/python -m benchmarks.load_sinks --rows 50000
+    .venv/bin/python -m benchmarks.load_sinks --rows 1000000 --sinks parquet   # memory: streamed vs whole day
 
 The day is written as enriched_tickets writes it (shards of 500 rows, local stage storage). Then, each in a
 process of its own (so its peak memory is its own):
@@ -249,14 +249,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each case; the fastest counts")
+    parser.add_argument("--sinks", choices=["both", "parquet", "elasticsearch"], default="both")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(CASES[args.case](*args.args)))
         return 0
-
-    from dify_pipeline_tests.integration.services import S3Server  # moto's server in its own process
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "benchmark")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "benchmark")
@@ -266,28 +265,41 @@ def main() -> int:
         rows = write_stage(stage_url, args.rows)
         print(f"{rows} enriched rows in {rows // SHARD_ROWS} shards under {stage_url}", flush=True)
 
-        s3 = S3Server()
-        try:
-            s3.client().create_bucket(Bucket=BUCKET)
-            raw = best_of(args.repeat, "parquet_raw", stage_url, s3.url, "raw")
-            ours = best_of(args.repeat, "parquet_ours", stage_url, s3.url, "ours")
-        finally:
-            s3.stop()
-        results.append(compare("parquet → S3 (moto)", rows, ours, raw))
-        write_only = rows / raw["write_seconds"]
-        print(f"  raw write alone (table already in memory): {write_only:.3g} rows/s; "
-              f"ours / that: {rows / ours['usage']['wall_seconds'] / write_only:.3f}", flush=True)
+        if args.sinks in ("both", "parquet"):
+            results.append(parquet(stage_url, rows, args.repeat))
+        if args.sinks in ("both", "elasticsearch"):
+            results.append(elasticsearch(stage_url, rows, args.repeat))
+    return 0 if all(results) else 1
 
-        with emulator_process("dify_pipeline.emulators.elasticsearch") as es_url:
+
+def parquet(stage_url: str, rows: int, repeat: int) -> bool:
+    from dify_pipeline_tests.integration.services import S3Server  # moto's server in its own process
+
+    s3 = S3Server()
+    try:
+        s3.client().create_bucket(Bucket=BUCKET)
+        raw = best_of(repeat, "parquet_raw", stage_url, s3.url, "raw")
+        ours = best_of(repeat, "parquet_ours", stage_url, s3.url, "ours")
+    finally:
+        s3.stop()
+    passed = compare("parquet → S3 (moto)", rows, ours, raw)
+    write_only = rows / raw["write_seconds"]
+    print(f"  raw write alone (table already in memory): {write_only:.3g} rows/s; "
+          f"ours / that: {rows / ours['usage']['wall_seconds'] / write_only:.3f}", flush=True)
+    return passed
+
+
+def elasticsearch(stage_url: str, rows: int, repeat: int) -> bool:
+    with emulator_process("dify_pipeline.emulators.elasticsearch") as es_url:
             listening(es_url)
             reset = lambda: urllib.request.urlopen(urllib.request.Request(f"{es_url}/_emulator/reset", method="POST"))  # noqa: E731
-            raw = best_of(args.repeat, "elasticsearch_raw", stage_url, es_url, "raw", before=reset)
-            ours = best_of(args.repeat, "elasticsearch_ours", stage_url, es_url, "ours", before=reset)
-        results.append(compare(f"elasticsearch (emulator, {PARALLEL_REQUESTS} requests in flight)", rows, ours, raw))
-        print(f"  bulk phase alone: ours {rows / ours['bulk_seconds']:.3g} rows/s, raw {rows / raw['bulk_seconds']:.3g} rows/s, "
-              f"ratio {raw['bulk_seconds'] / ours['bulk_seconds']:.3f} (the step also counts the day's documents before "
-              f"and after, which the emulator does in Python over every document)", flush=True)
-    return 0 if all(results) else 1
+            raw = best_of(repeat, "elasticsearch_raw", stage_url, es_url, "raw", before=reset)
+            ours = best_of(repeat, "elasticsearch_ours", stage_url, es_url, "ours", before=reset)
+    passed = compare(f"elasticsearch (emulator, {PARALLEL_REQUESTS} requests in flight)", rows, ours, raw)
+    print(f"  bulk phase alone: ours {rows / ours['bulk_seconds']:.3g} rows/s, raw {rows / raw['bulk_seconds']:.3g} rows/s, "
+          f"ratio {raw['bulk_seconds'] / ours['bulk_seconds']:.3f} (the step also counts the day's documents before "
+          f"and after, which the emulator does in Python over every document)", flush=True)
+    return passed
 
 
 def compare(name: str, rows: int, ours: dict, raw: dict) -> bool:
