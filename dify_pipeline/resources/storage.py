@@ -137,18 +137,24 @@ class ObjectStorage(dg.ConfigurableResource):
             yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns, use_threads=use_threads)
 
     def iter_files_batches(
-        self, paths: Sequence[str], batch_size: int = 65536, readahead: int = 8, columns: list[str] | None = None
+        self, paths: Sequence[str], batch_size: int = 65536, readahead: int = 8, columns: list[str] | None = None,
+        files_per_scan: int = 512,
     ) -> Iterator[pa.RecordBatch]:
         """The batches of several small Parquet files (a day's shards), in order, through Arrow's dataset
         scanner reading `readahead` files ahead: opening a 500-row file costs more than decoding it, so
-        reading them one after another would dominate. Memory holds `readahead` files. Only `columns` are
-        decoded when given (all when None)."""
+        reading them one after another would dominate. Only `columns` are decoded when given (all when None).
+
+        Memory holds `readahead` files, plus what a scan keeps of each file it has read (its footer, ~115 KB
+        for an enriched shard) until the scan ends: so the files are scanned `files_per_scan` at a time, which
+        caps that at ~60 MB however long the day (one scan over 2,000 shards kept +230 MB). Each new scan
+        restarts the read-ahead; 512 files per scan costs ~5% against one scan, 128 ~8%."""
         if self.is_s3:
             filesystem, paths = pafs.PyFileSystem(pafs.FSSpecHandler(self.filesystem())), list(paths)
         else:
             filesystem, paths = pafs.LocalFileSystem(), [os.path.abspath(p) for p in paths]
-        dataset = ds.dataset(paths, format="parquet", filesystem=filesystem)
-        yield from dataset.to_batches(columns=columns, batch_size=batch_size, fragment_readahead=readahead)
+        for start in range(0, len(paths), files_per_scan):
+            dataset = ds.dataset(paths[start : start + files_per_scan], format="parquet", filesystem=filesystem)
+            yield from dataset.to_batches(columns=columns, batch_size=batch_size, fragment_readahead=readahead)
 
     def list_files(self, folder: str, suffix: str = ".parquet") -> list[str]:
         """Visible files of a folder, sorted; hidden (`.`/`_`) files are in-progress writes."""

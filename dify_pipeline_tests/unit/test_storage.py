@@ -221,9 +221,9 @@ def test_many_small_files_read_as_one_stream_in_order(storage):
     paths = [f"{folder}/shard-{i:05d}.parquet" for i in range(12)]
     for i, path in enumerate(paths):
         storage.write_parquet(path, SCHEMA, [batch(i * 10, 10)])
-    batches = list(storage.iter_files_batches(paths, batch_size=4, readahead=3))
+    batches = list(storage.iter_files_batches(paths, batch_size=4, readahead=3, files_per_scan=5))
     assert max(b.num_rows for b in batches) == 4
-    assert [n for b in batches for n in b.column("n").to_pylist()] == list(range(120))
+    assert [n for b in batches for n in b.column("n").to_pylist()] == list(range(120))  # across scans too
 
 
 def test_only_the_asked_columns_are_read(storage):
