@@ -56,7 +56,7 @@ check-runtime-install:
 	$(RUNTIME_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(RUNTIME_VENV)/bin/python -m pip install --quiet .
 	$(RUNTIME_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(dagster|pandas|pyarrow|sqlalchemy) '
-	cd $(RUNTIME_VENV) && bin/dagster definitions validate -m dify_pipeline.definitions
+	cd $(RUNTIME_VENV) && env -u DAGSTER_HOME bin/dagster definitions validate -m dify_pipeline.definitions
 
 # Regenerates both constraints files from pyproject.toml, keeping today's pins where they still fit
 # (`make constraints UPGRADE=--upgrade` moves the lock to the newest releases). Commit them with the change.
