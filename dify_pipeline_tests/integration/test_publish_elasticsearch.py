@@ -171,6 +171,28 @@ def test_a_rerun_removes_documents_that_left_the_day_and_leaves_other_days_alone
     assert list(metadata["documents_by_load"].values()) == [100]  # one load, no survivors of the old one
 
 
+def test_an_emptied_day_leaves_no_documents_and_a_shrunk_day_only_its_records(
+    emulator, es, publish_stage, output, write_enriched_day
+):
+    write_enriched_day(range(0, 300), tag="full")
+    assert load(es, publish_stage, output).success
+    write_enriched_day(range(1000, 1010), tag="other", day=OTHER_DAY)
+    assert load(es, publish_stage, output, OTHER_DAY).success
+
+    write_enriched_day(range(0, 40), tag="shrunk")
+    shrunk = load(es, publish_stage, output)
+    assert shrunk.success and es_metadata(shrunk)["stale_deleted"] == 260
+    assert summaries(emulator, es) == {str(k): f"shrunk: summary of {k}" for k in range(40)}
+
+    write_enriched_day([], tag="empty")  # the stage holds one empty shard: the source has no row for the day
+    emptied = load(es, publish_stage, output)
+    assert emptied.success and check(emptied)[0]
+    metadata = es_metadata(emptied)
+    assert (metadata["rows"], metadata["stale_deleted"], metadata["documents_for_day"]) == (0, 40, 0)
+    assert summaries(emulator, es) == {}
+    assert len(summaries(emulator, es, OTHER_DAY)) == 10  # another day is left alone
+
+
 # -- per-item errors and retries -------------------------------------------------------------------
 
 
