@@ -229,6 +229,10 @@ def _compatible_version(media_type: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _unsupported_content_type(content_type: str) -> PlainError:
+    return PlainError(406, {"error": f"Content-Type header [{content_type}] is not supported", "status": 406})
+
+
 def _refuse_media_type(reason: str) -> None:
     """Elasticsearch wraps the compatibility check's refusal in a media_type_header_exception."""
     wrapper = "Invalid media-type value on headers [Accept, Content-Type]"
@@ -458,10 +462,10 @@ class ElasticsearchEmulator:
         content_type = request.headers.get("content-type", "")
         if self._config.product == "opensearch":  # no compatibility mode: the vendor types are unknown media types
             if raw and (_VENDOR_MEDIA_TYPE.search(content_type) or not re.search(r"json|ndjson", content_type)):
-                raise PlainError(406, {"error": f"Content-Type header [{content_type}] is not supported", "status": 406})
+                raise _unsupported_content_type(content_type)
             return None
         if raw and not re.search(r"json|ndjson", content_type):
-            raise PlainError(406, {"error": f"Content-Type header [{content_type}] is not supported", "status": 406})
+            raise _unsupported_content_type(content_type)
         current = int(self._config.version.split(".")[0])
         oldest = current - 1
         asked_accept = _compatible_version(accept)
@@ -527,7 +531,8 @@ class ElasticsearchEmulator:
         header = request.headers.get("authorization", "")
         if not header:
             action = f"es:ESHttp{request.method.title()}"
-            reason = f"User: anonymous is not authorized to perform: {action} because no resource-based policy allows the {action} action"
+            reason = (f"User: anonymous is not authorized to perform: {action} because no resource-based policy "
+                      f"allows the {action} action")
             raise PlainError(403, {"Message": reason})
         fields = dict(_SIGV4_FIELDS.findall(header))
         missing = [f"Authorization header requires '{name}' parameter." for name in ("Credential", "Signature",

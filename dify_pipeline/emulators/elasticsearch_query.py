@@ -418,7 +418,8 @@ def aggregate(aggs: dict, docs: list[MappedDoc]) -> dict:
         if kinds[0] != "terms":
             raise bad_query(f"Unknown aggregation type [{kinds[0]}] (or not supported by the emulator)")
         options = spec["terms"]
-        results[name] = _terms_agg(options.get("field", ""), options, spec.get("aggs") or spec.get("aggregations"), docs)
+        sub_aggs = spec.get("aggs") or spec.get("aggregations")
+        results[name] = _terms_agg(options.get("field", ""), options, sub_aggs, docs)
     return results
 
 

@@ -145,7 +145,9 @@ def test_an_elasticsearch_8_node_refuses_the_9_client_with_the_real_error_and_ac
     assert half.status_code == 400 and "either one has requested a compatible version." in half.text
 
 
-def test_an_elasticsearch_9_node_accepts_compatible_with_8_and_9_but_not_7(server: RunningServer, es: Elasticsearch) -> None:
+def test_an_elasticsearch_9_node_accepts_compatible_with_8_and_9_but_not_7(
+    server: RunningServer, es: Elasticsearch
+) -> None:
     for major in (8, 9):
         answer = httpx.post(f"{server.url}/_bulk", headers={"Accept": compatible(major),
                             "Content-Type": compatible(major, ndjson=True)}, content=b'{"index":{"_index":"t"}}\n{}\n')
@@ -159,8 +161,9 @@ def test_an_elasticsearch_9_node_accepts_compatible_with_8_and_9_but_not_7(serve
         406, {"error": "Content-Type header [text/plain] is not supported", "status": 406})
 
 
-def test_an_opensearch_node_is_not_elasticsearch_to_either_client(server: RunningServer, emulator: ElasticsearchEmulator,
-                                                                  es: Elasticsearch) -> None:
+def test_an_opensearch_node_is_not_elasticsearch_to_either_client(
+    server: RunningServer, emulator: ElasticsearchEmulator, es: Elasticsearch
+) -> None:
     from opensearchpy import OpenSearch
 
     emulator.configure(ElasticsearchEmulatorConfig(**FLAVOURS["opensearch"]))
@@ -192,7 +195,8 @@ def test_amazon_opensearch_service_accepts_only_requests_signed_with_the_known_c
     emulator.configure(ElasticsearchEmulatorConfig(**FLAVOURS["opensearch"], sigv4=known))
 
     def client(access_key: str = known.access_key, secret_key: str = known.secret_key, region: str = "eu-west-1"):
-        return OpenSearch(server.url, http_auth=Urllib3AWSV4SignerAuth(Credentials(access_key, secret_key), region, "es"))
+        signer = Urllib3AWSV4SignerAuth(Credentials(access_key, secret_key), region, "es")
+        return OpenSearch(server.url, http_auth=signer)
 
     with client() as signed:
         signed.indices.create(index="tickets", body={"mappings": TICKET_MAPPINGS})

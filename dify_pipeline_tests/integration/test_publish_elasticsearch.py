@@ -80,7 +80,8 @@ def load(es: SearchCluster, stage: ObjectStorage, output: ObjectStorage, day: st
     return dg.materialize(
         [tickets_parquet, tickets_elasticsearch, elasticsearch_matches_parquet], partition_key=day,
         raise_on_error=False,
-        resources={"stage_storage": stage, "parquet_output": output, "elasticsearch": es, "settings": PipelineSettings()},
+        resources={"stage_storage": stage, "parquet_output": output, "elasticsearch": es,
+                   "settings": PipelineSettings()},
     )
 
 
@@ -292,7 +293,7 @@ def test_basic_auth(emulator, es, publish_stage, output, write_enriched_day):
     assert load(variant(es, {"username": "pipeline", "password": "s3cret"}), publish_stage, output).success
     assert len(summaries(emulator, es)) == 50
     started = time.monotonic()
-    with pytest.raises(SearchClusterError, match="refused the credentials .* ELASTICSEARCH_USERNAME/ELASTICSEARCH_PASSWORD"):
+    with pytest.raises(SearchClusterError, match="refused the credentials .* ELASTICSEARCH_USERNAME/"):
         variant(es, {"username": "pipeline", "password": "wrong"}).connect()
     assert time.monotonic() - started < 2  # a wrong credential is not retried
 

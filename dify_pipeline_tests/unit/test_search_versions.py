@@ -36,7 +36,7 @@ def test_opensearch_2_and_3_are_supported(cluster):
     (ClusterInfo("elasticsearch", "7.17.29"), "elasticsearch", "elasticsearch 7.17.29; this package publishes to "
      "elasticsearch 8.x and 9.x only"),
     (ClusterInfo("opensearch", "1.3.20"), "opensearch", "opensearch 2.x and 3.x only"),
-    (ClusterInfo("opensearch", "2.19.3"), "elasticsearch", "but SEARCH_ENGINE is elasticsearch: set SEARCH_ENGINE=opensearch"),
+    (ClusterInfo("opensearch", "2.19.3"), "elasticsearch", "is elasticsearch: set SEARCH_ENGINE=opensearch"),
     (ClusterInfo("elasticsearch", "9.1.4"), "opensearch", "set SEARCH_ENGINE=elasticsearch"),
 ])
 def test_other_versions_and_the_other_engine_are_refused_naming_the_variable(cluster, engine, message):

@@ -37,12 +37,12 @@ class SearchCluster(dg.ConfigurableResource):
     engine: Literal["elasticsearch", "opensearch"] = Field(
         default="elasticsearch", description="Which product the cluster is (SEARCH_ENGINE); picks the client library.")
     index: str = Field(default="tickets_enriched", description="The alias readers use; the data is in <index>-v<N>.")
-    api_key: str | None = Field(default=None, description="Elasticsearch only, from ELASTICSEARCH_API_KEY; never logged.")
+    api_key: str | None = Field(default=None, description="Elasticsearch only (ELASTICSEARCH_API_KEY); never logged.")
     username: str | None = None
     password: str | None = None
     aws_sigv4: bool = Field(default=False, description="OpenSearch only: sign requests with AWS SigV4 (Amazon "
                             "OpenSearch Service), with credentials from the standard AWS chain.")
-    aws_region: str | None = Field(default=None, description="The domain's region for SigV4; the AWS chain's when unset.")
+    aws_region: str | None = Field(default=None, description="The domain's region for SigV4 (default: AWS_REGION).")
     ca_file: str | None = Field(default=None, description="CA bundle for a private certificate authority.")
     verify_tls: bool = True
     request_timeout_seconds: float = 60.0
@@ -50,7 +50,7 @@ class SearchCluster(dg.ConfigurableResource):
     max_chunk_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Bytes per bulk request, at most.")
     parallel_requests: int = Field(default=4, ge=1, description="Bulk requests in flight (one streaming_bulk each).")
     max_retries: int = Field(default=5, ge=0, description="Retries of documents (or bulk requests) refused with 429.")
-    initial_backoff_seconds: float = Field(default=1.0, ge=0, description="First wait before a retry; doubles each time.")
+    initial_backoff_seconds: float = Field(default=1.0, ge=0, description="First wait before a retry; then doubles.")
     max_backoff_seconds: float = Field(default=60.0, ge=0)
     lease_seconds: float = Field(default=30.0, gt=0, description="A publishing step's hold on its day, renewed while "
                                  "it runs; a crashed holder's hold ends this long after its last renewal.")
@@ -103,7 +103,8 @@ class SearchCluster(dg.ConfigurableResource):
             "transport_class": _compatible_transport(),
         }
         if elasticsearch.__version__[0] >= 9:  # elastic-transport 9 waits between retries (jittered, doubling)
-            options |= {"retry_backoff_base": self.initial_backoff_seconds, "retry_backoff_cap": self.max_backoff_seconds}
+            options |= {"retry_backoff_base": self.initial_backoff_seconds,
+                        "retry_backoff_cap": self.max_backoff_seconds}
         if self.api_key:
             options["api_key"] = self.api_key
         elif self.username:
@@ -182,7 +183,7 @@ class SearchCluster(dg.ConfigurableResource):
     def _refusal(self, status: int | None, detail: Any) -> str:
         if status in (401, 403):
             if self.aws_sigv4:
-                fix = "the AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and OPENSEARCH_AWS_REGION"
+                fix = "the AWS credentials (AWS_ACCESS_KEY_ID/SECRET_ACCESS_KEY or AWS_PROFILE), OPENSEARCH_AWS_REGION"
             elif self.api_key:
                 fix = "ELASTICSEARCH_API_KEY"
             else:

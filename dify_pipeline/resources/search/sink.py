@@ -128,7 +128,9 @@ class SearchSink:
             return None
         return found["_source"], found["_seq_no"], found["_primary_term"]
 
-    def replace_document(self, index: str, doc_id: str, source: dict, version: tuple[int, int]) -> tuple[int, int] | None:
+    def replace_document(
+        self, index: str, doc_id: str, source: dict, version: tuple[int, int]
+    ) -> tuple[int, int] | None:
         """Overwrite a document only if it is still at `version` (seq_no, primary_term); None if it moved on."""
         try:
             written = self.client.index(index=index, id=doc_id, body=source, refresh=True,
