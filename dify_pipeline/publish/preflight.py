@@ -36,7 +36,7 @@ def check_sinks_before_paying(parquet_output: ObjectStorage, search: SearchClust
     except SearchClusterError as error:
         problems.append(str(error))
     except Exception as error:  # the cluster answered but refused the index or the write (read-only, no rights)
-        problems.append(f"ELASTICSEARCH_INDEX={search.index} on ELASTICSEARCH_URL={search.url} cannot be written "
+        problems.append(f"ELASTICSEARCH_INDEX={search.index} on ELASTICSEARCH_URL={search.shown_url} cannot be written "
                         f"({type(error).__name__}: {str(error)[:300]})")
     if problems:
         raise dg.Failure(description="the day's outputs cannot be written, so nothing was sent to Dify: "

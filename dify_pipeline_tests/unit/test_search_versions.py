@@ -56,5 +56,12 @@ def test_a_lease_is_taken_over_by_its_own_holder_or_once_it_ran_out():
     assert may_take(held, "run-a", now_ms=0)  # a retried step of the same run
 
 
+def test_credentials_written_into_the_url_are_masked_in_messages():
+    from dify_pipeline.resources.search import SearchCluster
+
+    assert SearchCluster(url="https://pipeline:s3cret@es.internal:9200").shown_url == "https://***@es.internal:9200"
+    assert SearchCluster(url="http://127.0.0.1:9200").shown_url == "http://127.0.0.1:9200"
+
+
 def test_the_lease_index_is_outside_the_alias_wildcard():
     assert not lease_index("tickets_enriched").startswith("tickets_enriched")

@@ -22,6 +22,7 @@ from dify_pipeline.resources.search.versions import (
 
 REQUEST_RETRIES = 3  # the client's own retries of a whole request, before the bulk helper's
 _COMPATIBLE_WITH = re.compile(r"compatible-with=\d+")
+_CREDENTIALS_IN_URL = re.compile(r"//[^/@]+@")
 _VENDOR_MEDIA_TYPE = re.compile(r"application/vnd\.elasticsearch\+([\w-]+); ?compatible-with=\d+")
 
 
@@ -59,6 +60,11 @@ class SearchCluster(dg.ConfigurableResource):
 
     def physical_index(self, mapping_version: int) -> str:
         return f"{self.index}-v{mapping_version}"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as messages show it: credentials written into it (`https://user:pass@host`) masked."""
+        return _CREDENTIALS_IN_URL.sub("//***@", self.url)
 
     def connect(self) -> SearchSink:
         """A sink on the cluster, once `GET /` proved it reachable and of a supported product and version.
@@ -174,9 +180,9 @@ class SearchCluster(dg.ConfigurableResource):
                 return identify(body, None)
             if isinstance(status, int):
                 raise SearchClusterError(self._refusal(status, body or error)) from None
-            raise SearchClusterError(f"ELASTICSEARCH_URL={self.url} cannot be reached: {error}") from None
+            raise SearchClusterError(f"ELASTICSEARCH_URL={self.shown_url} cannot be reached: {error}") from None
         except Exception as error:  # connection refused, DNS, TLS: the transport's own errors
-            raise SearchClusterError(f"ELASTICSEARCH_URL={self.url} cannot be reached: {type(error).__name__}: "
+            raise SearchClusterError(f"ELASTICSEARCH_URL={self.shown_url} cannot be reached: {type(error).__name__}: "
                                      f"{error}") from None
         return identify(answer.body, answer.meta.headers.get("x-elastic-product"))
 
@@ -188,8 +194,8 @@ class SearchCluster(dg.ConfigurableResource):
                 fix = "ELASTICSEARCH_API_KEY"
             else:
                 fix = "ELASTICSEARCH_USERNAME/ELASTICSEARCH_PASSWORD"
-            return f"ELASTICSEARCH_URL={self.url} refused the credentials ({status}): check {fix}"
-        return f"ELASTICSEARCH_URL={self.url} answered {status} to GET /: {str(detail)[:300]}"
+            return f"ELASTICSEARCH_URL={self.shown_url} refused the credentials ({status}): check {fix}"
+        return f"ELASTICSEARCH_URL={self.shown_url} answered {status} to GET /: {str(detail)[:300]}"
 
 
 def _compatible_transport():
