@@ -20,8 +20,8 @@ from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
 from dify_pipeline.publish.parquet_assets import tickets_parquet
 from dify_pipeline.quality_checks import enriched_day_checks
 from dify_pipeline.resources.dify import DifyResource
-from dify_pipeline.resources.elasticsearch import ElasticsearchResource
 from dify_pipeline.resources.result_cache import ResultCache
+from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.source_database import SourceDatabase
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schedules import daily_enrichment_job, daily_schedule
@@ -67,13 +67,16 @@ def build_resources() -> dict:
             url=_secret("RESULT_CACHE_URL") or f"sqlite:///{state_dir / 'result_cache.sqlite'}",
             enabled=os.environ.get("RESULT_CACHE_ENABLED", "true").lower() != "false",
         ),
-        "elasticsearch": ElasticsearchResource(
+        "elasticsearch": SearchCluster(
             url=dg.EnvVar("ELASTICSEARCH_URL"),
+            engine=os.environ.get("SEARCH_ENGINE") or "elasticsearch",
             index=os.environ.get("ELASTICSEARCH_INDEX", "tickets_enriched"),
             api_key=_secret("ELASTICSEARCH_API_KEY"),
             username=_optional("ELASTICSEARCH_USERNAME"),
             password=_secret("ELASTICSEARCH_PASSWORD"),
             ca_file=_optional("ELASTICSEARCH_CA_FILE"),
+            aws_sigv4=(os.environ.get("OPENSEARCH_AUTH") or "basic").lower() == "sigv4",
+            aws_region=_optional("OPENSEARCH_AWS_REGION"),
         ),
         "settings": PipelineSettings(),
     }
