@@ -114,7 +114,7 @@ _AT_SIGN = r"(?:\s?[@＠﹫]\s?|\s?[\[(（{<]\s?(?i:at)\s?[\])）}>]\s?)"
 _DOT = r"(?:\s?[.。．｡]|\s?[\[(（{<]\s?(?i:dot)\s?[\])）}>]\s?|\s(?i:dot)\s)"
 _LABEL = rf"[{_WORD}](?:[{_WORD}-]{{0,61}}[{_WORD}])?"
 # The last label: ASCII letters (cut where the script changes: "qq.com谢谢"), punycode, or letters of any script.
-_TLD = r"(?:[A-Za-z]{2,63}(?![A-Za-z0-9-])|xn--[A-Za-z0-9-]{1,59}(?![\w-])|[^\W\d_]{2,63}(?![\w-]))"
+_TLD = r"(?:[A-Za-z]{2,63}(?![A-Za-z-])|xn--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63}(?!-))"
 _DOMAIN = rf"(?:{_LABEL}{_DOT})+{_TLD}"
 # The lookbehind starts a match only where a local part can start, so long words scan in linear time.
 _LOCAL = rf"(?<!{_LOCAL_CHAR})(?P<local>{_LOCAL_CHAR}+)"
@@ -148,107 +148,160 @@ def _email_spans(pattern: re.Pattern[str], text: str) -> Iterable[tuple[int, int
 
 # -- numbers: maximal runs of digits and separators, judged on their digits ----------------------------------
 
-# Spaces of any kind, dashes, dots, parentheses, and the zero-width characters people paste.
-_SEPARATORS = r"\s\-‐‑‒–—―−－.．。·・()（）\u00ad\u200b-\u200d\u2060\ufeff"
+# Spaces of any kind, dashes, dots, slashes, parentheses, and the zero-width characters people paste.
+_SEPARATORS = r"\s\-‐‑‒–—―−－.．。·・/()（）\u00ad\u200b-\u200d\u2060\ufeff"
 _NUMBER_RUN = re.compile(
-    rf"(?P<lead>[+＋]\s?|[(（])?\d(?:[{_SEPARATORS}]{{0,4}}\d){{6,}}(?:[{_SEPARATORS}]{{0,2}}(?P<x>[XxＸｘ])(?![A-Za-z]))?"
+    rf"(?P<lead>[+＋]\s?|[(（])?(?P<digits>\d)(?:[{_SEPARATORS}]{{0,4}}\d){{6,}}"
+    rf"(?:[{_SEPARATORS}]{{0,4}}(?P<x>[XxＸｘ])(?![A-Za-z]))?"
 )
 _DIGITS = re.compile(r"\d+")
-_IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\.?\d)")
+# Inside a run, an IPv4 address or a date is nobody's phone ("192.168.100.200 10.0.0.1", "2024-06-15 10:30").
+_NOT_A_PHONE = re.compile(
+    r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\.?\d)"
+    r"|(?<!\d)(?:19|20)\d\d[-./](?:0?[1-9]|1[0-2])[-./](?:0?[1-9]|[12]\d|3[01])(?!\d)"
+    r"|(?<!\d)(?:0?[1-9]|[12]\d|3[01])[-./](?:0?[1-9]|1[0-2])[-./](?:19|20)\d\d(?!\d)"
+)
 _MAX_DIGITS = 19  # the longest value masked: a 19-digit card (E.164 numbers have 15 at most)
+DEFAULT_PHONE_REGIONS = ("US",)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The digits of a run between two separators."""
+
+    start: int
+    end: int
+    digits: str  # ASCII
+    may_be_phone: bool  # not part of an IP address or a date
+
+
+@dataclass(frozen=True)
+class _Run:
+    groups: list[_Group]
+    international: bool  # written with a leading +
+    has_x: bool  # ends in an X, as an ID number may
+    letter_before: bool
+    letter_after: bool
+
+
+@lru_cache(maxsize=64)
+def _national_lengths(region: str) -> frozenset[int]:
+    """How many digits a number of `region` has when written without its country code, trunk prefix included."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    if metadata is None:
+        raise ValueError(f"unknown phone region {region!r}")
+    lengths = set(metadata.general_desc.possible_length or ())
+    prefix = len(metadata.national_prefix or "")
+    return frozenset(lengths | {length + prefix for length in lengths})
+
+
+def is_national_phone(digits: str, region: str) -> bool:
+    """A valid number of `region` written the way people there dial it, without the country code."""
+    if len(digits) not in _national_lengths(region):
+        return False
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(digits, region))
+    except phonenumbers.NumberParseException:
+        return False
 
 
 def _ascii_digits(group: str) -> str:
     return group if group.isascii() else "".join(str(int(char)) for char in group)
 
 
-def _number_kind(digits: str, international: bool, with_x: bool, glued_to_letters: bool) -> str | None:
-    """What a sequence of whole groups is, from its canonical digits (and X), or None."""
-    if with_x:
-        return "id_card" if len(digits) == 17 and is_valid_resident_id(digits + "X") else None
-    if international:
-        return "phone" if is_valid_international_phone("+" + digits) or is_chinese_phone(digits) else None
-    if len(digits) in (15, 18) and is_valid_resident_id(digits):
-        return "id_card"
-    # Waybills and order numbers are letters glued to digits ("SF1234567890123"): never a card.
-    if not glued_to_letters and is_valid_bank_card(digits):
-        return "bank_card"
-    return "phone" if is_chinese_phone(digits, glued_to_letters) else None
-
-
 def _is_latin_letter(text: str, position: int) -> bool:
     return 0 <= position < len(text) and text[position].isascii() and text[position].isalpha()
 
 
-def _number_spans(text: str) -> Iterable[tuple[int, int, str]]:
-    for run in _NUMBER_RUN.finditer(text):
-        value = run.group()
-        letter_before = _is_latin_letter(text, run.start() - 1)
-        if value.isdigit():  # the common case, one unbroken number
-            if len(value) <= _MAX_DIGITS:
-                glued = letter_before or _is_latin_letter(text, run.end())
-                kind = _number_kind(_ascii_digits(value), False, False, glued)
-                if kind is not None:
-                    yield run.start(), run.end(), kind
-            continue
-        groups = [(m.start(), m.end(), _ascii_digits(m.group())) for m in _DIGITS.finditer(text, run.start(), run.end())]
-        # An IPv4 address inside the run ("192.168.100.200 10.0.0.1") is nobody's phone: its groups are left out.
-        in_address = {start for match in _IPV4.finditer(value) for start in range(match.start(), match.end())}
-        groups = [group if group[0] - run.start() not in in_address else None for group in groups]
-        lead = run.group("lead") or ""
-        x_end = run.end("x") if run.group("x") else None
-        letter_after = x_end is None and _is_latin_letter(text, run.end())
-        first = 0
-        while first < len(groups):
-            if groups[first] is None:
-                first += 1
-                continue
-            found = _longest_valid(groups, first, lead, x_end is not None, letter_before, letter_after)
-            if found is None:
-                first += 1
-                continue
-            last, kind, with_x = found
-            start = run.start() if first == 0 and lead and kind == "phone" else groups[first][0]
-            end = x_end if with_x else groups[last][1]
-            yield start, end, kind
-            first = last + 1
+def _number_kind(
+    digits: str, *, international: bool, glued: bool, may_be_phone: bool, regions: tuple[str, ...]
+) -> str | None:
+    """What a sequence of whole groups is, judged on its digits, or None.
 
-
-def _longest_valid(
-    groups: list[tuple[int, int, str]], first: int, lead: str, run_has_x: bool, letter_before: bool, letter_after: bool
-) -> tuple[int, str, bool] | None:
-    """The last group, kind and use of the X of the longest valid sequence of groups starting at `first`."""
-    lasts, total = [], 0
-    for last in range(first, len(groups)):
-        if groups[last] is None:
-            break
-        total += len(groups[last][2])
-        if total > _MAX_DIGITS:
-            break
-        lasts.append(last)
-    international = first == 0 and lead.strip() in ("+", "＋")
-    for last in reversed(lasts):
-        digits = "".join(group[2] for group in groups[first : last + 1])
-        glued = (first == 0 and letter_before) or (last == len(groups) - 1 and letter_after)
-        if run_has_x and last == len(groups) - 1 and _number_kind(digits, False, True, glued):
-            return last, "id_card", True
-        kind = _number_kind(digits, international, False, glued)
-        if kind is not None:
-            return last, kind, False
+    A number glued to Latin letters is an order number or waybill ("SF1234567890123", "DD021234567890") unless it
+    is an ID or a Chinese mobile ("V13800138000" is how people write their WeChat).
+    """
+    if international:
+        if may_be_phone and (is_valid_international_phone("+" + digits) or is_chinese_phone(digits)):
+            return "phone"
+        return None
+    if len(digits) in (15, 18) and is_valid_resident_id(digits):
+        return "id_card"
+    if may_be_phone and is_chinese_phone(digits, glued):
+        return "phone"
+    if glued:
+        return None
+    if is_valid_bank_card(digits):
+        return "bank_card"
+    if may_be_phone and any(is_national_phone(digits, region) for region in regions):
+        return "phone"
     return None
 
 
-# -- phones of other countries, in their national format ------------------------------------------------------
+def _number_spans(text: str, regions: tuple[str, ...]) -> Iterable[tuple[int, int, str]]:
+    for match in _NUMBER_RUN.finditer(text):
+        value = match.group()
+        letter_before = _is_latin_letter(text, match.start("digits") - 1)
+        if value.isdigit():  # the common case: one unbroken number
+            if len(value) <= _MAX_DIGITS:
+                glued = letter_before or _is_latin_letter(text, match.end())
+                kind = _number_kind(_ascii_digits(value), international=False, glued=glued, may_be_phone=True,
+                                    regions=regions)
+                if kind is not None:
+                    yield match.start(), match.end(), kind
+            continue
+        yield from _run_spans(match, _run(text, match, letter_before), regions)
 
-# Seven digits or more, not glued to a letter: what is left that a phone matcher could take.
-_PHONE_HINT = re.compile(rf"(?<![A-Za-z\d])[+＋(（]?\d(?:[{_SEPARATORS}]{{0,4}}\d){{6,}}")
-DEFAULT_PHONE_REGIONS = ("US",)
+
+def _run(text: str, match: re.Match[str], letter_before: bool) -> _Run:
+    not_phone = {i for found in _NOT_A_PHONE.finditer(match.group()) for i in range(found.start(), found.end())}
+    groups = [
+        _Group(m.start(), m.end(), _ascii_digits(m.group()), m.start() - match.start() not in not_phone)
+        for m in _DIGITS.finditer(text, match.start(), match.end())
+    ]
+    has_x = match.group("x") is not None
+    return _Run(groups, (match.group("lead") or "").strip() in ("+", "＋"), has_x, letter_before,
+                not has_x and _is_latin_letter(text, match.end()))
 
 
-def _national_phone_spans(text: str, regions: tuple[str, ...]) -> Iterable[tuple[int, int]]:
-    for region in regions:
-        for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-            yield match.start, match.end
+def _run_spans(match: re.Match[str], run: _Run, regions: tuple[str, ...]) -> Iterable[tuple[int, int, str]]:
+    """From each group on, the longest sequence of whole groups that is a valid number; then on after it."""
+    first = 0
+    while first < len(run.groups):
+        found = _longest_valid(run, first, regions)
+        if found is None:
+            first += 1
+            continue
+        last, kind, with_x = found
+        start = match.start() if first == 0 and kind == "phone" else run.groups[first].start  # with its + or (
+        yield start, match.end() if with_x else run.groups[last].end, kind
+        first = last + 1
+
+
+def _longest_valid(run: _Run, first: int, regions: tuple[str, ...]) -> tuple[int, str, bool] | None:
+    """The last group, kind and use of the X of the longest valid sequence of groups starting at `first`."""
+    lasts, total = [], 0
+    for last in range(first, len(run.groups)):
+        total += len(run.groups[last].digits)
+        if total > _MAX_DIGITS:
+            break
+        lasts.append(last)
+    for last in reversed(lasts):
+        groups = run.groups[first : last + 1]
+        digits = "".join(group.digits for group in groups)
+        ends_run = last == len(run.groups) - 1
+        if run.has_x and ends_run and len(digits) == 17 and is_valid_resident_id(digits + "X"):
+            return last, "id_card", True
+        kind = _number_kind(
+            digits,
+            international=run.international and first == 0,
+            glued=(first == 0 and run.letter_before) or (ends_run and run.letter_after),
+            may_be_phone=all(group.may_be_phone for group in groups),
+            regions=regions,
+        )
+        if kind is not None:
+            return last, kind, False
+    return None
 
 
 # -- the masker ---------------------------------------------------------------------------------------------
@@ -300,6 +353,8 @@ class PiiMasker:
                 raise ValueError(message) from error
             self._extra.append(_ExtraRule(name, pattern, f"[{name.upper()}]"))
         self.phone_regions = tuple(phone_regions)
+        for region in self.phone_regions:
+            _national_lengths(region)  # an unknown region is an error now, not at the first phone
         names = self.kinds
         if len(set(names)) != len(names):
             raise ValueError(f"PII rule names must be unique, got {names}")
@@ -325,10 +380,7 @@ class PiiMasker:
         if _EMAIL_HINT.search(text):
             text = _replace(text, _email_spans(_EMAIL, text), found)
             text = _replace(text, _email_spans(_EMAIL_WITH_WORD_AT, text), found)
-        text = _replace(text, _number_spans(text), found)
-        if self.phone_regions and _PHONE_HINT.search(text):
-            spans = sorted(set(_national_phone_spans(text, self.phone_regions)))
-            text = _replace(text, ((start, end, "phone") for start, end in spans), found)
+        text = _replace(text, _number_spans(text, self.phone_regions), found)
         for rule in self._extra:
             if rule.pattern.search(text) is not None:
                 text = rule.pattern.sub(lambda match, rule=rule: _extra_placeholder(rule, match, found), text)
@@ -339,7 +391,8 @@ class PiiMasker:
         vectorised pass; only the candidates need `mask_and_find`."""
         if self._extra:
             return pc.is_valid(texts)  # a user's pattern can match anything
-        return pc.match_substring_regex(texts, _CANDIDATE_RE2)
+        digits = pc.count_substring_regex(texts, _DIGIT_RE2)
+        return pc.or_kleene(pc.match_substring_regex(texts, _ADDRESS_HINT_RE2), pc.greater_equal(digits, 7))
 
 
 def _extra_placeholder(rule: _ExtraRule, match: re.Match[str], found: list[tuple[str, str]]) -> str:
@@ -347,9 +400,7 @@ def _extra_placeholder(rule: _ExtraRule, match: re.Match[str], found: list[tuple
     return rule.placeholder
 
 
-# The triggers of `mask_and_find` in RE2 syntax (which Arrow uses): an at sign, the word "at", or 7 digits of any
-# script with at most 4 separators between each two. RE2's \s is ASCII only, hence \p{Z}.
-_CANDIDATE_RE2 = (
-    r"[@＠﹫]|(?i:\bat\b)"
-    r"|\p{Nd}(?:[\s\p{Z}\x{0b}\x{1c}-\x{1f}\x{85}\-‐‑‒–—―−－.．。·・()（）\x{00ad}\x{200b}-\x{200d}\x{2060}\x{feff}]{0,4}\p{Nd}){6}"
-)
+# What can trigger `mask_and_find`, in RE2 (Arrow's regex engine): an at sign or the word "at" (addresses), or
+# 7 digits of any script (every number masked has 7 or more). Cheaper to compile than a pattern of digit runs.
+_ADDRESS_HINT_RE2 = r"[@＠﹫]|(?i:\bat\b)"
+_DIGIT_RE2 = r"\p{Nd}"
