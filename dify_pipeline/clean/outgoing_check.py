@@ -61,7 +61,9 @@ def find_personal_data(text: str, phone_regions: Sequence[str] = ("CN", *DEFAULT
     if _PHONE_CANDIDATE.search(text):
         seen: set[tuple[int, int]] = set()
         for region in dict.fromkeys(phone_regions):
-            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+            # Chinese numbers in any grouping, as the masker; other countries' in their own grouping.
+            leniency = phonenumbers.Leniency.VALID if region == "CN" else phonenumbers.Leniency.STRICT_GROUPING
+            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=leniency):
                 if (match.start, match.end) not in seen and _is_personal(match, region):
                     seen.add((match.start, match.end))
                     found.append(("phone", match.raw_string))
@@ -78,11 +80,13 @@ def _is_personal(match: phonenumbers.PhoneNumberMatch, region: str) -> bool:
     number_type = phonenumbers.number_type(match.number)
     if number_type in _NOT_PERSONAL:
         return False
-    # A Chinese landline written without its trunk 0 or country code ("2112345678") is as likely an order
-    # number: the masker leaves it, and so does this check.
     written = match.raw_string.lstrip("(（")
-    return not (region == "CN" and number_type == phonenumbers.PhoneNumberType.FIXED_LINE
-                and not written.startswith(("0", "+", "86")))
+    if written.startswith("+"):
+        return True
+    if region == "CN":
+        # A landline without its trunk 0 or country code ("2112345678") is as likely an order number.
+        return number_type != phonenumbers.PhoneNumberType.FIXED_LINE or written.startswith(("0", "86"))
+    return not written.isdigit()  # other countries' national numbers only with their grouping, never bare
 
 
 class OutgoingScan:

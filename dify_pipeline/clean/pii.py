@@ -10,9 +10,10 @@ from `phonenumbers`, which only sees texts that still hold a candidate after tha
 from __future__ import annotations
 
 import datetime
+import itertools
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -195,14 +196,23 @@ def _national_lengths(region: str) -> frozenset[int]:
     return frozenset(lengths | {length + prefix for length in lengths})
 
 
-def is_national_phone(digits: str, region: str) -> bool:
-    """A valid number of `region` written the way people there dial it, without the country code."""
-    if len(digits) not in _national_lengths(region):
+def is_national_phone(groups: Sequence[str], region: str) -> bool:
+    """Digit groups that spell a valid number of `region` without its country code, written in the region's own
+    grouping or a coarser one ("(212) 555-0147", "212-5550147"), never bare: a lone "2125550147" is as likely an
+    order number, and "23.120.256.10" a version."""
+    digits = "".join(groups)
+    if len(groups) < 2 or len(digits) not in _national_lengths(region):
         return False
     try:
-        return phonenumbers.is_valid_number(phonenumbers.parse(digits, region))
+        number = phonenumbers.parse(digits, region)
     except phonenumbers.NumberParseException:
         return False
+    if not phonenumbers.is_valid_number(number):
+        return False
+    formatted = re.findall(r"\d+", phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
+    prefix = len(digits) - sum(map(len, formatted))  # a trunk prefix the format leaves out ("1-212-...")
+    allowed = {prefix, *itertools.accumulate((len(group) for group in formatted), initial=prefix)}
+    return set(itertools.accumulate(len(group) for group in groups[:-1])) <= allowed
 
 
 def _ascii_digits(group: str) -> str:
@@ -214,13 +224,14 @@ def _is_latin_letter(text: str, position: int) -> bool:
 
 
 def _number_kind(
-    digits: str, *, international: bool, glued: bool, may_be_phone: bool, regions: tuple[str, ...]
+    groups: Sequence[str], *, international: bool, glued: bool, may_be_phone: bool, regions: tuple[str, ...]
 ) -> str | None:
     """What a sequence of whole groups is, judged on its digits, or None.
 
     A number glued to Latin letters is an order number or waybill ("SF1234567890123", "DD021234567890") unless it
     is an ID or a Chinese mobile ("V13800138000" is how people write their WeChat).
     """
+    digits = "".join(groups)
     if international:
         if may_be_phone and (is_valid_international_phone("+" + digits) or is_chinese_phone(digits)):
             return "phone"
@@ -233,7 +244,7 @@ def _number_kind(
         return None
     if is_valid_bank_card(digits):
         return "bank_card"
-    if may_be_phone and any(is_national_phone(digits, region) for region in regions):
+    if may_be_phone and any(is_national_phone(groups, region) for region in regions):
         return "phone"
     return None
 
@@ -245,7 +256,7 @@ def _number_spans(text: str, regions: tuple[str, ...]) -> Iterable[tuple[int, in
         if value.isdigit():  # the common case: one unbroken number
             if len(value) <= _MAX_DIGITS:
                 glued = letter_before or _is_latin_letter(text, match.end())
-                kind = _number_kind(_ascii_digits(value), international=False, glued=glued, may_be_phone=True,
+                kind = _number_kind([_ascii_digits(value)], international=False, glued=glued, may_be_phone=True,
                                     regions=regions)
                 if kind is not None:
                     yield match.start(), match.end(), kind
@@ -288,9 +299,9 @@ def _longest_valid(run: _Run, first: int, regions: tuple[str, ...]) -> tuple[int
         lasts.append(last)
     for last in reversed(lasts):
         groups = run.groups[first : last + 1]
-        digits = "".join(group.digits for group in groups)
+        digits = [group.digits for group in groups]
         ends_run = last == len(run.groups) - 1
-        if run.has_x and ends_run and len(digits) == 17 and is_valid_resident_id(digits + "X"):
+        if run.has_x and ends_run and sum(map(len, digits)) == 17 and is_valid_resident_id("".join(digits) + "X"):
             return last, "id_card", True
         kind = _number_kind(
             digits,
