@@ -158,7 +158,7 @@ _NUMBER_RUN = re.compile(
 _DIGITS = re.compile(r"\d+")
 # Inside a run, an IPv4 address or a date is nobody's phone ("192.168.100.200 10.0.0.1", "2024-06-15 10:30").
 _NOT_A_PHONE = re.compile(
-    r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\.?\d)"
+    r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.?\d)"
     r"|(?<!\d)(?:19|20)\d\d[-./](?:0?[1-9]|1[0-2])[-./](?:0?[1-9]|[12]\d|3[01])(?!\d)"
     r"|(?<!\d)(?:0?[1-9]|[12]\d|3[01])[-./](?:0?[1-9]|1[0-2])[-./](?:19|20)\d\d(?!\d)"
 )
@@ -236,7 +236,8 @@ def _number_kind(
         if may_be_phone and (is_valid_international_phone("+" + digits) or is_chinese_phone(digits)):
             return "phone"
         return None
-    if len(digits) in (15, 18) and is_valid_resident_id(digits):
+    # A 15-digit legacy ID has no check character: only unbroken is it told from two numbers side by side.
+    if (len(digits) == 18 or (len(digits) == 15 and len(groups) == 1)) and is_valid_resident_id(digits):
         return "id_card"
     if may_be_phone and is_chinese_phone(digits, glued):
         return "phone"
@@ -285,6 +286,8 @@ def _run_spans(match: re.Match[str], run: _Run, regions: tuple[str, ...]) -> Ite
             continue
         last, kind, with_x = found
         start = match.start() if first == 0 and kind == "phone" else run.groups[first].start  # with its + or (
+        if kind == "phone" and start > 0 and match.string[start - 1] in "(（":
+            start -= 1  # "(010) 1234 5678" after another number
         yield start, match.end() if with_x else run.groups[last].end, kind
         first = last + 1
 

@@ -234,3 +234,12 @@ def test_candidates_flag_every_text_the_masker_could_change(masker):
     texts = ["no digits here", "1234567", "邮箱 a@b.cn", "meet at 5", None, "order 123456"]
     assert masker.candidates(pa.array(texts)).to_pylist() == [False, True, True, True, None, False]
     assert PiiMasker(extra_patterns={"x": "here"}).candidates(pa.array(texts)).to_pylist() == [True] * 4 + [False, True]
+
+
+def test_a_legacy_id_is_masked_only_unbroken_so_two_numbers_side_by_side_are_not_one(masker):
+    assert masker.find("老身份证 110105491231002") == [("id_card", "110105491231002")]
+    assert masker.mask("订单 110000000110 (010) 20000000") == ("订单 110000000110 [PHONE]", Counter(phone=1))
+
+
+def test_a_number_written_as_an_ip_address_is_taken_for_one(masker):
+    assert masker.find("服务器 10.130.100.200 和 192.168.1.13") == []
