@@ -27,11 +27,13 @@ _NOT_PERSONAL = {
     phonenumbers.PhoneNumberType.UAN,
 }
 _FORMAT_CHARACTERS = re.compile(r"[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]")
+# An IPv4 address is nobody's phone, even when its digits spell one ("178.78.127.186"): the masker leaves it too.
+_IPV4_ADDRESS = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _BETWEEN_DIGITS = re.compile(r"(?<=\d)[\s\-‐‑‒–—−.·()]{1,4}(?=[\dXx])")
 _LONG_NUMBER = re.compile(r"(?<![\d+])(?:\d{17}[Xx]|\d{13,19})(?!\d)")
 _ADDRESS = re.compile(
-    r"[^\s@<>()\[\]{}\"',;:，。；：、]+\s?@\s?[^\s@<>()\[\]{}\"',;:，；：、]+[.。][^\W\d_]{2,}"
-    r"|[\w.+-]+\s?[\[(（{<]\s?(?i:at)\s?[\])）}>]\s?[\w-]+"
+    r"[^\s@<>()\[\]{}\"',;:，。；：、]+\s?@\s?[^\s@<>()\[\]{}\"',;:，。；：、]+(?:\.|。(?=[A-Za-z]|中国|公司))[^\W\d_]{2,}"
+    r"|[\w.+-]+\s?[\[(（{<]\s?(?i:at)\s?[\])）}>]\s?[\w-]+\s?(?:\.|[\[(（{<]\s?(?i:dot)\s?[\])）}>]|\s(?i:dot)\s)"
     r"|[\w.+-]+\s(?i:at)\s[\w-]+\s(?i:dot)\s[A-Za-z]{2,}"
 )
 # What a text needs to be worth a closer look, in RE2 (Arrow's regex engine).
@@ -58,6 +60,7 @@ def find_personal_data(text: str, phone_regions: Sequence[str] = ("CN", *DEFAULT
             found.append(("id_card", number))
         elif not _next_to_latin_letter(joined, match.start(), match.end()) and is_valid_bank_card(number):
             found.append(("bank_card", number))
+    text = _IPV4_ADDRESS.sub(lambda match: match.group() if _has_leading_zero(match.group()) else " ", text)
     if _PHONE_CANDIDATE.search(text):
         seen: set[tuple[int, int]] = set()
         for region in dict.fromkeys(phone_regions):
@@ -68,6 +71,10 @@ def find_personal_data(text: str, phone_regions: Sequence[str] = ("CN", *DEFAULT
                     seen.add((match.start, match.end))
                     found.append(("phone", match.raw_string))
     return found
+
+
+def _has_leading_zero(address: str) -> bool:
+    return any(len(part) > 1 and part.startswith("0") or int(part) > 255 for part in address.split("."))
 
 
 def _next_to_latin_letter(text: str, start: int, end: int) -> bool:

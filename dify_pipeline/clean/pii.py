@@ -112,7 +112,11 @@ def is_chinese_phone(digits: str, glued_to_letters: bool = False) -> bool:
 _WORD = r"\w\u0300-\u036f\u0483-\u0489\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0900-\u0dff\u0e00-\u0eff\u1ab0-\u1aff"
 _LOCAL_CHAR = rf"[{_WORD}!#$%&'*+/=?^`{{|}}~.-]"
 _AT_SIGN = r"(?:\s?[@＠﹫]\s?|\s?[\[(（{<]\s?(?i:at)\s?[\])）}>]\s?)"
-_DOT = r"(?:\s?[.。．｡]|\s?[\[(（{<]\s?(?i:dot)\s?[\])）}>]\s?|\s(?i:dot)\s)"
+# The ideographic full stop ends Chinese sentences: in a domain only before a Latin letter or a Chinese TLD.
+_DOT = (
+    r"(?:\s?[.．｡]|。(?=[A-Za-z]|中国|中國|公司|网络|網絡|香港|台湾|台灣)"
+    r"|\s?[\[(（{<]\s?(?i:dot)\s?[\])）}>]\s?|\s(?i:dot)\s)"
+)
 _LABEL = rf"[{_WORD}](?:[{_WORD}-]{{0,61}}[{_WORD}])?"
 # The last label: ASCII letters (cut where the script changes: "qq.com谢谢"), punycode, or letters of any script.
 _TLD = r"(?:[A-Za-z]{2,63}(?![A-Za-z-])|xn--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63}(?!-))"

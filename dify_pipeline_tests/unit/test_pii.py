@@ -243,3 +243,9 @@ def test_a_legacy_id_is_masked_only_unbroken_so_two_numbers_side_by_side_are_not
 
 def test_a_number_written_as_an_ip_address_is_taken_for_one(masker):
     assert masker.find("服务器 10.130.100.200 和 192.168.1.13") == []
+
+
+def test_an_ideographic_full_stop_ends_the_sentence_not_the_domain(masker):
+    assert masker.mask("邮箱zhang@qq.com。我的订单DD313617600133还没到。") == (
+        "邮箱[EMAIL]。我的订单DD313617600133还没到。", Counter(email=1))
+    assert masker.mask("邮箱 zhang@qq。com 和 张伟@例子。中国") == ("邮箱 [EMAIL] 和 [EMAIL]", Counter(email=2))

@@ -280,7 +280,10 @@ def email_addresses(draw) -> tuple[str, list[str]]:
     if draw(st.integers(0, 4)) == 0:
         labels[0] = labels[0].encode("idna").decode("ascii") if not labels[0].isascii() else labels[0]
     at, dot = draw(st.sampled_from(_AT_SIGNS)), draw(st.sampled_from(_DOTS))
-    domain = dot.join([*labels, *draw(st.sampled_from(_TLDS)).split(".")])
+    tld = draw(st.sampled_from(_TLDS))
+    if dot == "。":  # as an input method types it: one label, then a Latin or Chinese TLD
+        labels, tld = labels[:1], draw(st.sampled_from(["com", "cn", "net", "中国", "公司"]))
+    domain = dot.join([*labels, *tld.split(".")])
     return f"{local}{at}{domain}", [local, *labels]
 
 
