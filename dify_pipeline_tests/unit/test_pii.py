@@ -249,3 +249,7 @@ def test_an_ideographic_full_stop_ends_the_sentence_not_the_domain(masker):
     assert masker.mask("邮箱zhang@qq.com。我的订单DD313617600133还没到。") == (
         "邮箱[EMAIL]。我的订单DD313617600133还没到。", Counter(email=1))
     assert masker.mask("邮箱 zhang@qq。com 和 张伟@例子。中国") == ("邮箱 [EMAIL] 和 [EMAIL]", Counter(email=2))
+
+
+def test_a_plus_makes_a_phone_of_what_looks_like_an_ip_address(masker):
+    assert masker.mask("call +49.3.0.1 20000 or + 49.3.0.1 20000") == ("call [PHONE] or [PHONE]", Counter(phone=2))
