@@ -112,9 +112,10 @@ def is_chinese_phone(digits: str, glued_to_letters: bool = False) -> bool:
 _WORD = r"\w\u0300-\u036f\u0483-\u0489\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0900-\u0dff\u0e00-\u0eff\u1ab0-\u1aff"
 _LOCAL_CHAR = rf"[{_WORD}!#$%&'*+/=?^`{{|}}~.-]"
 _AT_SIGN = r"(?:\s?[@＠﹫]\s?|\s?[\[(（{<]\s?(?i:at)\s?[\])）}>]\s?)"
-# The ideographic full stop ends Chinese sentences: in a domain only before a Latin letter or a Chinese TLD.
+# The ideographic full stop ends Chinese sentences: in a domain only before a letter of a spaced script (Latin,
+# Cyrillic...) or a Chinese TLD.
 _DOT = (
-    r"(?:\s?[.．｡]|。(?=[A-Za-z]|中国|中國|公司|网络|網絡|香港|台湾|台灣)"
+    r"(?:\s?[.．｡]|。(?=中国|中國|公司|网络|網絡|香港|台湾|台灣|(?![\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af])[^\W\d_])"
     r"|\s?[\[(（{<]\s?(?i:dot)\s?[\])）}>]\s?|\s(?i:dot)\s)"
 )
 _LABEL = rf"[{_WORD}](?:[{_WORD}-]{{0,61}}[{_WORD}])?"
@@ -161,11 +162,11 @@ _NUMBER_RUN = re.compile(
 )
 _DIGITS = re.compile(r"\d+")
 # Inside a run, an IPv4 address or a date is nobody's phone ("192.168.100.200 10.0.0.1", "2024-06-15 10:30"),
-# unless a + says it is one ("+49.3.0.1 20000").
+# unless the run starts with a + ("+49.3.0.1 20000").
 _NOT_A_PHONE = re.compile(
-    r"(?<![\d.+＋])(?<![+＋]\s)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.?\d)"
-    r"|(?<![\d+＋])(?<![+＋]\s)(?:19|20)\d\d[-./](?:0?[1-9]|1[0-2])[-./](?:0?[1-9]|[12]\d|3[01])(?!\d)"
-    r"|(?<![\d+＋])(?<![+＋]\s)(?:0?[1-9]|[12]\d|3[01])[-./](?:0?[1-9]|1[0-2])[-./](?:19|20)\d\d(?!\d)"
+    r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.?\d)"
+    r"|(?<!\d)(?:19|20)\d\d[-./](?:0?[1-9]|1[0-2])[-./](?:0?[1-9]|[12]\d|3[01])(?!\d)"
+    r"|(?<!\d)(?:0?[1-9]|[12]\d|3[01])[-./](?:0?[1-9]|1[0-2])[-./](?:19|20)\d\d(?!\d)"
 )
 _MAX_DIGITS = 19  # the longest value masked: a 19-digit card (E.164 numbers have 15 at most)
 DEFAULT_PHONE_REGIONS = ("US",)
@@ -311,11 +312,12 @@ def _longest_valid(run: _Run, first: int, regions: tuple[str, ...]) -> tuple[int
         ends_run = last == len(run.groups) - 1
         if run.has_x and ends_run and sum(map(len, digits)) == 17 and is_valid_resident_id("".join(digits) + "X"):
             return last, "id_card", True
+        international = run.international and first == 0
         kind = _number_kind(
             digits,
-            international=run.international and first == 0,
+            international=international,
             glued=(first == 0 and run.letter_before) or (ends_run and run.letter_after),
-            may_be_phone=all(group.may_be_phone for group in groups),
+            may_be_phone=international or all(group.may_be_phone for group in groups),
             regions=regions,
         )
         if kind is not None:
