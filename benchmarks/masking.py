@@ -173,7 +173,8 @@ def _digits_of(text: str) -> str:
 
 def score(tickets: list[dict], cleaned_bodies: list[str]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """kind → [masked, planted], and shape → [altered, seen]. A planted number counts as leaked when 6 of its
-    digits in a row survive (whatever the grouping), an address when its local part or a domain label does."""
+    digits in a row survive (whatever the grouping), an address when its local part or a domain label with a
+    letter in it does."""
     recall: dict[str, list[int]] = {}
     altered: dict[str, list[int]] = {}
     for ticket, cleaned in zip(tickets, cleaned_bodies):
@@ -191,7 +192,9 @@ def score(tickets: list[dict], cleaned_bodies: list[str]) -> tuple[dict[str, lis
         counts[1] += 1
         if ticket["kind"] == "email":
             rest = re.sub(r"\[[A-Z_]+\]", " ", left).lower()
-            leaked = any(unicodedata.normalize("NFKC", part).lower() in rest for part in ticket["parts"])
+            parts = [unicodedata.normalize("NFKC", part).lower() for part in ticket["parts"]]
+            # A digits-only label ("163") also turns up in what is left of other numbers: letters tell.
+            leaked = any(part in rest for part in parts if re.search(r"[^\W\d_]", part))
         else:
             digits, survivors = _digits_of(ticket["value"]), _digits_of(left)
             leaked = any(digits[i : i + 6] in survivors for i in range(len(digits) - 5))
