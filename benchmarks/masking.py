@@ -39,7 +39,8 @@ OLD_MASKER_COMMIT = "0124854"  # the masker before issue 11
 RECALL_BOUND = 0.999
 
 _ZH = ["我的订单一直没发货，请尽快处理", "退款申请提交好几天了", "收到的商品有质量问题", "App一打开就闪退", "请帮我修改收货地址"]
-_EN = ["My order has not shipped yet", "I still have no refund", "The product arrived broken", "The app crashes on start"]
+_EN = ["My order has not shipped yet", "I still have no refund", "The product arrived broken",
+       "The app crashes on start"]
 _BOUNDARIES = [" ", "：", "，", "。", "(", "\n", "<br>", "是", "号"]
 _SEPARATORS = [" ", "-", ".", "\u200b", "\u00a0", "\u3000", " - ", "–", "．", "&nbsp;", "<br>"]
 _FULL_WIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
@@ -97,7 +98,8 @@ def _international(rng: random.Random) -> str:
 
 def _us_national(rng: random.Random) -> str:
     area, exchange, line = rng.choice(["212", "415", "646", "312", "617"]), rng.randint(200, 999), _digits(rng, 4)
-    return rng.choice(["({a}) {e}-{l}", "{a}-{e}-{l}", "{a}.{e}.{l}", "1-{a}-{e}-{l}"]).format(a=area, e=exchange, l=line)
+    style = rng.choice(["({a}) {e}-{l}", "{a}-{e}-{l}", "{a}.{e}.{l}", "1-{a}-{e}-{l}"])
+    return style.format(a=area, e=exchange, l=line)
 
 
 def _email(rng: random.Random) -> tuple[str, list[str]]:
@@ -132,7 +134,8 @@ def _not_personal(rng: random.Random) -> tuple[str, str]:
         "timestamp_iso": lambda: moment.strftime(rng.choice(["%Y-%m-%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y.%m.%d"])),
         "timestamp_compact": lambda: moment.strftime(rng.choice(["%Y%m%d%H%M%S", "%Y%m%d"])),
         "unix_time": lambda: str(int(moment.timestamp()) * rng.choice((1, 1000))),
-        "amount": lambda: rng.choice(["¥{:,.2f}", "${:,.2f}", "{:.2f}元", "{:.0f}元"]).format(rng.random() * 10**rng.randint(1, 6)),
+        "amount": lambda: rng.choice(["¥{:,.2f}", "${:,.2f}", "{:.2f}元", "{:.0f}元"]).format(
+            rng.random() * 10 ** rng.randint(1, 6)),
         "version": lambda: rng.choice(["v", "版本", "Android ", "iOS "]) + ".".join(
             str(rng.randint(0, 30 if i == 0 else 99)) for i in range(rng.randint(2, 4))),
         "ipv4": lambda: ".".join(str(rng.randint(1, 255)) for _ in range(4)),
@@ -276,7 +279,8 @@ def main() -> None:
     costs = {
         "clean_texts ms/1k rows (subject+body: normalize, prefilter, mask, truncate)":
             best_seconds(lambda: (clean_texts(bodies, masker), clean_texts(subjects, masker)), args.repeats),
-        "ours, masker only ms/1k bodies": best_seconds(lambda: [masker.mask_and_find(t) for t in normalized], args.repeats),
+        "ours, masker only ms/1k bodies":
+            best_seconds(lambda: [masker.mask_and_find(t) for t in normalized], args.repeats),
         "ours without national phones (phone_regions=()) ms/1k bodies":
             best_seconds(lambda: [masker_no_regions.mask_and_find(t) for t in normalized], args.repeats),
     }

@@ -49,7 +49,9 @@ def shape(value: str) -> str:
     return re.sub(r"[^\W\d_]", "a", re.sub(r"\d", "9", value))
 
 
-def find_personal_data(text: str, phone_regions: Sequence[str] = ("CN", *DEFAULT_PHONE_REGIONS)) -> list[tuple[str, str]]:
+def find_personal_data(
+    text: str, phone_regions: Sequence[str] = ("CN", *DEFAULT_PHONE_REGIONS)
+) -> list[tuple[str, str]]:
     """(kind, value) of each e-mail address, ID, card or phone number found in `text`."""
     text = _FORMAT_CHARACTERS.sub("", unicodedata.normalize("NFKC", text))
     found = [("email", match.group()) for match in _ADDRESS.finditer(text)]
@@ -87,12 +89,12 @@ def _is_personal(match: phonenumbers.PhoneNumberMatch, region: str) -> bool:
     number_type = phonenumbers.number_type(match.number)
     if number_type in _NOT_PERSONAL:
         return False
-    written = match.raw_string.lstrip("(（")
+    written = match.raw_string.strip("(（) \t")
     if written.startswith("+"):
         return True
     if region == "CN":
-        # A landline without its trunk 0 or country code ("2112345678") is as likely an order number.
-        return number_type != phonenumbers.PhoneNumberType.FIXED_LINE or written.startswith(("0", "86"))
+        # A landline without its trunk 0 ("2112345678", "8639195009") is as likely an order number.
+        return number_type != phonenumbers.PhoneNumberType.FIXED_LINE or written.startswith("0")
     return not written.isdigit()  # other countries' national numbers only with their grouping, never bare
 
 

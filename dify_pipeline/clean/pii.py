@@ -101,7 +101,9 @@ def is_chinese_phone(digits: str, glued_to_letters: bool = False) -> bool:
         return True
     if glued_to_letters:
         return False
-    if _CHINESE_LANDLINE.fullmatch(digits) or (digits.startswith("86") and _CHINESE_LANDLINE.fullmatch("0" + digits[2:])):
+    if _CHINESE_LANDLINE.fullmatch(digits):
+        return True
+    if digits.startswith("86") and _CHINESE_LANDLINE.fullmatch("0" + digits[2:]):
         return True
     return digits.startswith("00") and 9 <= len(digits) <= 17 and is_valid_international_phone("+" + digits[2:])
 
@@ -135,7 +137,9 @@ _WORDS_BEFORE_AT = frozenset(
 )
 _EMAIL_HINT = re.compile(r"[@＠﹫]|(?i:\bat\b)")
 # Chinese, Japanese, Korean and Thai: scripts written without spaces between words.
-_UNSPACED_SCRIPT = re.compile(r"[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f]+")
+_UNSPACED_SCRIPT = re.compile(
+    r"[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f]+"
+)
 
 
 def _email_spans(pattern: re.Pattern[str], text: str) -> Iterable[tuple[int, int, str]]:

@@ -144,7 +144,7 @@ def chinese_mobiles(draw) -> str:
 def chinese_landlines(draw) -> str:
     area = draw(st.sampled_from(["10", "20", "21", "22", "23", "24", "25", "27", "28", "29", "311", "371", "512", "571",
                                  "591", "755", "769", "871", "898"]))
-    local = draw(st.text("0123456789", min_size=8, max_size=8) if len(area) == 2 else st.text("0123456789", min_size=7, max_size=8))
+    local = draw(st.text("0123456789", min_size=8 if len(area) == 2 else 7, max_size=8))
     local = draw(st.sampled_from("2345678")) + local[1:]
     style = draw(st.sampled_from(["trunk", "parentheses", "plus", "country"]))
     if style == "parentheses":
@@ -186,7 +186,8 @@ def us_phones(draw) -> str:
     line = draw(st.text("0123456789", min_size=4, max_size=4))
     assume(phonenumbers.is_valid_number(phonenumbers.parse(f"+1{area}{exchange}{line}")))
     style = draw(st.sampled_from(["({a}) {e}-{l}", "{a}-{e}-{l}", "{a}.{e}.{l}", "{a} {e} {l}", "1-{a}-{e}-{l}",
-                                  "+1 {a} {e} {l}", "+1 ({a}) {e}-{l}", "+1{a}{e}{l}", "1 ({a}) {e} {l}", "{a}-{e}{l}"]))
+                                  "+1 {a} {e} {l}", "+1 ({a}) {e}-{l}", "+1{a}{e}{l}", "1 ({a}) {e} {l}",
+                                  "{a}-{e}{l}"]))
     return style.format(a=area, e=exchange, l=line)
 
 
@@ -337,7 +338,8 @@ _VERSIONS = st.builds(
     st.lists(st.integers(0, 99), min_size=1, max_size=3),
     st.sampled_from(["v{}", "版本{}", "Android {}", "iOS {}", "build {}", "{}-beta"]),
 )
-_IPV4_ADDRESSES = st.builds(lambda parts: ".".join(map(str, parts)), st.lists(st.integers(0, 255), min_size=4, max_size=4))
+_IPV4_ADDRESSES = st.builds(lambda parts: ".".join(map(str, parts)),
+                            st.lists(st.integers(0, 255), min_size=4, max_size=4))
 
 
 @PROPERTY
