@@ -1,10 +1,11 @@
 """Mask personal data (e-mail addresses, ID numbers, bank cards, phones) before text leaves the company.
 
 Numbers are matched on their canonical form, not on a list of groupings: each maximal run of digits joined by
-separators (spaces, dashes, dots, parentheses, zero-width characters; digits of any script, full-width
-included) is cut into its groups, and the longest sequence of whole groups whose digits pass a check (ID
-checksum, Luhn, phone rules) is masked, span and all. Phones of other countries in their national format come
-from `phonenumbers`, which only sees texts that still hold a candidate after that.
+separators (spaces, dashes, dots, slashes, parentheses, zero-width characters; digits of any script, full-width
+included) is cut into its groups, and from each group on the longest sequence of whole groups whose digits pass
+a check (ID checksum, Luhn, phone rules, `phonenumbers`' validity for numbers written with + and for national
+numbers of other countries) is masked, span and all. A pure function of one text: `PiiMasker.candidates` tells,
+for an Arrow array of texts, which ones need it.
 """
 
 from __future__ import annotations
@@ -362,8 +363,9 @@ class PiiMasker:
     by kind in that order.
 
     `extra_patterns` maps a name to a regular expression; its matches become "[NAME]" (upper-cased) and are
-    applied after the default kinds. `phone_regions` are the countries whose phones written without a country
-    code are looked for with `phonenumbers` (Chinese ones always are; any number written with + is too).
+    applied after the default kinds. `phone_regions` are the countries (ISO 3166 codes) whose numbers written
+    without a country code, in their own grouping, are masked too; Chinese ones always are, and so is any number
+    written with + or 00 that `phonenumbers` finds valid.
     """
 
     def __init__(
