@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, PositiveInt, field_validator, model_valid
 
 from dify_pipeline.clean.pii import PiiMasker
 from dify_pipeline.clean.text import decode_bytes, normalize_text, truncate_text
+from dify_pipeline.frames import TEXT
 
 # Columns clean_tickets adds; a raw frame that already has them would be silently overwritten.
 ADDED_COLUMNS = ("record_key", "text_truncated", "pii_masked", "quarantine_reason", "quarantine_detail")
@@ -78,8 +79,8 @@ def record_key_text(value: object) -> str | None:
 
 def _record_keys(keys: pd.Series) -> pd.Series:
     if pd.api.types.is_integer_dtype(keys):
-        return keys.astype("str")  # the common case, vectorized; Int64's NA becomes NaN
-    return pd.Series([record_key_text(key) for key in keys.tolist()], index=keys.index, dtype="str")
+        return keys.astype(TEXT)  # the common case, vectorized; Int64's NA becomes NaN
+    return pd.Series([record_key_text(key) for key in keys.tolist()], index=keys.index, dtype=TEXT)
 
 
 def _as_datetimes(values: pd.Series) -> pd.Series:
@@ -191,14 +192,14 @@ def _quarantine(
             details += [detail_by_reason[reason]] * len(positions)
     quarantine = rows.iloc[np.concatenate(list(positions_by_reason.values())).astype(np.int64)]
     masked_text = {
-        column: pd.Series([_mask_raw(value, pii) for value in quarantine[column]], index=quarantine.index, dtype="str")
+        column: pd.Series([_mask_raw(value, pii) for value in quarantine[column]], index=quarantine.index, dtype=TEXT)
         for column in config.text_columns
     }
     return quarantine.assign(
         **masked_text,
         record_key=record_keys.loc[quarantine.index],
-        quarantine_reason=pd.Series(reasons, index=quarantine.index, dtype="str"),
-        quarantine_detail=pd.Series(details, index=quarantine.index, dtype="str"),
+        quarantine_reason=pd.Series(reasons, index=quarantine.index, dtype=TEXT),
+        quarantine_detail=pd.Series(details, index=quarantine.index, dtype=TEXT),
     ).reset_index(drop=True)
 
 
@@ -240,7 +241,7 @@ def clean_tickets(raw: pd.DataFrame, config: CleaningConfig) -> CleanResult:
     for column in config.text_columns:
         max_chars = config.max_chars.get(column)
         results = clean_texts(survivors[column].tolist(), pii.masker, max_chars)
-        cleaned_text[column] = pd.Series([result.text for result in results], index=survivors.index, dtype="str")
+        cleaned_text[column] = pd.Series([result.text for result in results], index=survivors.index, dtype=TEXT)
         truncated |= np.array([result.truncated for result in results], dtype=bool)
         pii_per_row += np.array([pii.count(result.pii_kinds) for result in results], dtype=np.int64)
     empty_text = np.logical_and.reduce([(texts == "").to_numpy() for texts in cleaned_text.values()])
