@@ -5,6 +5,7 @@ import dagster as dg
 import pyarrow as pa
 
 from dify_pipeline.clean.cleaning import CleaningConfig, clean_tickets as clean_frame
+from dify_pipeline.clean.outgoing_check import OutgoingScan
 from dify_pipeline.frames import to_arrow, to_pandas
 from dify_pipeline.partitions import daily_partitions
 from dify_pipeline.resources.storage import ObjectStorage
@@ -18,8 +19,13 @@ from dify_pipeline.stages import day_file
     group_name="tickets",
     deps=["raw_tickets"],
     kinds={"pandas", "parquet"},
-    check_specs=[dg.AssetCheckSpec("counts_reconcile", asset="clean_tickets", blocking=True,
-                                   description="raw rows = clean + quarantined + duplicates removed")],
+    check_specs=[
+        dg.AssetCheckSpec("counts_reconcile", asset="clean_tickets", blocking=True,
+                          description="raw rows = clean + quarantined + duplicates removed"),
+        dg.AssetCheckSpec("no_personal_data_outgoing", asset="clean_tickets", blocking=True,
+                          description="An independent detector finds no e-mail, phone, ID or card number in the "
+                                      "columns the Dify inputs are mapped from; any find stops the day here."),
+    ],
 )
 def clean_tickets(
     context: dg.AssetExecutionContext, stage_storage: ObjectStorage, settings: PipelineSettings
@@ -45,16 +51,27 @@ def clean_tickets(
     quarantine_schema = with_fields(_all_nullable(source), QUARANTINE_FIELDS)
     clean_path = day_file(stage_storage, "clean_tickets", context.partition_key)
     quarantine_path = day_file(stage_storage, "quarantined_tickets", context.partition_key)
-    stage_storage.write_parquet(clean_path, clean_schema, [to_arrow(result.clean, clean_schema)])
+    clean_table = to_arrow(result.clean, clean_schema)
+    stage_storage.write_parquet(clean_path, clean_schema, [clean_table])
     stage_storage.write_parquet(quarantine_path, quarantine_schema, [to_arrow(result.quarantine, quarantine_schema)])
 
     if result.quarantine_reasons:
         context.log.warning(f"quarantined {len(result.quarantine)} rows: {result.quarantine_reasons}")
+    # Defence in depth: what is about to be sent, read with different code from the masker's.
+    outgoing = OutgoingScan([column for column in dict.fromkeys(settings.input_mapping.values())
+                             if column in clean_table.column_names])
+    outgoing.add(clean_table)
+    if not outgoing.passed:
+        context.log.error(f"personal data in the outgoing columns, day stopped: {dict(outgoing.counts)}")
     accounted = len(result.clean) + len(result.quarantine) + result.duplicates_removed
     return dg.MaterializeResult(
         check_results=[dg.AssetCheckResult(
             check_name="counts_reconcile", passed=accounted == raw.num_rows,
             metadata={"raw_rows": raw.num_rows, "accounted_rows": accounted},
+        ), dg.AssetCheckResult(
+            check_name="no_personal_data_outgoing", passed=outgoing.passed,
+            metadata={key: dg.MetadataValue.json(value) if isinstance(value, (dict, list)) else value
+                      for key, value in outgoing.metadata().items()},
         )],
         metadata={
             "raw_rows": raw.num_rows,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
 
 from dify_pipeline.clean.pii import PiiMasker
@@ -120,31 +123,33 @@ def _check_columns(raw: pd.DataFrame, config: CleaningConfig) -> None:
         raise ValueError(f"raw tickets already have columns that cleaning adds: {clashing}")
 
 
-def _clean_text(
-    value: str | bytes | None, max_chars: int | None, masker: PiiMasker
-) -> tuple[str, bool, tuple[str, ...]]:
-    """The cleaned text, whether it was truncated, and the kinds of PII masked in it."""
-    # Mask after normalizing (entities can hide an @) and before truncating (a cut can split a phone).
-    text, found = masker.mask_and_find(normalize_text(value))
-    was_truncated = False
-    if max_chars is not None:
-        text, was_truncated = truncate_text(text, max_chars)
-    return text, was_truncated, tuple(kind for kind, _ in found)
+class CleanText(NamedTuple):
+    """One text value as `clean_tickets` leaves it."""
+
+    text: str
+    truncated: bool
+    pii_kinds: tuple[str, ...]  # the kind of each value masked in it
 
 
-def _clean_column(
-    values: list[object], max_chars: int | None, pii: _PiiTally
-) -> tuple[list[str], list[bool], list[int]]:
-    """Cleaned texts, whether each was truncated, and how many PII values each had masked."""
+def clean_texts(values: Sequence[object], masker: PiiMasker, max_chars: int | None = None) -> list[CleanText]:
+    """What `clean_tickets` makes of a text column's values: each normalized, PII-masked, then truncated.
+
+    Identical values are cleaned once (subjects in particular repeat a lot). Masking comes after normalizing
+    (entities can hide an @) and before truncating (a cut can split a phone).
+    """
     inputs = [_text_input(value) for value in values]
-    # Identical values are cleaned once: subjects in particular repeat a lot.
-    cleaned = {text: _clean_text(text, max_chars, pii.masker) for text in dict.fromkeys(inputs)}
-    results = [cleaned[text] for text in inputs]
-    return (
-        [text for text, _, _ in results],
-        [was_truncated for _, was_truncated, _ in results],
-        [pii.count(kinds) for _, _, kinds in results],
-    )
+    distinct = list(dict.fromkeys(inputs))
+    normalized = [normalize_text(text) for text in distinct]
+    # One vectorised pass tells which texts can hold PII at all; only those go through the masker.
+    candidates = masker.candidates(pa.array(normalized, pa.string())).to_numpy(zero_copy_only=False)
+    cleaned = {}
+    for raw, text, candidate in zip(distinct, normalized, candidates):
+        text, found = masker.mask_and_find(text) if candidate else (text, [])
+        was_truncated = False
+        if max_chars is not None:
+            text, was_truncated = truncate_text(text, max_chars)
+        cleaned[raw] = CleanText(text, was_truncated, tuple(kind for kind, _ in found))
+    return [cleaned[text] for text in inputs]
 
 
 def _mask_raw(value: object, pii: _PiiTally) -> str | None:
@@ -152,6 +157,11 @@ def _mask_raw(value: object, pii: _PiiTally) -> str | None:
     if text is None:
         return None
     masked, found = pii.masker.mask_and_find(decode_bytes(text) if isinstance(text, bytes) else text)
+    # Markup can hide a value from the raw text ("zhang<b>@</b>qq.com"): when the normalized text still shows
+    # one, the quarantine keeps the normalized, masked text instead of the raw one.
+    normalized, hidden = pii.masker.mask_and_find(normalize_text(masked))
+    if hidden:
+        masked, found = normalized, found + hidden
     pii.count(tuple(kind for kind, _ in found))
     return masked
 
@@ -230,10 +240,10 @@ def clean_tickets(raw: pd.DataFrame, config: CleaningConfig) -> CleanResult:
     pii_per_row = pd.Series(0, index=survivors.index, dtype="int64")
     for column in config.text_columns:
         max_chars = config.max_chars.get(column)
-        texts, column_truncated, column_pii = _clean_column(survivors[column].tolist(), max_chars, pii)
-        cleaned_text[column] = pd.Series(texts, index=survivors.index, dtype=TEXT)
-        truncated |= np.array(column_truncated, dtype=bool)
-        pii_per_row += np.array(column_pii, dtype=np.int64)
+        results = clean_texts(survivors[column].tolist(), pii.masker, max_chars)
+        cleaned_text[column] = pd.Series([result.text for result in results], index=survivors.index, dtype=TEXT)
+        truncated |= np.array([result.truncated for result in results], dtype=bool)
+        pii_per_row += np.array([pii.count(result.pii_kinds) for result in results], dtype=np.int64)
     empty_text = np.logical_and.reduce([(texts == "").to_numpy() for texts in cleaned_text.values()])
 
     kept = ~empty_text

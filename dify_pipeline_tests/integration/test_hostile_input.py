@@ -3,9 +3,13 @@ sits in quarantine with a reason, counts reconcile end to end, and each boundary
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
+import unicodedata
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -16,6 +20,7 @@ from elasticsearch import Elasticsearch
 
 from dify_pipeline.infer.contract import DEFAULT_CATEGORIES
 from dify_pipeline_tests.integration import services
+from dify_pipeline_tests.integration.pipeline import DIFY_KEY
 
 # 2026-11-01 in New York lasts 25 hours: 01:00–02:00 happens twice (EDT, then EST).
 ZONE = "America/New_York"
@@ -46,7 +51,22 @@ HOSTILE_ROWS = [
     ("23", "previous day", b"belongs to the day before", 6, "2026-10-31 23:59:59.999999", "2026-10-31 23:59:59.999999", "day before (out)"),
     ("24", "ambiguous hour, first", b"01:30 EDT", 7, "2026-11-01 01:30:00", "2026-11-01 01:30:00", "DST repeated hour"),
     ("25", "inside the extra hour", b"01:59:59 happens twice", 7, "2026-11-01 01:59:59", "2026-11-01 01:59:59", "DST repeated hour"),
+    # Personal data as people write it (issue 11): the first two reached Dify, Parquet and Elasticsearch before.
+    ("30", "张伟@例子.中国", "退款请联系 zhang.wei@xn--fsqu00a.xn--fiqs8s".encode(), 8,
+     "2026-11-01 10:00:00", "2026-11-01 10:00:00", "IDN e-mail"),
+    ("31", "卡 622 20212 3456789 0128", "退款到卡 6222-02123-4567890128".encode(), 8,
+     "2026-11-01 10:01:00", "2026-11-01 10:01:00", "odd-grouped card"),
+    ("32", "ｌｉ．ｎａ＠ｑｑ．ｃｏｍ", "卡号４１１１\u200b１１１１\u200b１１１１\u200b１１１１".encode(), 8,
+     "2026-11-01 10:02:00", "2026-11-01 10:02:00", "full-width"),
+    ("33", "mail", b"<p>zhang.wei<div>@</div>qq.com, tel <span>138</span>.<span>0013</span>.<span>8000</span></p>", 8,
+     "2026-11-01 10:03:00", "2026-11-01 10:03:00", "HTML between the parts"),
+    ("34", "ID 110105 19491231 002X", b"call +44 20 7946 0958 or (212) 555-0147, mail zhang [at] qq [dot] com", 8,
+     "2026-11-01 10:04:00", "2026-11-01 10:04:00", "spaced ID, foreign phones, disguised e-mail"),
 ]
+# The personal data above, and what of it must never reach Dify, the cache, Parquet or Elasticsearch.
+PLANTED_DIGITS = ["6222021234567890128", "4111111111111111", "13800138000", "11010519491231002", "442079460958",
+                  "2125550147"]
+PLANTED_WORDS = ["张伟", "例子.中国", "xn--fsqu00a", "li.na", "zhang.wei", "zhang [at]"]
 IN_DAY = [row for row in HOSTILE_ROWS if row[4].startswith(DAY)]
 
 RUN_TWO_DAYS = f"""
@@ -95,7 +115,9 @@ def dataset(env, url_key: str, stage: str = "") -> pa.Table:
     return ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive").to_table()
 
 
-def test_every_hostile_row_is_published_or_quarantined_and_boundaries_land_once(pipeline_env, hostile_table, dagster_home):
+def test_every_hostile_row_is_published_or_quarantined_and_boundaries_land_once(
+    pipeline_env, hostile_table, dagster_home, dify_emulator
+):
     run_days_in_zone(pipeline_env)
     published = dataset(pipeline_env, "OUTPUT_PARQUET_URL")
     quarantined = dataset(pipeline_env, "PIPELINE_STORAGE_URL", "quarantined_tickets")
@@ -135,3 +157,68 @@ def test_every_hostile_row_is_published_or_quarantined_and_boundaries_land_once(
     client.indices.refresh(index=pipeline_env["ELASTICSEARCH_INDEX"])
     assert client.count(index=pipeline_env["ELASTICSEARCH_INDEX"])["count"] == published.num_rows
     assert client.get(index=pipeline_env["ELASTICSEARCH_INDEX"], id="abc-007")["found"]
+
+    # No planted personal detail left the company: not in what Dify received, what the cache stores (answers
+    # echo the input), the Parquet or the Elasticsearch documents; what was sent carries the placeholders.
+    sent = [json.dumps(r["body"], ensure_ascii=False) for r in dify_emulator.requests()]
+    cached = [row[0] for row in sqlite3.connect(pipeline_env["RESULT_CACHE_URL"].removeprefix("sqlite:///"))
+              .execute("SELECT outputs_json FROM dify_results")]
+    documents = [json.dumps(hit["_source"], ensure_ascii=False) for hit in client.search(
+        index=pipeline_env["ELASTICSEARCH_INDEX"], size=1000)["hits"]["hits"]]
+    parquet = [json.dumps(row, ensure_ascii=False, default=str) for row in published.to_pylist()]
+    for where, texts in {"sent": sent, "cache": cached, "elasticsearch": documents, "parquet": parquet}.items():
+        assert not leaks(texts), (where, leaks(texts))
+    masked = {key: f"{by_key[key]['subject']} {by_key[key]['body']}" for key in ("30", "31", "32", "33", "34")}
+    assert all("[EMAIL]" in masked[key] for key in ("30", "32", "33", "34")), masked
+    assert all("[BANK_CARD]" in masked[key] for key in ("31", "32")) and "[ID_CARD]" in masked["34"], masked
+    assert "[PHONE]" in masked["33"] and masked["34"].count("[PHONE]") == 2, masked
+    assert any("[BANK_CARD]" in text for text in sent) and any("[BANK_CARD]" in text for text in cached)
+
+
+def leaks(texts: list[str]) -> list[str]:
+    """The planted values found in any of `texts`: numbers by their digits, whatever the grouping or script."""
+    found = []
+    for text in texts:
+        text = unicodedata.normalize("NFKC", text)
+        digits = "".join(re.findall(r"\d", text))
+        found += [value for value in PLANTED_DIGITS if value in digits]
+        found += [value for value in PLANTED_WORDS if value in text]
+    return found
+
+
+def test_personal_data_in_an_outgoing_column_stops_the_day_before_anything_is_sent(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
+    """A deployment maps a Dify input to a column that cleaning does not mask (it is not a text column): the
+    outgoing check finds the phones in it and stops the day after clean_tickets, before any paid request."""
+    from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig
+    from dify_pipeline.settings import PipelineSettings
+    from dify_pipeline_tests.integration.pipeline import check_results, materialization_metadata, run_day
+
+    form = [*DifyApp(api_key=DIFY_KEY).user_input_form,
+            {"text-input": {"label": "Contact", "variable": "contact", "required": False, "max_length": 100}}]
+    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY, user_input_form=form)]))
+    database = pipeline_env["SOURCE_DATABASE_URL"].rsplit("/", 1)[1].split("?")[0]
+    connection = pymysql.connect(**services.MARIADB, database=database, charset="utf8mb4")
+    with connection, connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE tickets ADD COLUMN contact VARCHAR(100) NULL")
+        cursor.execute("UPDATE tickets SET contact = 'WeChat 138 0013 8000' WHERE id % 7 = 0")
+        connection.commit()
+    settings = PipelineSettings(input_mapping={"subject": "subject", "body": "body", "contact": "contact"})
+
+    result = run_day(dagster_instance, settings=settings)
+
+    assert not result.success
+    assert check_results(result)["no_personal_data_outgoing"] is False
+    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert "clean_tickets" in materialized and "ticket_shards" not in materialized
+    assert [r for r in dify_emulator.requests() if r["method"] == "POST"] == []  # nothing sent, nothing paid
+    [evaluation] = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                    and e.event_specific_data.check_name == "no_personal_data_outgoing"]
+    found = {key: value.value for key, value in evaluation.metadata.items()}
+    rows_with_contact = sum(1 for key in source_tickets.id.dropna() if int(key) % 7 == 0)
+    assert 0 < found["rows_with_personal_data"] <= rows_with_contact
+    assert found["found_by_kind"] == {"phone": found["rows_with_personal_data"]}
+    assert found["samples"][0]["shape"] == "999 9999 9999" and found["samples"][0]["column"] == "contact"
+    assert "13800138000" not in json.dumps(found).replace(" ", "") and "138 0013 8000" not in json.dumps(found)
+    assert materialization_metadata(result, "clean_tickets")["rows"] > 0
