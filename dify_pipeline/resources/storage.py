@@ -25,6 +25,25 @@ S3_PART_BYTES = 32 * 1024 * 1024  # multipart upload part size (S3's minimum is 
 DAY_FILE_NAME = "part-00000.parquet"  # one object per day: replaced atomically
 
 
+def storage_url(url: str) -> str:
+    """The folder `url` names, as ObjectStorage takes it: `s3://bucket/prefix` or an absolute local path
+    (`file:///path` becomes `/path`). Anything else raises ValueError saying why: a relative path would
+    land under whatever the working directory is when a step runs."""
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+        if not url.startswith("/"):
+            raise ValueError("a file:// URL names an absolute path: file:///absolute/folder")
+    if url.startswith("s3://"):
+        if not url[len("s3://") :].split("/", 1)[0]:
+            raise ValueError("an S3 URL names its bucket: s3://bucket/prefix")
+        return url
+    if "://" in url:
+        raise ValueError(f"{url.split('://', 1)[0]}:// is not supported: use s3://bucket/prefix or an absolute path")
+    if not os.path.isabs(url):
+        raise ValueError("not an absolute path (nor s3://bucket/prefix or file:///absolute/folder)")
+    return url
+
+
 class ObjectStorage(dg.ConfigurableResource):
     """A folder of Parquet files: `url` is a local path or `s3://bucket/prefix`.
 
