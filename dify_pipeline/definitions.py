@@ -16,6 +16,7 @@ from dify_pipeline.clean.assets import clean_tickets
 from dify_pipeline.environment import PipelineEnvironment, read_environment
 from dify_pipeline.extract.assets import raw_tickets
 from dify_pipeline.infer.assets import enriched_tickets
+from dify_pipeline.pool_slots import pool_waiting_multiprocess_executor
 from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
 from dify_pipeline.publish.parquet_assets import tickets_parquet
 from dify_pipeline.quality_checks import enriched_day_checks
@@ -78,8 +79,9 @@ def build_resources(environment: PipelineEnvironment | None = None) -> dict:
 
 
 # Each step in a process of its own, forked from one that has imported the code location once: a step starts in
-# a fraction of a second instead of paying ~2 s of imports (8 steps a day, 30 days a backfill).
-step_processes = dg.multiprocess_executor.configured(
+# a fraction of a second instead of paying ~2 s of imports (8 steps a day, 30 days a backfill). A step waiting for
+# a pool slot says who holds it and frees the slots of dead runs (pool_slots.py).
+step_processes = pool_waiting_multiprocess_executor.configured(
     {"start_method": {"forkserver": {"preload_modules": ["dify_pipeline.definitions"]}}}
 )
 
