@@ -100,10 +100,12 @@ def judge_run(instance: dg.DagsterInstance, run_id: str) -> tuple[str, bool, str
         if time.time() >= ended + delay:  # what the daemon's run monitoring does, done without it
             return status, True, f"the run ended ({status}) and Dagster did not give its slots back"
         return status, False, f"the run ended ({status}); its slots are freed {delay} s after its end"
-    host = run.tags.get(RUN_HOST_TAG)
-    if host != this_host():
-        where = f"on {host.split()[0]}" if host else "by a process that did not record its machine"
-        return status, False, (f"it runs {where}, which cannot be checked from here; if it is dead: "
+    host, here = run.tags.get(RUN_HOST_TAG, "").split(), this_host().split()
+    if host[:1] == here[:1] and len(host) > 1 and len(here) > 1 and host[1] != here[1]:
+        return status, True, "this machine has restarted since the run started"
+    if host != here:
+        where = f"it runs on {host[0]}" if host else "its machine is not recorded (not this code location's executor)"
+        return status, False, (f"{where}, so it cannot be checked from here; if it is dead: "
                                f"python -m dify_pipeline.pool_slots --free-run {run_id}")
     records = instance.get_records_for_run(
         run_id, of_type={dg.DagsterEventType.RUN_START, dg.DagsterEventType.STEP_START}).records

@@ -35,8 +35,17 @@ def test_a_run_on_another_machine_is_never_judged_dead_from_here():
         run = create_run_for_test(instance, job_name="daily_enrichment", tags={RUN_HOST_TAG: "elsewhere boot ns"})
         report_run_start(instance, run.run_id, pid=999_999_999)
         status, gone, why = judge_run(instance, run.run_id)
-        assert not gone and "on elsewhere, which cannot be checked from here" in why
+        assert not gone and why.startswith("it runs on elsewhere, so it cannot be checked from here")
         assert f"python -m dify_pipeline.pool_slots --free-run {run.run_id}" in why
+
+
+def test_a_run_of_this_machine_before_it_restarted_is_dead():
+    hostname, boot, *rest = this_host().split()
+    with dg.instance_for_test() as instance:
+        before_restart = " ".join([hostname, "another-boot-id", *rest])
+        run = create_run_for_test(instance, job_name="daily_enrichment", tags={RUN_HOST_TAG: before_restart})
+        report_run_start(instance, run.run_id, pid=os.getpid())  # a pid that exists again after the restart
+        assert judge_run(instance, run.run_id)[1:] == (True, "this machine has restarted since the run started")
 
 
 def test_a_run_on_this_machine_whose_processes_are_gone_is_dead():
