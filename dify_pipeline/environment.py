@@ -81,7 +81,8 @@ def _database_url(value: str) -> str:
     try:
         dialect.import_dbapi()
     except ImportError:
-        raise ValueError(f"the driver {dialect.driver!r} of {url.drivername}:// is not installed") from None
+        hint = " (pip install 'dify_pipeline[mysql]', or use mysql+pymysql://)" if dialect.driver == "mysqldb" else ""
+        raise ValueError(f"the driver {dialect.driver!r} of {url.drivername}:// is not installed{hint}") from None
     if url.get_backend_name() == "sqlite":
         if not url.database or not Path(url.database).is_absolute():
             raise ValueError("a SQLite file needs an absolute path: sqlite:////absolute/path/file.sqlite")
@@ -190,12 +191,11 @@ class PipelineEnvironment(BaseModel):
         "OUTPUT_PARQUET_URL", "s3://analytics/dify/tickets_enriched", required=True)
     s3_endpoint_url: HttpUrl | None = variable("S3_ENDPOINT_URL", "http://minio.internal:9000")
     s3_addressing_style: _like(ObjectStorage, "s3_addressing_style") | None = variable("S3_ADDRESSING_STYLE", "auto")
-    aws_access_key_id: OneWord | None = variable("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE", secret=True)
-    aws_secret_access_key: OneWord | None = variable("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG", secret=True)
+    aws_access_key_id: OneWord | None = variable("AWS_ACCESS_KEY_ID", "AKIAXXXXXXXXXXXXXXXX", secret=True)
+    aws_secret_access_key: OneWord | None = variable("AWS_SECRET_ACCESS_KEY", "xxxxxxxxxxxxxxxxxxxx", secret=True)
     aws_region: OneWord | None = variable("AWS_REGION", "us-east-1")
     elasticsearch_url: HttpUrl | None = variable("ELASTICSEARCH_URL", "https://es.internal:9200", required=True)
-    elasticsearch_api_key: OneWord | None = variable("ELASTICSEARCH_API_KEY", "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAy",
-                                                       secret=True)
+    elasticsearch_api_key: OneWord | None = variable("ELASTICSEARCH_API_KEY", "bXlfaWQ6bXlfa2V5", secret=True)
     elasticsearch_username: str | None = variable("ELASTICSEARCH_USERNAME", "dify_pipeline")
     elasticsearch_password: str | None = variable("ELASTICSEARCH_PASSWORD", "change-me", secret=True)
     elasticsearch_index: Annotated[str, AfterValidator(_index_name)] = variable(
