@@ -175,11 +175,11 @@ def case_parquet_raw(stage_url: str, s3_url: str, prefix: str) -> dict:
 
 def case_elasticsearch_ours(stage_url: str, es_url: str, index: str) -> dict:
     from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
-    from dify_pipeline.resources.elasticsearch import ElasticsearchResource
+    from dify_pipeline.resources.search import SearchCluster
     from dify_pipeline.resources.storage import ObjectStorage
     from dify_pipeline.settings import PipelineSettings
 
-    es = ElasticsearchResource(url=es_url, index=index, parallel_requests=PARALLEL_REQUESTS, chunk_size=CHUNK_SIZE)
+    es = SearchCluster(url=es_url, index=index, parallel_requests=PARALLEL_REQUESTS, chunk_size=CHUNK_SIZE)
     outcome = materialize(tickets_elasticsearch, {"elasticsearch": es, "stage_storage": ObjectStorage(url=stage_url),
                                                   "settings": PipelineSettings()})
     assert outcome["metadata"]["rejected"] == 0

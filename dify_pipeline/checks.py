@@ -1,11 +1,16 @@
-"""Checks that read what was published, independently of the steps that published it."""
+"""Checks that read what was published, independently of the steps that published it.
+
+Both are blocking: a day whose published outputs do not match its records fails its run, in red, instead of
+passing with a warning nobody reads.
+"""
 
 
 import dagster as dg
 import pyarrow.compute as pc
 
 from dify_pipeline.publish.documents import MAPPING_VERSION, day_query
-from dify_pipeline.resources.elasticsearch import ElasticsearchResource
+from dify_pipeline.publish.elasticsearch_assets import day_lease
+from dify_pipeline.resources.search import LeaseUnavailable, SearchCluster, SearchClusterError
 from dify_pipeline.resources.storage import DAY_FILE_NAME, ObjectStorage
 from dify_pipeline.stages import day_folder
 
@@ -14,7 +19,7 @@ def _parquet_rows(storage: ObjectStorage, partition_key: str) -> int:
     return storage.parquet_metadata(storage.path(f"dt={partition_key}", DAY_FILE_NAME)).num_rows  # footer only
 
 
-@dg.asset_check(asset="tickets_parquet", description="One row per enriched record, no duplicate keys.")
+@dg.asset_check(asset="tickets_parquet", blocking=True, description="One row per enriched record, no duplicate keys.")
 def parquet_matches_enriched(
     context: dg.AssetCheckExecutionContext, stage_storage: ObjectStorage, parquet_output: ObjectStorage
 ) -> dg.AssetCheckResult:
@@ -33,23 +38,21 @@ def parquet_matches_enriched(
     )
 
 
-@dg.asset_check(asset="tickets_elasticsearch", additional_deps=["tickets_parquet"],
-                description="The day's document count in Elasticsearch equals its Parquet row count.")
+@dg.asset_check(asset="tickets_elasticsearch", additional_deps=["tickets_parquet"], blocking=True,
+                description="The day's document count in the search index equals its Parquet row count.")
 def elasticsearch_matches_parquet(
-    context: dg.AssetCheckExecutionContext, elasticsearch: ElasticsearchResource, parquet_output: ObjectStorage
+    context: dg.AssetCheckExecutionContext, elasticsearch: SearchCluster, parquet_output: ObjectStorage
 ) -> dg.AssetCheckResult:
     day = context.partition_key
     rows = _parquet_rows(parquet_output, day)
     physical = elasticsearch.physical_index(MAPPING_VERSION)  # the index the load wrote, even before an alias swap
-    client = elasticsearch.client()
     try:
-        client.indices.refresh(index=physical)
-        found = client.search(index=physical, query=day_query(day), size=0, track_total_hits=True,
-                              aggs={"loads": {"terms": {"field": "load_id", "size": 10}}})
-    finally:
-        client.close()
-    documents = found["hits"]["total"]["value"]
-    loads = {bucket["key"]: bucket["doc_count"] for bucket in found["aggregations"]["loads"]["buckets"]}
+        # Under the day's lease: never a count taken in the middle of another run's load of the day.
+        with elasticsearch.connect() as sink, day_lease(context, elasticsearch, sink, "tickets_elasticsearch"):
+            sink.refresh(physical)
+            documents, loads = sink.count_by(physical, day_query(day), "load_id")
+    except (SearchClusterError, LeaseUnavailable) as error:
+        raise dg.Failure(description=str(error)) from None
     return dg.AssetCheckResult(
         passed=documents == rows and len(loads) <= 1,  # more than one load: stale documents survived
         metadata={"documents": documents, "parquet_rows": rows, "missing": rows - documents,

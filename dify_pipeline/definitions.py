@@ -21,8 +21,8 @@ from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
 from dify_pipeline.publish.parquet_assets import tickets_parquet
 from dify_pipeline.quality_checks import enriched_day_checks
 from dify_pipeline.resources.dify import DifyResource
-from dify_pipeline.resources.elasticsearch import ElasticsearchResource
 from dify_pipeline.resources.result_cache import ResultCache
+from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.source_database import SourceDatabase
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schedules import daily_enrichment_job, daily_schedule
@@ -67,12 +67,14 @@ def build_resources(environment: PipelineEnvironment | None = None) -> dict:
             else f"sqlite:///{state_dir / 'result_cache.sqlite'}",
             enabled=env.result_cache_enabled,
         ),
-        "elasticsearch": ElasticsearchResource(
+        "elasticsearch": SearchCluster(
             url=_value_or_reference(env.elasticsearch_url, "ELASTICSEARCH_URL"),
             index=env.elasticsearch_index,
             api_key=dg.EnvVar("ELASTICSEARCH_API_KEY") if env.elasticsearch_api_key else None,
             password=dg.EnvVar("ELASTICSEARCH_PASSWORD") if env.elasticsearch_password else None,
-            **_given(username=env.elasticsearch_username, ca_file=env.elasticsearch_ca_file),
+            aws_sigv4=env.opensearch_auth == "sigv4",
+            **_given(engine=env.search_engine, username=env.elasticsearch_username, ca_file=env.elasticsearch_ca_file,
+                     aws_region=env.opensearch_aws_region),
         ),
         "settings": PipelineSettings(),
     }

@@ -11,12 +11,13 @@ value. A test keeps `.env.example` and the README's configuration table listing 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -25,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from dify_pipeline.extract.query import validate_identifier
 from dify_pipeline.resources.dify import DifyResource
+from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.storage import ObjectStorage, storage_url
 
 
@@ -194,6 +196,7 @@ class PipelineEnvironment(BaseModel):
     aws_access_key_id: OneWord | None = variable("AWS_ACCESS_KEY_ID", "AKIAXXXXXXXXXXXXXXXX", secret=True)
     aws_secret_access_key: OneWord | None = variable("AWS_SECRET_ACCESS_KEY", "xxxxxxxxxxxxxxxxxxxx", secret=True)
     aws_region: OneWord | None = variable("AWS_REGION", "us-east-1")
+    search_engine: _like(SearchCluster, "engine") | None = variable("SEARCH_ENGINE", "elasticsearch")
     elasticsearch_url: HttpUrl | None = variable("ELASTICSEARCH_URL", "https://es.internal:9200", required=True)
     elasticsearch_api_key: OneWord | None = variable("ELASTICSEARCH_API_KEY", "bXlfaWQ6bXlfa2V5", secret=True)
     elasticsearch_username: str | None = variable("ELASTICSEARCH_USERNAME", "dify_pipeline")
@@ -201,6 +204,8 @@ class PipelineEnvironment(BaseModel):
     elasticsearch_index: Annotated[str, AfterValidator(_index_name)] = variable(
         "ELASTICSEARCH_INDEX", "tickets_enriched", "tickets_enriched")
     elasticsearch_ca_file: ExistingFile | None = variable("ELASTICSEARCH_CA_FILE", "/etc/ssl/private-ca.pem")
+    opensearch_auth: Literal["basic", "sigv4"] | None = variable("OPENSEARCH_AUTH", "sigv4")
+    opensearch_aws_region: OneWord | None = variable("OPENSEARCH_AWS_REGION", "eu-west-1")
     # -- the pipeline's own state
     dagster_home: Annotated[str, AfterValidator(_absolute_folder)] | None = variable(
         "DAGSTER_HOME", "/opt/dagster/home")
@@ -267,6 +272,14 @@ def _inconsistencies(environment: PipelineEnvironment) -> list[str]:
                         "set both, or neither")
     if environment.elasticsearch_api_key and environment.elasticsearch_username:
         problems.append("ELASTICSEARCH_API_KEY and ELASTICSEARCH_USERNAME are both set: use the API key or basic auth")
+    opensearch = environment.search_engine == "opensearch"
+    if environment.opensearch_auth == "sigv4" and not opensearch:
+        problems.append("OPENSEARCH_AUTH=sigv4 needs SEARCH_ENGINE=opensearch: Elasticsearch has no AWS signing")
+    if opensearch and environment.elasticsearch_api_key:
+        problems.append("ELASTICSEARCH_API_KEY is for Elasticsearch; OpenSearch takes basic auth "
+                        "(ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD) or OPENSEARCH_AUTH=sigv4")
+    if opensearch and importlib.util.find_spec("opensearchpy") is None:
+        problems.append("SEARCH_ENGINE=opensearch needs opensearch-py: pip install 'dify_pipeline[opensearch]'")
     return problems
 
 

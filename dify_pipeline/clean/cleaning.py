@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, PositiveInt, field_validator, model_valid
 
 from dify_pipeline.clean.pii import PiiMasker
 from dify_pipeline.clean.text import decode_bytes, normalize_text, truncate_text
+from dify_pipeline.frames import TEXT
 
 # Columns clean_tickets adds; a raw frame that already has them would be silently overwritten.
 ADDED_COLUMNS = ("record_key", "text_truncated", "pii_masked", "quarantine_reason", "quarantine_detail")
@@ -75,8 +76,8 @@ def record_key_text(value: object) -> str | None:
 
 def _record_keys(keys: pd.Series) -> pd.Series:
     if pd.api.types.is_integer_dtype(keys):
-        return keys.astype("str")  # the common case, vectorized; Int64's NA becomes NaN
-    return pd.Series([record_key_text(key) for key in keys.tolist()], index=keys.index, dtype="str")
+        return keys.astype(TEXT)  # the common case, vectorized; Int64's NA becomes NaN
+    return pd.Series([record_key_text(key) for key in keys.tolist()], index=keys.index, dtype=TEXT)
 
 
 def _as_datetimes(values: pd.Series) -> pd.Series:
@@ -181,14 +182,14 @@ def _quarantine(
             details += [detail_by_reason[reason]] * len(positions)
     quarantine = rows.iloc[np.concatenate(list(positions_by_reason.values())).astype(np.int64)]
     masked_text = {
-        column: pd.Series([_mask_raw(value, pii) for value in quarantine[column]], index=quarantine.index, dtype="str")
+        column: pd.Series([_mask_raw(value, pii) for value in quarantine[column]], index=quarantine.index, dtype=TEXT)
         for column in config.text_columns
     }
     return quarantine.assign(
         **masked_text,
         record_key=record_keys.loc[quarantine.index],
-        quarantine_reason=pd.Series(reasons, index=quarantine.index, dtype="str"),
-        quarantine_detail=pd.Series(details, index=quarantine.index, dtype="str"),
+        quarantine_reason=pd.Series(reasons, index=quarantine.index, dtype=TEXT),
+        quarantine_detail=pd.Series(details, index=quarantine.index, dtype=TEXT),
     ).reset_index(drop=True)
 
 
@@ -230,7 +231,7 @@ def clean_tickets(raw: pd.DataFrame, config: CleaningConfig) -> CleanResult:
     for column in config.text_columns:
         max_chars = config.max_chars.get(column)
         texts, column_truncated, column_pii = _clean_column(survivors[column].tolist(), max_chars, pii)
-        cleaned_text[column] = pd.Series(texts, index=survivors.index, dtype="str")
+        cleaned_text[column] = pd.Series(texts, index=survivors.index, dtype=TEXT)
         truncated |= np.array(column_truncated, dtype=bool)
         pii_per_row += np.array(column_pii, dtype=np.int64)
     empty_text = np.logical_and.reduce([(texts == "").to_numpy() for texts in cleaned_text.values()])

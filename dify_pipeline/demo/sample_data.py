@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from dify_pipeline.clean.pii import id_check_character, luhn_check_digit
+from dify_pipeline.frames import TEXT
 from dify_pipeline.infer.contract import DEFAULT_CATEGORIES
 
 CHANNELS = {"email": 0.3, "web": 0.3, "app": 0.3, "phone": 0.1}
@@ -411,7 +412,8 @@ def generate_tickets(
 
     tickets = pd.concat([tickets, duplicates], ignore_index=True)
     tickets = tickets.sort_values("updated_at", kind="stable", ignore_index=True)
-    return tickets.astype({"subject": "str", "body": "str", "channel": "str", "priority": "str"})
+    text_columns = {column: TEXT for column in ("subject", "body", "channel", "priority")}
+    return tickets.astype({**text_columns, "created_at": "datetime64[us]", "updated_at": "datetime64[us]"})
 
 
 def tickets_table(metadata: sa.MetaData, table: str = "tickets") -> sa.Table:

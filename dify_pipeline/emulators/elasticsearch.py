@@ -1,22 +1,27 @@
-"""An Elasticsearch that runs inside a test: the official `elasticsearch` 9.x client talks to it unchanged.
+"""A search cluster that runs inside a test: Elasticsearch 8, Elasticsearch 9 or OpenSearch, as configured.
 
-It answers like a single-node Elasticsearch 9 on the paths the pipeline uses: info/ping, indices with mappings
-enforced (`dynamic: strict`, typed fields), index templates, aliases, single-document CRUD, `_bulk`, `_search`
-/ `_count` / `_delete_by_query` with a query DSL subset (see `elasticsearch_query`), and scroll.
+It answers like a single node of the configured product and version on the paths the pipeline uses: `GET /`,
+indices with mappings enforced (`dynamic: strict`, typed fields), aliases, single documents (with `op_type=create`
+and `if_seq_no`/`if_primary_term`), `_bulk`, `_count`, `_search` (`term`/`terms`/`bool` queries and a `terms`
+aggregation, see `elasticsearch_query`) and `_delete_by_query`. The product shows where a client notices it:
+Elasticsearch sends `X-Elastic-Product` and enforces its REST API compatibility headers (`compatible-with=N`
+must be the node's major or the one before, the same on `Accept` and `Content-Type`), with the real error
+bodies; OpenSearch sends no product header, reports `distribution: opensearch` and refuses Elasticsearch's
+vendor media types with 406. With `sigv4` set it is Amazon OpenSearch Service: every request must carry an AWS
+Signature V4 for the configured credentials, recomputed here with botocore's signer, else 403 with AWS's text.
 
 Near-real-time like the real thing: writes reach `_search`, `_count` and `_delete_by_query` only after a
 refresh (`POST /_refresh`, or `refresh=true|wait_for` on the write), and it never refreshes on its own (as if
 `refresh_interval: -1`), so a pipeline that forgets to refresh fails its tests deterministically. `GET _doc`
 is realtime. `_delete_by_query` deletes what was searchable, and reports a version conflict (409 unless
-`conflicts=proceed`) for a document written since the last refresh, as Elasticsearch does.
+`conflicts=proceed`) for a document written since the last refresh, as the real servers do.
 
 Faults for resilience tests: per-item 429 / mapping errors inside `_bulk` and whole-request 429 / 503
 (`ItemFault`, `RequestFault`). Control API (index names cannot start with `_`): `GET /_emulator/stats`,
 `POST /_emulator/config` (an `ElasticsearchEmulatorConfig` as JSON), `POST /_emulator/reset`.
 
-Not emulated: scoring (every hit scores 1.0), scripts, alias filters/routing, component templates, data
-streams, `search_after`/PIT, the `q=` parameter (these answer 400 rather than something silently wrong);
-dynamic_templates and `ignore_above` are stored but not applied.
+Anything else (scoring, sorting, scroll, templates, scripts, other queries) answers 400 rather than
+something silently wrong.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -35,6 +42,7 @@ import uuid
 from collections import Counter, defaultdict
 from copy import deepcopy
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Literal, Mapping, NamedTuple
 
@@ -51,12 +59,7 @@ from dify_pipeline.emulators.elasticsearch_query import (
     check_document,
     check_mapping_types,
     compile_query,
-    filter_source,
     merge_mappings,
-    parse_sort,
-    sort_hits,
-    sort_values,
-    source_filter,
 )
 from dify_pipeline.emulators.server import serve_forever
 
@@ -78,15 +81,35 @@ class RequestFault(BaseModel):
     first_n: int = 1
 
 
+class SigV4Credentials(BaseModel):
+    """The AWS credentials requests must be signed with (Amazon OpenSearch Service's IAM access policy)."""
+
+    access_key: str
+    secret_key: str
+    session_token: str | None = None
+    region: str = "us-east-1"
+    service: str = "es"
+
+
 class ElasticsearchEmulatorConfig(BaseModel):
     """What the emulator pretends to be; without credentials configured it accepts any request."""
 
+    product: Literal["elasticsearch", "opensearch"] = "elasticsearch"
+    version: str = "9.1.4"
     api_key: str | None = None  # require `Authorization: ApiKey <api_key>` (the client's encoded form)
     basic_auth: tuple[str, str] | None = None  # or accept HTTP basic with these (user, password)
-    version: str = "9.1.0"
+    sigv4: SigV4Credentials | None = None  # or require an AWS Signature V4 with these
     item_faults: list[ItemFault] = []
     request_faults: list[RequestFault] = []
     bulk_latency_ms: float = 0.0  # each `_bulk` takes this long before it is applied (a loaded cluster)
+
+
+# The flavours the pipeline supports, as the load tests run them.
+FLAVOURS: dict[str, dict[str, str]] = {
+    "elasticsearch-8": {"product": "elasticsearch", "version": "8.19.4"},
+    "elasticsearch-9": {"product": "elasticsearch", "version": "9.1.4"},
+    "opensearch": {"product": "opensearch", "version": "2.19.3"},
+}
 
 
 @dataclass(slots=True, frozen=True)
@@ -166,24 +189,17 @@ class Hit(NamedTuple):
     index: Index
     doc_id: str
     doc: StoredDoc
-    sort: list[Any] | None
-
-
-@dataclass
-class Scroll:
-    hits: list[Hit]
-    position: int
-    size: int
-    render: Callable[[Hit], dict]
-    total: dict | None
 
 
 Handler = Callable[[Call], tuple[int, Any]]
-BULK_ACTIONS = ("index", "create", "update", "delete")
-SEARCH_KEYS = {"query", "size", "from", "sort", "_source", "track_total_hits", "aggs", "aggregations", "timeout"}
+BULK_ACTIONS = ("index", "create", "delete")
+SEARCH_KEYS = {"query", "size", "track_total_hits", "aggs", "aggregations"}
 ALIAS_PROPERTIES = ("is_write_index", "filter", "routing", "index_routing", "search_routing", "is_hidden")
 SHARDS_WRITTEN = {"total": 2, "successful": 1, "failed": 0}  # one primary, its replica unassigned (single node)
 _COMPATIBLE_WITH = re.compile(r"compatible-with=(\d+)")
+_VENDOR_MEDIA_TYPE = re.compile(r"application/vnd\.elasticsearch\+")
+_SIGV4_FIELDS = re.compile(r"(Credential|SignedHeaders|Signature)=([^,\s]+)")
+SIGV4_MAX_SKEW = timedelta(minutes=5)
 _logger = logging.getLogger(__name__)
 
 
@@ -200,6 +216,31 @@ def _index_not_found(name: str) -> EsError:
     return EsError(404, "index_not_found_exception", f"no such index [{name}]", **extra)
 
 
+class PlainError(Exception):
+    """A refusal the server sends in a shape of its own (406 media type, AWS's 403, OpenSearch's 401 text)."""
+
+    def __init__(self, status: int, payload: Any, headers: dict[str, list[str]] | None = None) -> None:
+        super().__init__(str(payload))
+        self.status, self.payload, self.headers = status, payload, headers or {}
+
+
+def _compatible_version(media_type: str) -> int | None:
+    found = _COMPATIBLE_WITH.search(media_type)
+    return int(found.group(1)) if found else None
+
+
+def _unsupported_content_type(content_type: str) -> PlainError:
+    return PlainError(406, {"error": f"Content-Type header [{content_type}] is not supported", "status": 406})
+
+
+def _refuse_media_type(reason: str) -> None:
+    """Elasticsearch wraps the compatibility check's refusal in a media_type_header_exception."""
+    wrapper = "Invalid media-type value on headers [Accept, Content-Type]"
+    raise EsError(400, "media_type_header_exception", wrapper,
+                  root_cause={"type": "media_type_header_exception", "reason": wrapper},
+                  caused_by={"type": "status_exception", "reason": reason})
+
+
 def _check_index_name(name: str) -> None:
     reason = None
     if name != name.lower():
@@ -210,15 +251,6 @@ def _check_index_name(name: str) -> None:
         reason = 'must not contain the following characters [ , ", *, \\, <, |, ,, >, /, ?]'
     if reason:
         raise EsError(400, "invalid_index_name_exception", f"Invalid index name [{name}], {reason}", index=name)
-
-
-def _overlay(base: dict, top: dict) -> dict:
-    """`base` with `top` laid over it, objects merged key by key (a create request over its template)."""
-    merged = dict(base)
-    for key, value in top.items():
-        both_objects = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _overlay(merged[key], value) if both_objects else value
-    return merged
 
 
 def _flat_settings(settings: dict, prefix: str = "") -> dict[str, Any]:
@@ -266,7 +298,7 @@ def _new_doc_id() -> str:
 
 
 class ElasticsearchEmulator:
-    """A single-node Elasticsearch 9 over HTTP, in memory. Serve `app` with `serve_in_thread(emulator.app)`."""
+    """A single search node over HTTP, in memory. Serve `app` with `serve_in_thread(emulator.app)`."""
 
     def __init__(self, config: ElasticsearchEmulatorConfig | None = None) -> None:
         self._lock = threading.RLock()  # handlers run on the server's loop; control calls may come from tests
@@ -286,11 +318,9 @@ class ElasticsearchEmulator:
             self._reset_faults()
 
     def reset(self) -> None:
-        """Drop all indices, templates, scrolls and counters; keep the configuration."""
+        """Drop all indices and counters; keep the configuration."""
         with self._lock:
             self._indices: dict[str, Index] = {}
-            self._templates: dict[str, dict] = {}
-            self._scrolls: dict[str, Scroll] = {}
             self._requests: Counter[str] = Counter()
             self._statuses: Counter[str] = Counter()
             self._bulk_requests = 0
@@ -343,20 +373,11 @@ class ElasticsearchEmulator:
             ("/", {"GET": s._info, "HEAD": lambda call: (200, None)}),
             ("/_bulk", {"POST": s._bulk, "PUT": s._bulk}),
             ("/_refresh", {"POST": s._refresh, "GET": s._refresh}),
-            ("/_search", {"GET": s._search, "POST": s._search}),
-            ("/_search/scroll", {"GET": s._scroll, "POST": s._scroll, "DELETE": s._clear_scroll}),
-            ("/_count", {"GET": s._count, "POST": s._count}),
-            ("/_mapping", {"GET": s._get_mapping}),
             ("/_aliases", {"POST": s._update_aliases}),
-            ("/_alias", {"GET": s._get_aliases}),
             ("/_alias/{name}", {"GET": s._get_aliases, "HEAD": s._get_aliases}),
-            ("/_index_template", {"GET": s._get_templates}),
-            ("/_index_template/{name}", {"PUT": s._put_template, "POST": s._put_template, "GET": s._get_templates,
-                                         "HEAD": s._get_templates, "DELETE": s._delete_template}),
             ("/{index}", {"PUT": s._create_index, "GET": s._get_index, "HEAD": s._get_index,
                           "DELETE": s._delete_index}),
             ("/{index}/_mapping", {"GET": s._get_mapping, "PUT": s._put_mapping, "POST": s._put_mapping}),
-            ("/{index}/_alias", {"GET": s._get_aliases}),
             ("/{index}/_alias/{name}", {"GET": s._get_aliases, "HEAD": s._get_aliases, "PUT": s._put_alias,
                                         "POST": s._put_alias, "DELETE": s._delete_alias}),
             ("/{index}/_refresh", {"POST": s._refresh, "GET": s._refresh}),
@@ -368,7 +389,6 @@ class ElasticsearchEmulator:
             ("/{index}/_doc/{id}", {"GET": s._get_doc, "HEAD": s._get_doc, "PUT": s._index_doc,
                                     "POST": s._index_doc, "DELETE": s._delete_doc}),
             ("/{index}/_create/{id}", {"PUT": s._create_doc, "POST": s._create_doc}),
-            ("/{index}/_update/{id}", {"POST": s._update_doc}),
         ]
         routes = [Route(path, self._endpoint(path, handlers), methods=list(handlers)) for path, handlers in table]
         every_method = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
@@ -399,50 +419,80 @@ class ElasticsearchEmulator:
         call = Call(method, request.url.path, request.path_params, request.query_params, raw)
         headers: dict[str, list[str]] = {}
         compatible_with = None
+        elastic = self._config.product == "elasticsearch"
         try:
             if not control:
                 compatible_with = self._check_media_types(request, raw)
-                self._authenticate(request)
+                self._authenticate(request, raw)
                 self._inject_request_fault(call.url_path)
             status, payload = handler(call)
         except EsError as error:
             status, payload, headers = error.status, error.body(), error.headers
-        except Exception as error:  # an emulator bug: answer in ES's shape so the client's message shows it
-            _logger.exception("elasticsearch emulator failed on %s %s", method, call.url_path)
+        except PlainError as error:  # errors the server renders in another shape than an exception body
+            status, payload, headers = error.status, error.payload, error.headers
+        except Exception as error:  # an emulator bug: answer in the server's shape so the client's message shows it
+            _logger.exception("search emulator failed on %s %s", method, call.url_path)
             status, payload = 500, EsError(500, "emulator_exception", repr(error)).body()
         if not control:
             self._requests[f"{method} {pattern}"] += 1
             self._statuses[str(status)] += 1
-        body = b"" if payload is None or method == "HEAD" else json.dumps(payload, separators=(",", ":")).encode()
+        if isinstance(payload, str):
+            body, content_type = payload.encode(), "text/plain; charset=UTF-8"
+        elif payload is None or method == "HEAD":
+            body, content_type = b"", None
+        else:
+            body = json.dumps(payload, separators=(",", ":")).encode()
+            if compatible_with:
+                content_type = f"application/vnd.elasticsearch+json;compatible-with={compatible_with}"
+            else:
+                content_type = "application/json" if elastic else "application/json; charset=UTF-8"
         response = Response(body, status_code=status)
-        response.headers["X-Elastic-Product"] = "Elasticsearch"
-        if body:
-            compatible = f"application/vnd.elasticsearch+json;compatible-with={compatible_with}"
-            response.headers["Content-Type"] = compatible if compatible_with else "application/json"
+        if elastic and not control:
+            response.headers["X-Elastic-Product"] = "Elasticsearch"
+        if content_type and body:
+            response.headers["Content-Type"] = content_type
         for name, values in headers.items():
             for value in values:
                 response.headers.append(name, value)
         return response
 
     def _check_media_types(self, request: Request, raw: bytes) -> int | None:
-        """The `compatible-with` version asked for (None: plain JSON); refuses what Elasticsearch refuses."""
+        """The `compatible-with` version asked for (None: plain JSON); refuses what the product refuses."""
         accept = request.headers.get("accept", "")
         content_type = request.headers.get("content-type", "")
+        if self._config.product == "opensearch":  # no compatibility mode: the vendor types are unknown media types
+            if raw and (_VENDOR_MEDIA_TYPE.search(content_type) or not re.search(r"json|ndjson", content_type)):
+                raise _unsupported_content_type(content_type)
+            return None
         if raw and not re.search(r"json|ndjson", content_type):
-            raise EsError(406, "media_type_header_exception", f"Content-Type header [{content_type}] not supported")
-        versions = {int(m.group(1)) for m in map(_COMPATIBLE_WITH.search, (accept, content_type)) if m}
-        major = int(self._config.version.split(".")[0])
-        if len(versions) > 1 or versions - {major, major - 1}:
-            raise EsError(
-                400,
-                "media_type_header_exception",
-                f"Accept version must be either version {major} or {major - 1}, but found {sorted(versions)}. "
-                f"Accept={accept}, Content-Type={content_type}",
-            )
-        return versions.pop() if versions else None
+            raise _unsupported_content_type(content_type)
+        current = int(self._config.version.split(".")[0])
+        oldest = current - 1
+        asked_accept = _compatible_version(accept)
+        asked_content = _compatible_version(content_type) if raw else None
+        accept_version = current if asked_accept is None else asked_accept
+        content_version = current if asked_content is None else asked_content
+        # The checks and texts of Elasticsearch's RestCompatibleVersionHelper, in its order.
+        if not oldest <= accept_version <= current:
+            _refuse_media_type(f"Accept version must be either version {current} or {oldest}, but found "
+                               f"{accept_version}. Accept={accept}")
+        if raw:
+            if not oldest <= content_version <= current:
+                _refuse_media_type(f"Content-Type version must be either version {current} or {oldest}, but found "
+                                   f"{content_version}. Content-Type={content_type}")
+            required = "A compatible version is required on both Content-Type and Accept headers if either one has "
+            if content_version != accept_version:
+                _refuse_media_type(f"{required}requested a compatible version and the compatible versions must "
+                                   f"match. Accept={accept}, Content-Type={content_type}")
+            if (asked_accept is None) != (asked_content is None):
+                _refuse_media_type(f"{required}requested a compatible version. Accept={accept}, "
+                                   f"Content-Type={content_type}")
+        return asked_accept
 
-    def _authenticate(self, request: Request) -> None:
+    def _authenticate(self, request: Request, raw: bytes) -> None:
         config = self._config
+        if config.sigv4 is not None:
+            return self._check_signature(request, raw, config.sigv4)
         if config.api_key is None and config.basic_auth is None:
             return
         header = request.headers.get("authorization", "")
@@ -453,6 +503,8 @@ class ElasticsearchEmulator:
             expected = base64.b64encode(":".join(config.basic_auth).encode()).decode()
             if credentials == expected:
                 return
+        if config.product == "opensearch":  # the security plugin answers in plain text
+            raise PlainError(401, "Unauthorized", {"WWW-Authenticate": ['Basic realm="OpenSearch Security"']})
         path = request.url.path
         if not header:
             reason = f"missing authentication credentials for REST request [{path}]"
@@ -466,6 +518,61 @@ class ElasticsearchEmulator:
         error = EsError(401, "security_exception", reason, header={"WWW-Authenticate": challenges})
         error.headers = {"WWW-Authenticate": challenges}
         raise error
+
+    @staticmethod
+    def _check_signature(request: Request, raw: bytes, expected: SigV4Credentials) -> None:
+        """Accept only a valid AWS Signature V4 of this very request, as Amazon OpenSearch Service does: the
+        signature is recomputed with botocore's signer from the known credentials and the headers the client
+        says it signed."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        header = request.headers.get("authorization", "")
+        if not header:
+            action = f"es:ESHttp{request.method.title()}"
+            reason = (f"User: anonymous is not authorized to perform: {action} because no resource-based policy "
+                      f"allows the {action} action")
+            raise PlainError(403, {"Message": reason})
+        fields = dict(_SIGV4_FIELDS.findall(header))
+        missing = [f"Authorization header requires '{name}' parameter." for name in ("Credential", "Signature",
+                   "SignedHeaders") if name not in fields]
+        amz_date = request.headers.get("x-amz-date")
+        if not amz_date:
+            missing.append("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.")
+        if not header.startswith("AWS4-HMAC-SHA256 ") or missing:
+            raise PlainError(403, {"message": " ".join(missing or ["Authorization header is invalid."])
+                                   + f" Authorization={header}"})
+        access_key, _, scope = fields["Credential"].partition("/")
+        token = request.headers.get("x-amz-security-token")
+        if access_key != expected.access_key or token != expected.session_token:
+            raise PlainError(403, {"message": "The security token included in the request is invalid."})
+        _, region, service = (scope.split("/") + ["", "", ""])[:3]
+        if region != expected.region:
+            raise PlainError(403, {"message": f"Credential should be scoped to a valid region, not '{region}'. "})
+        signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        now = datetime.now(timezone.utc)
+        if abs(now - signed_at) > SIGV4_MAX_SKEW:
+            earliest = (now - SIGV4_MAX_SKEW).strftime("%Y%m%dT%H%M%SZ")
+            reason = f"Signature expired: {amz_date} is now earlier than {earliest} ({now:%Y%m%dT%H%M%SZ} - 5 min.)"
+            raise PlainError(403, {"message": reason})
+        signed = fields["SignedHeaders"].split(";")
+        target = request.scope.get("raw_path", b"").decode() or request.url.path
+        query = request.scope.get("query_string", b"").decode()
+        url = f"{request.url.scheme}://{request.headers.get('host', '')}{target}{'?' + query if query else ''}"
+        copy = AWSRequest(method=request.method, url=url, data=raw,
+                          headers={name: request.headers.get(name, "") for name in signed})
+        copy.context["timestamp"] = amz_date
+        signer = SigV4Auth(Credentials(expected.access_key, expected.secret_key, expected.session_token),
+                           service, region)
+        body_hash = request.headers.get("x-amz-content-sha256")
+        computed = signer.signature(signer.string_to_sign(copy, signer.canonical_request(copy)), copy)
+        if (service != expected.service or "host" not in signed
+                or (body_hash not in (None, hashlib.sha256(raw).hexdigest()))
+                or not hmac.compare_digest(computed, fields["Signature"])):
+            raise PlainError(403, {"message": "The request signature we calculated does not match the signature you "
+                                   "provided. Check your AWS Secret Access Key and signing method. Consult the service "
+                                   "documentation for details."})
 
     def _inject_request_fault(self, path: str) -> None:
         for position, fault in enumerate(self._config.request_faults):
@@ -515,23 +622,31 @@ class ElasticsearchEmulator:
         return 200, {"acknowledged": True}
 
     def _info(self, call: Call) -> tuple[int, Any]:
-        version = {
-            "number": self._config.version,
-            "build_flavor": "default",
-            "build_type": "docker",
+        number = self._config.version
+        major = int(number.split(".")[0])
+        if self._config.product == "opensearch":
+            lucene, wire, index = {2: ("9.12.1", "7.10.0", "7.0.0")}.get(major, ("10.2.1", "2.19.0", "2.0.0"))
+            version = {"distribution": "opensearch", "number": number, "build_type": "tar"}
+            tagline = "The OpenSearch Project: https://opensearch.org/"
+        else:
+            lucene, wire, index = {7: ("8.11.3", "6.8.0", "6.0.0-beta1"), 8: ("9.12.2", "7.17.0", "7.0.0")}.get(
+                major, ("10.2.2", "8.19.0", "8.0.0"))
+            version = {"number": number, "build_flavor": "default", "build_type": "docker"}
+            tagline = "You Know, for Search"
+        version |= {
             "build_hash": "0" * 40,
             "build_date": "2025-07-01T00:00:00.000Z",
             "build_snapshot": False,
-            "lucene_version": "10.2.2",
-            "minimum_wire_compatibility_version": "8.19.0",
-            "minimum_index_compatibility_version": "8.0.0",
+            "lucene_version": lucene,
+            "minimum_wire_compatibility_version": wire,
+            "minimum_index_compatibility_version": index,
         }
         return 200, {
             "name": "emulator-node",
             "cluster_name": "dify-pipeline-emulator",
             "cluster_uuid": self._cluster_uuid,
             "version": version,
-            "tagline": "You Know, for Search",
+            "tagline": tagline,
         }
 
     # ------------------------------------------------------------ name resolution
@@ -570,7 +685,7 @@ class ElasticsearchEmulator:
                        "single index op")
 
     def _write_index(self, name: str, auto_create: bool = True) -> Index:
-        """Where a write to `name` goes: the index, the alias's write index, or a new index (templates applied)."""
+        """Where a write to `name` goes: the index, the alias's write index, or a new index."""
         if name in self._indices:
             return self._indices[name]
         holders = self._alias_holders(name)
@@ -603,12 +718,10 @@ class ElasticsearchEmulator:
         unknown = set(body) - {"mappings", "settings", "aliases"}
         if unknown:
             raise bad_query(f"unknown key [{sorted(unknown)[0]}] for create index")
-        matching = [t for t in self._templates.values() if any(fnmatchcase(name, p) for p in t["index_patterns"])]
-        template = max(matching, key=lambda t: t.get("priority", 0))["template"] if matching else {}
-        mappings = _overlay(template.get("mappings") or {}, body.get("mappings") or {})
+        mappings = body.get("mappings") or {}
         check_mapping_types(mappings.get("properties", {}))
-        settings = _flat_settings(template.get("settings") or {}) | _flat_settings(body.get("settings") or {})
-        aliases = deepcopy(template.get("aliases") or {}) | (body.get("aliases") or {})
+        settings = _flat_settings(body.get("settings") or {})
+        aliases = body.get("aliases") or {}
         for alias in aliases:
             self._check_alias_name(alias)
         index = Index(name, mappings, settings, {alias: props or {} for alias, props in aliases.items()})
@@ -663,38 +776,6 @@ class ElasticsearchEmulator:
         for index in indices:
             index.refresh()
         return 200, {"_shards": {"total": 2 * len(indices), "successful": len(indices), "failed": 0}}
-
-    def _put_template(self, call: Call) -> tuple[int, Any]:
-        name, body = call.path["name"], call.json() or {}
-        patterns = body.get("index_patterns")
-        if not patterns:
-            raise _invalid("index patterns are missing")
-        if body.get("composed_of") or body.get("data_stream") is not None:
-            raise bad_query("composed_of and data_stream templates are not supported by the emulator")
-        if call.params.get("create") == "true" and name in self._templates:
-            raise _illegal(f"index template [{name}] already exists")
-        template = body.get("template") or {}
-        check_mapping_types((template.get("mappings") or {}).get("properties", {}))
-        patterns = [patterns] if isinstance(patterns, str) else patterns
-        self._templates[name] = {**body, "index_patterns": patterns, "template": template}
-        return 200, {"acknowledged": True}
-
-    def _get_templates(self, call: Call) -> tuple[int, Any]:
-        wanted = call.path.get("name", "*").split(",")
-        found = [
-            {"name": name, "index_template": template}
-            for name, template in self._templates.items()
-            if any(fnmatchcase(name, pattern) for pattern in wanted)
-        ]
-        if not found and not any("*" in pattern for pattern in wanted):
-            reason = f"index template matching [{call.path['name']}] not found"
-            raise EsError(404, "resource_not_found_exception", reason)
-        return 200, {"index_templates": found}
-
-    def _delete_template(self, call: Call) -> tuple[int, Any]:
-        if self._templates.pop(call.path["name"], None) is None:
-            raise EsError(404, "resource_not_found_exception", f"index_template [{call.path['name']}] missing")
-        return 200, {"acknowledged": True}
 
     # ------------------------------------------------------------ aliases
 
@@ -782,7 +863,10 @@ class ElasticsearchEmulator:
         return {"_index": index.name, "_id": doc_id, "_version": doc.version, "result": result,
                 "_shards": SHARDS_WRITTEN, "_seq_no": doc.seq_no, "_primary_term": 1}
 
-    def _index_document(self, index: Index, doc_id: str | None, source: Any, op_type: str) -> tuple[int, dict]:
+    def _index_document(
+        self, index: Index, doc_id: str | None, source: Any, op_type: str, expected: tuple[int, int] | None = None
+    ) -> tuple[int, dict]:
+        """Write a document; `expected` = (if_seq_no, if_primary_term): only over that very version."""
         if doc_id is None:
             doc_id = _new_doc_id()
         elif not doc_id:
@@ -791,30 +875,28 @@ class ElasticsearchEmulator:
         if op_type == "create" and old is not None:
             reason = f"[{doc_id}]: version conflict, document already exists (current version [{old.version}])"
             raise EsError(409, "version_conflict_engine_exception", reason, **_shard_of(index))
+        self._check_expected(index, doc_id, old, expected)
         self._check_and_map(index, source, doc_id)
         doc = index.put(doc_id, source)
         if old:
             return 200, self._written(index, doc_id, doc, "updated")
         return 201, self._written(index, doc_id, doc, "created")
 
-    def _update_document(self, index: Index, doc_id: str, body: Any) -> tuple[int, dict]:
-        if not isinstance(body, dict) or ("doc" not in body and "upsert" not in body):
-            scripted = isinstance(body, dict) and "script" in body
-            raise _invalid("scripts are not supported by the emulator" if scripted else "script or doc is missing")
-        old = index.docs.get(doc_id)
+    @staticmethod
+    def _check_expected(index: Index, doc_id: str, old: StoredDoc | None, expected: tuple[int, int] | None) -> None:
+        if expected is None:
+            return
+        seq_no, term = expected
+        required = f"[{doc_id}]: version conflict, required seqNo [{seq_no}], primary term [{term}]"
         if old is None:
-            if not body.get("doc_as_upsert") and "upsert" not in body:
-                raise EsError(404, "document_missing_exception", f"[{doc_id}]: document missing", **_shard_of(index))
-            source = body["doc"] if body.get("doc_as_upsert") else body["upsert"]
-            self._check_and_map(index, source, doc_id)
-            return 201, self._written(index, doc_id, index.put(doc_id, source), "created")
-        merged = _overlay(old.source, body.get("doc") or {})
-        if merged == old.source:
-            return 200, self._written(index, doc_id, old, "noop")
-        self._check_and_map(index, merged, doc_id)
-        return 200, self._written(index, doc_id, index.put(doc_id, merged), "updated")
+            raise EsError(409, "version_conflict_engine_exception", f"{required} but no document was found",
+                          **_shard_of(index))
+        if (old.seq_no, 1) != (seq_no, term):
+            reason = f"{required}. current document has seqNo [{old.seq_no}] and primary term [1]"
+            raise EsError(409, "version_conflict_engine_exception", reason, **_shard_of(index))
 
-    def _delete_document(self, index: Index, doc_id: str) -> tuple[int, dict]:
+    def _delete_document(self, index: Index, doc_id: str, expected: tuple[int, int] | None = None) -> tuple[int, dict]:
+        self._check_expected(index, doc_id, index.docs.get(doc_id), expected)
         tombstone = index.remove(doc_id)
         if tombstone is None:
             missing = StoredDoc({}, 1, index.next_seq_no)
@@ -826,46 +908,39 @@ class ElasticsearchEmulator:
             index.refresh()
         return outcome
 
+    @staticmethod
+    def _expected(call: Call) -> tuple[int, int] | None:
+        if "if_seq_no" not in call.params and "if_primary_term" not in call.params:
+            return None
+        if "if_seq_no" not in call.params or "if_primary_term" not in call.params:
+            raise _invalid("ifSeqNo is set, but primary term is [0]")
+        return int(call.params["if_seq_no"]), int(call.params["if_primary_term"])
+
     def _index_doc(self, call: Call) -> tuple[int, Any]:
         index = self._write_index(call.path["index"])
         op_type = call.params.get("op_type", "index")
-        outcome = self._index_document(index, call.path.get("id"), call.json(), op_type)
+        outcome = self._index_document(index, call.path.get("id"), call.json(), op_type, self._expected(call))
         return self._after_write(call, index, outcome)
 
     def _create_doc(self, call: Call) -> tuple[int, Any]:
         index = self._write_index(call.path["index"])
         return self._after_write(call, index, self._index_document(index, call.path["id"], call.json(), "create"))
 
-    def _update_doc(self, call: Call) -> tuple[int, Any]:
-        index = self._write_index(call.path["index"])
-        return self._after_write(call, index, self._update_document(index, call.path["id"], call.json()))
-
     def _delete_doc(self, call: Call) -> tuple[int, Any]:
         index = self._write_index(call.path["index"], auto_create=False)
-        return self._after_write(call, index, self._delete_document(index, call.path["id"]))
+        return self._after_write(call, index, self._delete_document(index, call.path["id"], self._expected(call)))
 
-    def _read_doc(self, index: Index, doc_id: str, call: Call) -> tuple[int, dict]:
+    def _get_doc(self, call: Call) -> tuple[int, Any]:
+        index = self._single(call.path["index"])
+        doc_id = call.path["id"]
         if call.refresh_requested():
             index.refresh()
         realtime = call.params.get("realtime", "true") != "false"
         doc = (index.docs if realtime else index.searchable).get(doc_id)
         if doc is None:
             return 404, {"_index": index.name, "_id": doc_id, "found": False}
-        found = {"_index": index.name, "_id": doc_id, "_version": doc.version, "_seq_no": doc.seq_no,
-                 "_primary_term": 1, "found": True}
-        wanted, includes, excludes = self._source_filter(call, None)
-        if wanted:
-            found["_source"] = filter_source(doc.source, includes, excludes)
-        return 200, found
-
-    @staticmethod
-    def _source_filter(call: Call, body_value: Any) -> tuple[bool, list[str], list[str]]:
-        params = call.params
-        return source_filter(params.get("_source", body_value), params.get("_source_includes"),
-                             params.get("_source_excludes"))
-
-    def _get_doc(self, call: Call) -> tuple[int, Any]:
-        return self._read_doc(self._single(call.path["index"]), call.path["id"], call)
+        return 200, {"_index": index.name, "_id": doc_id, "_version": doc.version, "_seq_no": doc.seq_no,
+                     "_primary_term": 1, "found": True, "_source": doc.source}
 
     # ------------------------------------------------------------ _bulk
 
@@ -907,7 +982,7 @@ class ElasticsearchEmulator:
             except (ValueError, AttributeError, AssertionError):
                 raise _illegal(f"Malformed action/metadata line [{position}], expected START_OBJECT") from None
             if action not in BULK_ACTIONS:
-                expected = "expected field [create], [delete], [index] or [update]"
+                expected = "expected field [create], [delete], [index] or [update] (update: not in the emulator)"
                 raise _illegal(f"Malformed action/metadata line [{position}], {expected} but found [{action}]")
             if "_index" not in meta:
                 if default_index is None:
@@ -944,8 +1019,6 @@ class ElasticsearchEmulator:
                 status, result = self._index_document(index, doc_id, source, meta.get("op_type", action))
             elif doc_id is None:
                 raise _invalid("id is missing")
-            elif action == "update":
-                status, result = self._update_document(index, doc_id, source)
             else:
                 status, result = self._delete_document(index, doc_id)
             touched[index.name] = index
@@ -963,7 +1036,7 @@ class ElasticsearchEmulator:
         for index in indices:
             matches = compile_query(query, index.mappings)
             searchable = index.searchable.items()
-            hits.extend(Hit(index, doc_id, doc, None) for doc_id, doc in searchable if matches(doc_id, doc.source))
+            hits.extend(Hit(index, doc_id, doc) for doc_id, doc in searchable if matches(doc_id, doc.source))
         return hits
 
     @staticmethod
@@ -980,85 +1053,35 @@ class ElasticsearchEmulator:
         started = time.perf_counter()
         body = call.json() or {}
         unsupported = set(body) - SEARCH_KEYS
-        if unsupported or "q" in call.params:
-            raise bad_query(f"search options {sorted(unsupported) or ['q']} are not supported by the emulator")
-        indices = self._resolve(call.path.get("index", "_all"))
+        if unsupported or set(call.params) - {"size", "track_total_hits"}:
+            options = sorted(unsupported | (set(call.params) - {"size", "track_total_hits"}))
+            raise bad_query(f"search options {options} are not supported by the emulator")
+        indices = self._resolve(call.path["index"])
         size = int(call.params.get("size", body.get("size", 10)))
-        start = int(call.params.get("from", body.get("from", 0)))
-        scroll = call.params.get("scroll")
-        if start + size > 10_000 and not scroll:
-            raise _illegal(f"Result window is too large, from + size must be at most [10000] but was [{start + size}].")
-        sort_spec = call.params["sort"].split(",") if "sort" in call.params else body.get("sort")
-        sort_keys = parse_sort(sort_spec) if sort_spec else []
-        wanted, includes, excludes = self._source_filter(call, body.get("_source"))
+        if size > 10_000:
+            raise _illegal(f"Result window is too large, from + size must be at most [10000] but was [{size}].")
         try:
             hits = self._matching(indices, body.get("query"))
-            if sort_keys:
-                hits = [hit._replace(sort=sort_values(sort_keys, hit.index.mappings, hit.doc.source)) for hit in hits]
-                sort_hits(hits, sort_keys, lambda hit: hit.sort)
             aggs = body.get("aggs") or body.get("aggregations")
             aggregations = aggregate(aggs, [(hit.index.mappings, hit.doc.source) for hit in hits]) if aggs else None
         except EsError as error:
             raise self._shard_failure(error, indices) from None
         track = call.params.get("track_total_hits", body.get("track_total_hits"))
-        if track in (False, "false"):
-            total = None
-        else:
-            limit = len(hits) if track in (True, "true") else int(track or 10_000)
-            total = {"value": min(len(hits), limit), "relation": "eq" if len(hits) <= limit else "gte"}
-
-        def render(hit: Hit) -> dict:
-            score = None if sort_keys else 1.0  # sorted hits are not scored, as in Elasticsearch
-            rendered: dict[str, Any] = {"_index": hit.index.name, "_id": hit.doc_id, "_score": score}
-            if wanted:
-                rendered["_source"] = filter_source(hit.doc.source, includes, excludes)
-            if hit.sort is not None:
-                rendered["sort"] = hit.sort
-            return rendered
-
-        response = self._hits_response(hits[start : start + size], render, total, len(indices), started)
+        limit = len(hits) if track in (True, "true") else int(track or 10_000)
+        total = {"value": min(len(hits), limit), "relation": "eq" if len(hits) <= limit else "gte"}
+        rendered = [{"_index": hit.index.name, "_id": hit.doc_id, "_score": 1.0, "_source": hit.doc.source}
+                    for hit in hits[:size]]
+        response = {"took": _took_ms(started), "timed_out": False, "_shards": _shards(len(indices)),
+                    "hits": {"total": total, "max_score": 1.0 if rendered else None, "hits": rendered}}
         if aggregations is not None:
             response["aggregations"] = aggregations
-        if scroll:
-            scroll_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            self._scrolls[scroll_id] = Scroll(hits, start + size, size, render, total)
-            response = {"_scroll_id": scroll_id, **response}
         return 200, response
-
-    @staticmethod
-    def _hits_response(
-        page: list[Hit], render: Callable[[Hit], dict], total: dict | None, shards: int, started: float
-    ) -> dict:
-        rendered = [render(hit) for hit in page]
-        max_score = max((hit["_score"] for hit in rendered if hit["_score"] is not None), default=None)
-        hits: dict[str, Any] = {"max_score": max_score, "hits": rendered}
-        if total is not None:
-            hits = {"total": total, **hits}
-        return {"took": _took_ms(started), "timed_out": False, "_shards": _shards(shards), "hits": hits}
-
-    def _scroll(self, call: Call) -> tuple[int, Any]:
-        started = time.perf_counter()
-        scroll_id = (call.json() or {}).get("scroll_id") or call.params.get("scroll_id", "")
-        cursor = self._scrolls.get(scroll_id)
-        if cursor is None:
-            raise EsError(404, "search_context_missing_exception", f"No search context found for id [{scroll_id}]")
-        page = cursor.hits[cursor.position : cursor.position + cursor.size]
-        cursor.position += cursor.size
-        return 200, {"_scroll_id": scroll_id, **self._hits_response(page, cursor.render, cursor.total, 1, started)}
-
-    def _clear_scroll(self, call: Call) -> tuple[int, Any]:
-        requested = (call.json() or {}).get("scroll_id") or call.params.get("scroll_id", "")
-        if requested == "_all":
-            requested = list(self._scrolls)
-        ids = [requested] if isinstance(requested, str) else requested
-        freed = sum(self._scrolls.pop(scroll_id, None) is not None for scroll_id in ids)
-        return (200 if freed or not ids else 404), {"succeeded": True, "num_freed": freed}
 
     def _count(self, call: Call) -> tuple[int, Any]:
         body = call.json() or {}
         if set(body) - {"query"} or "q" in call.params:
             raise bad_query(f"request does not support {sorted(set(body) - {'query'}) or ['q']}")
-        indices = self._resolve(call.path.get("index", "_all"))
+        indices = self._resolve(call.path["index"])
         try:
             count = len(self._matching(indices, body.get("query")))
         except EsError as error:

@@ -1,18 +1,16 @@
-"""How the Elasticsearch emulator reads documents: field types, mapping checks, the query DSL subset,
-sorting, aggregations and `_source` filtering. Pure functions over plain dicts, no HTTP.
+"""How the search emulator reads documents: field types, mapping checks, the query DSL the pipeline sends
+(`term`, `terms`, `bool`, `match_all`) and the `terms` aggregation. Pure functions over plain dicts, no HTTP.
 
-Matching follows the mapping the way Elasticsearch does: `term` on a `keyword` is exact, on a `text` field it
-must equal one lower-cased token; `range` compares numbers, dates (epoch millis) or strings by the field's
-type; a field missing from the mapping (e.g. under `dynamic: false`) matches nothing. Every hit scores 1.0.
+Matching follows the mapping the way Elasticsearch and OpenSearch do: `term` on a `keyword` is exact, on a
+`text` field it must equal one lower-cased token, on a `date` it compares instants; a field missing from the
+mapping (e.g. under `dynamic: false`) matches nothing. Anything else is refused with a 400, never guessed.
 """
 
 from __future__ import annotations
 
-import operator
 import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from fnmatch import fnmatchcase
 from typing import Any, Callable, NamedTuple
 
 Matcher = Callable[[str, dict], bool]  # (doc id, source) -> matches
@@ -29,8 +27,6 @@ KNOWN_TYPES = KEYWORD_TYPES | TEXT_TYPES | set(INTEGER_BOUNDS) | FLOAT_TYPES | O
 KNOWN_TYPES |= {"date", "boolean"}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}(:\d{2}(:\d{2}([.,]\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?")
-_DATE_MATH = re.compile(r"now(?:([+-]\d+)([smhdw]))?(?:/([smhd]))?")
-_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _TOKEN = re.compile(r"\w+")
 COERCE_ERRORS = (ValueError, TypeError, OverflowError)
 STRING_TYPES = KEYWORD_TYPES | TEXT_TYPES
@@ -366,67 +362,6 @@ def _terms(body: Any, mappings: dict) -> Matcher:
     return lambda _id, source: any(v in targets for v in indexed_values(spec, source))
 
 
-def _range_bound(spec: FieldSpec, value: Any) -> Any:
-    if spec.type == "date" and isinstance(value, str) and (math := _DATE_MATH.fullmatch(value)):
-        millis = (datetime.now(UTC) - EPOCH) // timedelta(milliseconds=1)
-        if math.group(1):
-            millis += int(math.group(1)) * _UNIT_MS[math.group(2)]
-        if math.group(3):
-            millis -= millis % _UNIT_MS[math.group(3)]
-        return millis
-    return _query_value(spec, value)
-
-
-def _range(body: Any, mappings: dict) -> Matcher:
-    name, _, options = _single_field(body, "range")
-    spec = resolve_field(mappings, name)
-    if spec is None:
-        return _match_none
-    operators = {"gte": operator.ge, "gt": operator.gt, "lte": operator.le, "lt": operator.lt}
-    given = {key: compare for key, compare in operators.items() if options.get(key) is not None}
-    bounds = [(compare, _range_bound(spec, options[key])) for key, compare in given.items()]
-    checks = [lambda v, compare=compare, bound=bound: compare(v, bound) for compare, bound in bounds]
-    return lambda _id, source: any(all(check(v) for check in checks) for v in indexed_values(spec, source))
-
-
-def _exists(body: Any, mappings: dict) -> Matcher:
-    spec = resolve_field(mappings, body.get("field", "")) if isinstance(body, dict) else None
-    if spec is None:
-        return _match_none
-    if spec.type in OBJECT_TYPES:
-        return lambda _id, source: bool(values_at(source, spec.path))
-    return lambda _id, source: bool(indexed_values(spec, source))
-
-
-def _ids(body: Any, mappings: dict) -> Matcher:
-    wanted = {str(v) for v in (body or {}).get("values", [])}
-    return lambda doc_id, _source: doc_id in wanted
-
-
-def _match(body: Any, mappings: dict) -> Matcher:
-    name, text, options = _single_field(body, "match", "query")
-    spec = resolve_field(mappings, name)
-    if spec is None:
-        return _match_none
-    if spec.type not in TEXT_TYPES:
-        target = _query_value(spec, text)
-        return lambda _id, source: target in indexed_values(spec, source)
-    wanted = set(tokens(str(text)))
-    if not wanted:
-        return _match_none
-    needed = len(wanted) if options.get("operator", "or").lower() == "and" else 1
-    return lambda _id, source: len(wanted.intersection(indexed_values(spec, source))) >= needed
-
-
-def _prefix(body: Any, mappings: dict) -> Matcher:
-    name, value, _ = _single_field(body, "prefix")
-    spec = resolve_field(mappings, name)
-    if spec is None:
-        return _match_none
-    start = str(value)
-    return lambda _id, source: any(str(v).startswith(start) for v in indexed_values(spec, source))
-
-
 def _clauses(body: dict, key: str, mappings: dict) -> list[Matcher]:
     clauses = body.get(key, [])
     return [compile_query(clause, mappings) for clause in (clauses if isinstance(clauses, list) else [clauses])]
@@ -461,120 +396,31 @@ def _bool(body: Any, mappings: dict) -> Matcher:
     return matches
 
 
-def _constant_score(body: Any, mappings: dict) -> Matcher:
-    return compile_query(body.get("filter"), mappings)
-
-
 _QUERIES: dict[str, Callable[[Any, dict], Matcher]] = {
     "match_all": lambda body, mappings: _match_all,
     "match_none": lambda body, mappings: _match_none,
     "term": _term,
     "terms": _terms,
-    "range": _range,
-    "exists": _exists,
-    "ids": _ids,
-    "match": _match,
-    "prefix": _prefix,
     "bool": _bool,
-    "constant_score": _constant_score,
 }
-
-
-# ---------------------------------------------------------------- sorting
-
-
-class SortKey(NamedTuple):
-    field: str
-    descending: bool
-    missing_first: bool
-    unmapped_type: str | None
-
-
-def parse_sort(spec: Any) -> list[SortKey]:
-    """`sort` from a body (`"f"`, `{"f": "desc"}`, `{"f": {"order": ..., "missing": ...}}`, lists) or `f:desc`."""
-    keys = []
-    for item in spec if isinstance(spec, list) else [spec]:
-        if isinstance(item, str):
-            name, _, order = item.partition(":")
-            options: dict = {"order": order} if order else {}
-        elif isinstance(item, dict) and len(item) == 1:
-            ((name, options),) = item.items()
-            options = options if isinstance(options, dict) else {"order": options}
-        else:
-            raise bad_query(f"malformed sort [{item}]")
-        descending = options.get("order", "desc" if name == "_score" else "asc") == "desc"
-        keys.append(SortKey(name, descending, options.get("missing") == "_first", options.get("unmapped_type")))
-    return [key for key in keys if key.field not in ("_score", "_doc")]  # every hit scores 1.0, in doc order
-
-
-def sort_values(keys: list[SortKey], mappings: dict, source: dict) -> list[Any]:
-    """The `sort` values of one hit (min of a multi-valued field ascending, max descending)."""
-    values = []
-    for key in keys:
-        spec = resolve_field(mappings, key.field)
-        if spec is None:
-            if key.unmapped_type is None:
-                raise bad_query(f"No mapping found for [{key.field}] in order to sort on", "query_shard_exception")
-            values.append(None)
-            continue
-        if spec.type in TEXT_TYPES:
-            reason = f"Fielddata is disabled on [{key.field}]; sort on a keyword field"
-            raise bad_query(reason, "illegal_argument_exception")
-        found = indexed_values(spec, source)
-        values.append((max(found) if key.descending else min(found)) if found else None)
-    return values
-
-
-def sort_hits(hits: list[Any], keys: list[SortKey], values_of: Callable[[Any], list[Any]]) -> None:
-    """Sort `hits` in place by their sort values, missing values last unless `missing: _first`."""
-    for position in reversed(range(len(keys))):
-        key = keys[position]
-
-        def order(hit: Any, position: int = position, key: SortKey = key) -> tuple:
-            value = values_of(hit)[position]
-            absent = value is None
-            # rank missing values so they land last (first with `missing: _first`) in either direction
-            missing_rank = absent if key.missing_first == key.descending else not absent
-            return (missing_rank, 0 if absent else value)
-
-        hits.sort(key=order, reverse=key.descending)
 
 
 # ---------------------------------------------------------------- aggregations
 
 
 def aggregate(aggs: dict, docs: list[MappedDoc]) -> dict:
-    """`aggregations` for `aggs` over the matching documents: terms (with sub-aggregations) and simple metrics."""
+    """`aggregations` for `aggs` over the matching documents: `terms`, with sub-aggregations."""
     results = {}
     for name, spec in aggs.items():
         kinds = [k for k in spec if k not in ("aggs", "aggregations", "meta")]
         if len(kinds) != 1:
             raise bad_query(f"Expected exactly one aggregation type for [{name}], found {kinds}")
-        kind = kinds[0]
-        options = spec[kind]
-        field = options.get("field", "")
+        if kinds[0] != "terms":
+            raise bad_query(f"Unknown aggregation type [{kinds[0]}] (or not supported by the emulator)")
+        options = spec["terms"]
         sub_aggs = spec.get("aggs") or spec.get("aggregations")
-        if kind == "terms":
-            results[name] = _terms_agg(field, options, sub_aggs, docs)
-        elif kind in _METRICS:
-            values = [value for values in _values_per_doc(field, docs, kind) for value in values]
-            undefined = not values and kind in ("min", "max", "avg")
-            results[name] = {"value": None if undefined else _METRICS[kind](values)}
-            if kind in ("min", "max") and values and _is_date(field, docs):
-                results[name]["value_as_string"] = format_date_millis(int(results[name]["value"]))
-        else:
-            raise bad_query(f"Unknown aggregation type [{kind}] (or not supported by the emulator)")
+        results[name] = _terms_agg(options.get("field", ""), options, sub_aggs, docs)
     return results
-
-
-_METRICS: dict[str, Callable[[list[Any]], Any]] = {
-    "min": lambda v: float(min(v)),
-    "max": lambda v: float(max(v)),
-    "sum": lambda v: float(sum(v)),
-    "avg": lambda v: float(sum(v)) / len(v),
-    "value_count": len,
-    "cardinality": lambda v: len(set(v)),
-}
 
 
 def _is_date(field: str, docs: list[MappedDoc]) -> bool:
@@ -628,48 +474,3 @@ def _terms_agg(field: str, options: dict, sub_aggs: dict | None, docs: list[Mapp
         buckets.append(bucket)
     other = sum(count for _, count in ranked[size:])
     return {"doc_count_error_upper_bound": 0, "sum_other_doc_count": other, "buckets": buckets}
-
-
-# ---------------------------------------------------------------- _source filtering
-
-
-def source_filter(
-    spec: Any, includes_param: str | None = None, excludes_param: str | None = None
-) -> tuple[bool, list[str], list[str]]:
-    """(wanted, includes, excludes) from a `_source` body value or query parameters."""
-    includes: list[str] = includes_param.split(",") if includes_param else []
-    excludes: list[str] = excludes_param.split(",") if excludes_param else []
-    if spec is None or spec is True or spec == "true":
-        return True, includes, excludes
-    if spec is False or spec == "false":
-        return False, [], []
-    if isinstance(spec, str):
-        return True, spec.split(","), excludes
-    if isinstance(spec, list):
-        return True, spec, excludes
-    if isinstance(spec, dict):
-        includes = _as_list(spec.get("includes", spec.get("include")))
-        return True, includes, _as_list(spec.get("excludes", spec.get("exclude")))
-    raise bad_query(f"malformed _source [{spec}]")
-
-
-def _as_list(value: Any) -> list[str]:
-    return [value] if isinstance(value, str) else list(value or [])
-
-
-def filter_source(source: dict, includes: list[str], excludes: list[str], prefix: str = "") -> dict:
-    """`source` keeping dotted paths matching `includes` (all if empty) and dropping `excludes` (wildcards allowed)."""
-    if not includes and not excludes:
-        return source
-    kept = {}
-    for key, value in source.items():
-        path = prefix + key
-        if any(fnmatchcase(path, pattern) for pattern in excludes):
-            continue
-        if not includes or any(fnmatchcase(path, pattern) for pattern in includes):
-            kept[key] = filter_source(value, [], excludes, path + ".") if isinstance(value, dict) else value
-        elif isinstance(value, dict):
-            inner = filter_source(value, includes, excludes, path + ".")
-            if inner:
-                kept[key] = inner
-    return kept

@@ -17,8 +17,10 @@ from dify_pipeline.infer.enrichment import (
 from dify_pipeline.infer.progress import Progress
 from dify_pipeline.infer.stats import error_counts, latency_percentiles
 from dify_pipeline.partitions import daily_partitions
+from dify_pipeline.publish.preflight import check_sinks_before_paying
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource, DifyResult
 from dify_pipeline.resources.result_cache import CachedResult, ResultCache
+from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import ENRICHMENT_FIELDS, with_fields
 from dify_pipeline.settings import PipelineSettings
@@ -48,6 +50,8 @@ def enriched_tickets(
     result_cache: ResultCache,
     stage_storage: ObjectStorage,
     settings: PipelineSettings,
+    parquet_output: ObjectStorage,
+    elasticsearch: SearchCluster,
 ) -> dg.MaterializeResult:
     """Every clean record with its category, summary and sentiment, or the error that prevented them.
 
@@ -60,6 +64,7 @@ def enriched_tickets(
         check_input_mapping(variables, settings.input_mapping)  # before any paid call
     except (DifyFatalError, InputMappingError) as error:
         raise dg.Failure(description=str(error)) from None  # the message, not a stack trace, in the UI
+    check_sinks_before_paying(parquet_output, elasticsearch, settings)
     app_identity = dify.app_identity()
     # Which app and prompt version answered the day, on the run itself (non-secret: a digest, never the key).
     context.instance.add_run_tags(context.run.run_id, {

@@ -1,4 +1,4 @@
-"""The Elasticsearch side of a row: the index mapping the package owns, and row → document."""
+"""The search side of a row: the index mapping the package owns, and row → document."""
 
 from __future__ import annotations
 
@@ -101,6 +101,11 @@ def batch_documents(
 def day_query(day: str) -> dict:
     """The documents of one day."""
     return {"term": {DAY_FIELD: day}}
+
+
+def stale_query(day: str, load_id: str) -> dict:
+    """The documents of one day that the load `load_id` did not write: records that left the day."""
+    return {"bool": {"filter": [day_query(day)], "must_not": [{"term": {"load_id": load_id}}]}}
 
 
 def _json_ready(array: pa.Array) -> list:

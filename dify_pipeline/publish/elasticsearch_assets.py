@@ -1,4 +1,4 @@
-"""Step 5b — index the enriched day into Elasticsearch, one document per record key."""
+"""Step 5b — index the enriched day into the search cluster, one document per record key."""
 
 
 from collections.abc import Iterator
@@ -7,28 +7,52 @@ import dagster as dg
 import pyarrow as pa
 
 from dify_pipeline.partitions import daily_partitions
-from dify_pipeline.publish.documents import MAPPING_VERSION, batch_documents, day_query, index_mapping
-from dify_pipeline.resources.elasticsearch import BulkOutcome, ElasticsearchResource
+from dify_pipeline.publish.documents import MAPPING_VERSION, batch_documents, day_query, index_mapping, stale_query
+from dify_pipeline.resources.search import BulkOutcome, DayLease, LeaseUnavailable, SearchCluster, SearchClusterError
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_folder
 
 
-@dg.asset(partitions_def=daily_partitions, group_name="tickets", deps=["enriched_tickets"], kinds={"elasticsearch"})
+def day_lease(context, cluster: SearchCluster, sink, step: str) -> DayLease:
+    """The day's lease for `step`, held by this run; a run that waits for it says so."""
+    day = context.partition_key
+    return DayLease(
+        sink, f"{step}:{day}", holder=context.run.run_id, seconds=cluster.lease_seconds,
+        wait_seconds=cluster.lease_wait_seconds,
+        on_wait=lambda holder: context.log.info(f"waiting for run {holder}, which is publishing {day} now"),
+    )
+
+
+@dg.asset(partitions_def=daily_partitions, group_name="tickets", deps=["enriched_tickets"],
+          kinds={"elasticsearch", "opensearch"})
 def tickets_elasticsearch(
     context: dg.AssetExecutionContext,
-    elasticsearch: ElasticsearchResource,
+    elasticsearch: SearchCluster,
     stage_storage: ObjectStorage,
     settings: PipelineSettings,
 ) -> dg.MaterializeResult:
     """Bulk-index the day with `_id` = record key, then delete the day's documents this load did not write.
 
-    After a complete load the index holds exactly the day's current records. Documents Elasticsearch
-    refuses for their content (a mapping error) are counted by error type in the metadata and fail the
-    day's count check; the others load. If the cluster stays unavailable beyond the retries, the step
-    fails and keeps the day's previous documents (no deletion after an incomplete load).
+    One run at a time publishes a day: the step holds the day's lease in the cluster from reading the stage to
+    the last deletion, and another run's step waits for it. So after a complete load the index holds exactly
+    the day's current records, whatever ran at the same time. Documents the cluster refuses for their
+    content (a mapping error) are counted by error type in the metadata and fail the day's count check; the
+    others load. If the cluster stays unavailable beyond the retries, the step fails and keeps the day's
+    previous documents (no deletion after an incomplete load).
     """
     day = context.partition_key
+    load_id = context.run.run_id
+    try:
+        with elasticsearch.connect() as sink, day_lease(context, elasticsearch, sink, "tickets_elasticsearch") as lease:
+            return _load_day(context, sink, lease, stage_storage, settings, day, load_id)
+    except (SearchClusterError, LeaseUnavailable) as error:
+        raise dg.Failure(description=str(error)) from None
+
+
+def _load_day(context, sink, lease: DayLease, stage_storage: ObjectStorage, settings: PipelineSettings, day: str,
+              load_id: str) -> dg.MaterializeResult:
+    # Read inside the lease: the last run to hold it publishes the stage as it is after every earlier write.
     shard_paths = stage_storage.list_files(day_folder(stage_storage, "enriched_tickets", day))
     if not shard_paths:
         raise dg.Failure(f"no enriched data for {day}: materialize enriched_tickets first")
@@ -36,48 +60,42 @@ def tickets_elasticsearch(
     timestamp_columns = [f.name for f in schema if pa.types.is_timestamp(f.type) and f.name != "enriched_at"]
     mapping = index_mapping(settings.text_columns, timestamp_columns)
     mapped_fields = set(mapping["properties"])
-    load_id = context.run.run_id
 
-    client = elasticsearch.client()
-    try:
-        physical = elasticsearch.ensure_index(client, mapping, MAPPING_VERSION)
-        client.indices.refresh(index=physical)
-        before = client.count(index=physical, query=day_query(day))["count"]
+    physical = sink.ensure_index(mapping, MAPPING_VERSION)
+    sink.refresh(physical)
+    before = sink.count(physical, day_query(day))
 
-        def documents_of(shard_path: str) -> Iterator[dict]:
-            for batch in stage_storage.iter_parquet_batches(shard_path, elasticsearch.chunk_size, use_threads=False):
-                yield from batch_documents(batch, day, load_id, mapped_fields, physical)
+    def documents_of(shard_path: str) -> Iterator[dict]:
+        for batch in stage_storage.iter_parquet_batches(shard_path, sink.bulk_settings.chunk_size, use_threads=False):
+            yield from batch_documents(batch, day, load_id, mapped_fields, physical)
 
-        outcome = elasticsearch.bulk_index(client, shard_paths, documents_of)
-        metadata = _load_metadata(outcome, elasticsearch, physical)
-        if not outcome.complete:
-            raise dg.Failure(
-                description=f"the load of {day} into {physical} is incomplete "
-                f"({sum(outcome.unavailable.values())} documents not accepted after retries"
-                f"{'; ' + outcome.error if outcome.error else ''}); the day's previous documents are kept: re-run it",
-                metadata=metadata,
-            )
-        client.indices.refresh(index=physical)
-        stale_deleted = 0
-        if before:  # a first load of the day has nothing to replace
-            stale_deleted = client.delete_by_query(
-                index=physical, refresh=True, conflicts="proceed",
-                query={"bool": {"filter": [day_query(day)], "must_not": [{"term": {"load_id": load_id}}]}},
-            ).get("deleted", 0)
-        count = client.count(index=physical, query=day_query(day))["count"]
-        alias_targets = elasticsearch.alias_targets(client)
-    finally:
-        client.close()
+    outcome = sink.bulk_index(shard_paths, documents_of, stop=lease.lost)
+    metadata = _load_metadata(outcome, sink, physical)
+    if not outcome.complete:
+        raise dg.Failure(
+            description=f"the load of {day} into {physical} is incomplete "
+            f"({sum(outcome.unavailable.values())} documents not accepted after retries"
+            f"{'; ' + outcome.error if outcome.error else ''}); the day's previous documents are kept: re-run it",
+            metadata=metadata,
+        )
+    lease.confirm()  # still this run's day: what the deletion removes no other run can have written
+    sink.refresh(physical)
+    stale_deleted = sink.delete_matching(physical, stale_query(day, load_id))
+    count = sink.count(physical, day_query(day))
+    alias_targets = sink.alias_targets()
 
     if outcome.rejected:
         context.log.error(
-            f"Elasticsearch rejected {sum(outcome.rejected.values())} documents of {day}: {dict(outcome.rejected)}; "
+            f"the cluster rejected {sum(outcome.rejected.values())} documents of {day}: {dict(outcome.rejected)}; "
             f"e.g. {outcome.samples[:2]}"
         )
+    if count != outcome.indexed:
+        raise dg.Failure(description=f"{physical} holds {count} documents of {day} after this load indexed "
+                         f"{outcome.indexed}: something else writes the day; re-run it", metadata=metadata)
     if alias_targets != [physical]:
         context.log.warning(
-            f"the alias {elasticsearch.index} points at {alias_targets}, not at {physical} that this load wrote: "
-            "readers see the new data after ElasticsearchResource.swap_alias (see README)"
+            f"the alias {sink.alias} points at {alias_targets}, not at {physical} that this load wrote: "
+            "readers see the new data after SearchSink.swap_alias (see README)"
         )
     return dg.MaterializeResult(
         metadata={
@@ -86,11 +104,12 @@ def tickets_elasticsearch(
             "stale_deleted": int(stale_deleted),
             "documents_for_day": int(count),
             "alias_targets": dg.MetadataValue.json(alias_targets),
+            "cluster": f"{sink.cluster.engine} {sink.cluster.version}",
         }
     )
 
 
-def _load_metadata(outcome: BulkOutcome, elasticsearch: ElasticsearchResource, physical: str) -> dict:
+def _load_metadata(outcome: BulkOutcome, sink, physical: str) -> dict:
     return {
         "rows": outcome.indexed,
         "rejected": sum(outcome.rejected.values()),
@@ -98,9 +117,9 @@ def _load_metadata(outcome: BulkOutcome, elasticsearch: ElasticsearchResource, p
         "not_accepted_after_retries": sum(outcome.unavailable.values()),
         "failure_samples": dg.MetadataValue.json(outcome.samples),
         "stopped_by": outcome.error or "",
-        "index": elasticsearch.index,
+        "index": sink.alias,
         "physical_index": physical,
-        "parallel_requests": elasticsearch.parallel_requests,
+        "parallel_requests": sink.bulk_settings.parallel_requests,
         "seconds": round(outcome.seconds, 3),
         "documents_per_second": round(outcome.sent / outcome.seconds, 1) if outcome.seconds else 0.0,
     }

@@ -204,6 +204,14 @@ class ObjectStorage(dg.ConfigurableResource):
         if paths:
             self.filesystem().rm(paths)
 
+    def check_writable(self) -> None:
+        """Write a tiny hidden object under the prefix and remove it; raises what the store answers if it cannot."""
+        probe = self.path(f"_write_check_{uuid.uuid4().hex}")
+        fs = self.filesystem()
+        with fs.open(probe, "wb") as handle:
+            handle.write(b"ok")
+        fs.rm(probe)
+
 
 def row_groups(batches: Iterable[pa.RecordBatch | pa.Table], max_rows: int, max_bytes: int) -> Iterator[pa.Table]:
     """Regroup a stream of batches into tables of at most `max_rows` rows, cut early at `max_bytes`.

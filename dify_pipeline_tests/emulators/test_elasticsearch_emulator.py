@@ -20,10 +20,12 @@ from elasticsearch import (
 )
 
 from dify_pipeline.emulators.elasticsearch import (
+    FLAVOURS,
     ElasticsearchEmulator,
     ElasticsearchEmulatorConfig,
     ItemFault,
     RequestFault,
+    SigV4Credentials,
 )
 from dify_pipeline.emulators.server import RunningServer, serve_in_thread
 
@@ -89,7 +91,7 @@ def create_tickets(es: Elasticsearch, count: int = 30, refresh: bool = True) -> 
 
 def test_client_connects_and_its_product_check_passes(es: Elasticsearch) -> None:
     info = es.info()
-    assert info["version"]["number"] == "9.1.0"
+    assert info["version"]["number"] == "9.1.4"
     assert info["tagline"] == "You Know, for Search"
     assert es.ping() is True
 
@@ -102,6 +104,129 @@ def test_responses_carry_product_header_and_the_compatible_media_type(server: Ru
     too_old = httpx.get(server.url, headers={"Accept": "application/vnd.elasticsearch+json; compatible-with=7"})
     assert too_old.status_code == 400
     assert too_old.json()["error"]["type"] == "media_type_header_exception"
+
+
+def compatible(major: int, ndjson: bool = False) -> str:
+    return f"application/vnd.elasticsearch+{'x-ndjson' if ndjson else 'json'}; compatible-with={major}"
+
+
+def test_an_elasticsearch_8_node_refuses_the_9_client_with_the_real_error_and_accepts_compatible_with_8(
+    server: RunningServer, emulator: ElasticsearchEmulator, es: Elasticsearch
+) -> None:
+    emulator.configure(ElasticsearchEmulatorConfig(**FLAVOURS["elasticsearch-8"]))
+    with pytest.raises(BadRequestError) as refused:  # elasticsearch-py 9 says compatible-with=9
+        es.indices.create(index="tickets", mappings=TICKET_MAPPINGS)
+    assert refused.value.body == {
+        "error": {
+            "root_cause": [{"type": "media_type_header_exception",
+                            "reason": "Invalid media-type value on headers [Accept, Content-Type]"}],
+            "type": "media_type_header_exception",
+            "reason": "Invalid media-type value on headers [Accept, Content-Type]",
+            "caused_by": {"type": "status_exception", "reason": "Accept version must be either version 8 or 7, but "
+                          "found 9. Accept=application/vnd.elasticsearch+json; compatible-with=9"},
+        },
+        "status": 400,
+    }
+    with pytest.raises(BadRequestError) as head:  # a HEAD answer has no body: the client can only say 400
+        es.indices.exists(index="tickets")
+    assert str(head.value) == "BadRequestError(400, 'None')"
+    json_8 = {"Accept": compatible(8), "Content-Type": compatible(8)}
+    created = httpx.put(f"{server.url}/tickets", headers=json_8, json={"mappings": TICKET_MAPPINGS})
+    assert created.status_code == 200
+    assert created.headers["content-type"] == "application/vnd.elasticsearch+json;compatible-with=8"
+    assert httpx.get(server.url, headers={"Accept": "application/json"}).json()["version"]["number"].startswith("8.")
+    mixed = httpx.post(f"{server.url}/tickets/_count", headers={"Accept": compatible(8), "Content-Type": compatible(7)},
+                       json={"query": {"match_all": {}}})
+    assert mixed.status_code == 400
+    assert mixed.json()["error"]["caused_by"]["reason"].startswith(
+        "A compatible version is required on both Content-Type and Accept headers if either one has requested a "
+        "compatible version and the compatible versions must match.")
+    half = httpx.post(f"{server.url}/tickets/_count", headers={"Accept": compatible(8)}, json={})
+    assert half.status_code == 400 and "either one has requested a compatible version." in half.text
+
+
+def test_an_elasticsearch_9_node_accepts_compatible_with_8_and_9_but_not_7(
+    server: RunningServer, es: Elasticsearch
+) -> None:
+    for major in (8, 9):
+        answer = httpx.post(f"{server.url}/_bulk", headers={"Accept": compatible(major),
+                            "Content-Type": compatible(major, ndjson=True)}, content=b'{"index":{"_index":"t"}}\n{}\n')
+        assert answer.status_code == 200 and answer.headers["x-elastic-product"] == "Elasticsearch"
+    too_old = httpx.get(server.url, headers={"Accept": compatible(7)})
+    assert too_old.status_code == 400
+    assert too_old.json()["error"]["caused_by"]["reason"] == (
+        "Accept version must be either version 9 or 8, but found 7. Accept=" + compatible(7))
+    plain_text = httpx.post(f"{server.url}/t/_count", headers={"Content-Type": "text/plain"}, content=b"{}")
+    assert (plain_text.status_code, plain_text.json()) == (
+        406, {"error": "Content-Type header [text/plain] is not supported", "status": 406})
+
+
+def test_an_opensearch_node_is_not_elasticsearch_to_either_client(
+    server: RunningServer, emulator: ElasticsearchEmulator, es: Elasticsearch
+) -> None:
+    from opensearchpy import OpenSearch
+
+    emulator.configure(ElasticsearchEmulatorConfig(**FLAVOURS["opensearch"]))
+    info = httpx.get(server.url)
+    assert "x-elastic-product" not in info.headers
+    assert info.json()["version"]["distribution"] == "opensearch"
+    assert info.json()["tagline"] == "The OpenSearch Project: https://opensearch.org/"
+    vendor = httpx.put(f"{server.url}/tickets", headers={"Content-Type": compatible(9)}, json={})
+    assert (vendor.status_code, vendor.json()) == (
+        406, {"error": f"Content-Type header [{compatible(9)}] is not supported", "status": 406})
+    from elasticsearch import UnsupportedProductError
+
+    with pytest.raises(UnsupportedProductError):  # the official client checks the product on its first answer
+        es.info()
+    with OpenSearch(server.url) as client:
+        client.indices.create(index="tickets", body={"mappings": TICKET_MAPPINGS})
+        client.bulk(body=[{"index": {"_index": "tickets", "_id": "T-1"}}, ticket(1)], refresh=True)
+        assert client.count(index="tickets", body={"query": {"term": {"category": "shipping"}}})["count"] == 1
+
+
+def test_amazon_opensearch_service_accepts_only_requests_signed_with_the_known_credentials(
+    server: RunningServer, emulator: ElasticsearchEmulator, es: Elasticsearch
+) -> None:
+    from botocore.credentials import Credentials
+    from opensearchpy import OpenSearch, Urllib3AWSV4SignerAuth
+    from opensearchpy.exceptions import AuthorizationException
+
+    known = SigV4Credentials(access_key="AKIDEXAMPLE", secret_key="wJalrXUtnFEMI/K7MDENG", region="eu-west-1")
+    emulator.configure(ElasticsearchEmulatorConfig(**FLAVOURS["opensearch"], sigv4=known))
+
+    def client(access_key: str = known.access_key, secret_key: str = known.secret_key, region: str = "eu-west-1"):
+        signer = Urllib3AWSV4SignerAuth(Credentials(access_key, secret_key), region, "es")
+        return OpenSearch(server.url, http_auth=signer)
+
+    with client() as signed:
+        signed.indices.create(index="tickets", body={"mappings": TICKET_MAPPINGS})
+        signed.bulk(body=[{"index": {"_index": "tickets", "_id": "T-1"}}, ticket(1)], params={"refresh": "true"})
+        assert signed.count(index="tickets")["count"] == 1
+    refusals = {
+        "anonymous": (OpenSearch(server.url), "User: anonymous is not authorized to perform: es:ESHttpPost because "
+                      "no resource-based policy allows the es:ESHttpPost action"),
+        "wrong secret": (client(secret_key="guess"), "The request signature we calculated does not match"),
+        "unknown key": (client(access_key="AKIDOTHER"), "The security token included in the request is invalid."),
+        "other region": (client(region="us-east-1"), "Credential should be scoped to a valid region, not 'us-east-1'."),
+    }
+    for name, (wrong, message) in refusals.items():
+        with pytest.raises(AuthorizationException) as refused:
+            wrong.count(index="tickets")
+        assert refused.value.status_code == 403 and message in str(refused.value.info), name
+    tampered = httpx.post(f"{server.url}/tickets/_count", content=b'{"query":{"match_all":{}}}',
+                          headers={**_signed_headers(known, server.url + "/tickets/_count", b"{}"),
+                                   "Content-Type": "application/json"})
+    assert tampered.status_code == 403  # a body other than the one signed
+
+
+def _signed_headers(known: SigV4Credentials, url: str, body: bytes) -> dict:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(known.access_key, known.secret_key), "es", known.region).add_auth(request)
+    return dict(request.headers.items())
 
 
 # ---------------------------------------------------------------- indices and mappings
@@ -158,9 +283,13 @@ def test_single_document_crud_with_versions_and_create_conflict(es: Elasticsearc
     assert fetched["found"] and fetched["_version"] == 2 and fetched["_source"] == ticket(1)
     with pytest.raises(ConflictError):
         es.create(index="tickets", id="T-1", document=ticket(1))
-    es.update(index="tickets", id="T-1", doc={"priority": 4})
-    assert es.get(index="tickets", id="T-1", source_includes=["priority"])["_source"] == {"priority": 4}
-    assert es.delete(index="tickets", id="T-1")["result"] == "deleted"
+    current = fetched
+    with pytest.raises(ConflictError):  # a conditional write over a version that is no longer there
+        es.index(index="tickets", id="T-1", document=ticket(1), if_seq_no=current["_seq_no"] - 1, if_primary_term=1)
+    replaced = es.index(index="tickets", id="T-1", document=ticket(1), if_seq_no=current["_seq_no"], if_primary_term=1)
+    with pytest.raises(ConflictError):
+        es.delete(index="tickets", id="T-1", if_seq_no=current["_seq_no"], if_primary_term=1)
+    assert es.delete(index="tickets", id="T-1", if_seq_no=replaced["_seq_no"], if_primary_term=1)["result"] == "deleted"
     assert not es.exists(index="tickets", id="T-1")
     with pytest.raises(NotFoundError):
         es.get(index="tickets", id="T-1")
@@ -178,18 +307,6 @@ def test_bulk_with_ids_then_reindexing_the_same_ids_leaves_the_count_unchanged(
     assert es.get(index="tickets", id="T-7")["_version"] == 2
     assert emulator.stats()["bulk_items"]["index"] == {"created": 50, "updated": 50}
     assert len(emulator.documents("tickets")) == 50
-
-
-def test_bulk_update_with_doc_as_upsert_and_delete(es: Elasticsearch) -> None:
-    create_tickets(es, count=3)
-    actions = [
-        {"_op_type": "update", "_index": "tickets", "_id": "T-1", "doc": {"priority": 4}},
-        {"_op_type": "update", "_index": "tickets", "_id": "T-9", "doc": ticket(9), "doc_as_upsert": True},
-        {"_op_type": "delete", "_index": "tickets", "_id": "T-2"},
-    ]
-    results = [item for ok, item in helpers.streaming_bulk(es, actions, refresh=True)]
-    assert [r.popitem()[1]["result"] for r in results] == ["updated", "created", "deleted"]
-    assert sorted(hit["_id"] for hit in es.search(index="tickets")["hits"]["hits"]) == ["T-0", "T-1", "T-9"]
 
 
 def test_writes_reach_search_and_count_only_after_a_refresh(es: Elasticsearch) -> None:
@@ -301,29 +418,26 @@ def test_parallel_bulk_indexes_everything(es: Elasticsearch) -> None:
 # ---------------------------------------------------------------- search, count, delete_by_query
 
 
-def test_search_term_range_bool_match_and_terms_aggregation(es: Elasticsearch) -> None:
+def test_search_term_terms_bool_and_terms_aggregation(es: Elasticsearch) -> None:
     create_tickets(es, count=30)
     billing = es.search(index="tickets", query={"term": {"category": "billing"}}, size=100)
     assert {hit["_source"]["category"] for hit in billing["hits"]["hits"]} == {"billing"}
     assert billing["hits"]["total"] == {"value": 10, "relation": "eq"}
     assert es.count(index="tickets", query={"term": {"category": "Billing"}})["count"] == 0  # keyword is exact
-    assert es.count(index="tickets", query={"range": {"priority": {"gte": 3}}})["count"] == 12
-    in_march = {"range": {"created_at": {"gte": "2024-03-10T00:00:00Z", "lt": "2024-03-20"}}}
-    assert es.count(index="tickets", query=in_march)["count"] == 10
+    assert es.count(index="tickets", query={"term": {"created_at": "2024-03-02T08:00:00Z"}})["count"] == 2  # instants
     combined = {
         "bool": {
             "filter": [{"term": {"customer.tier": "gold"}}],
             "must_not": [{"term": {"category": "shipping"}}],
-            "should": [{"term": {"escalated": True}}, {"range": {"priority": {"lte": 1}}}],
+            "should": [{"term": {"escalated": True}}, {"terms": {"priority": [0, 1]}}],
             "minimum_should_match": 1,
         }
     }
     expected = [n for n in range(30) if n % 2 and n % 3 != 1 and (n % 4 == 0 or n % 5 <= 1)]
     found = es.search(index="tickets", query=combined, size=100)["hits"]["hits"]
     assert sorted(hit["_id"] for hit in found) == sorted(f"T-{n}" for n in expected)
-    assert es.count(index="tickets", query={"match": {"summary": "INVOICE"}})["count"] == 30
-    assert es.count(index="tickets", query={"term": {"summary": "Invoice"}})["count"] == 0  # text is lower-cased
-    assert es.count(index="tickets", query={"ids": {"values": ["T-1", "T-2", "nope"]}})["count"] == 2
+    assert es.count(index="tickets", query={"term": {"summary": "invoice"}})["count"] == 30  # one lower-cased token
+    assert es.count(index="tickets", query={"term": {"summary": "Invoice"}})["count"] == 0
     assert es.count(index="tickets", query={"terms": {"category": ["billing", "account"]}})["count"] == 20
     aggs = es.search(index="tickets", size=0, aggs={"by_category": {"terms": {"field": "category", "size": 2}}})
     assert aggs["hits"]["hits"] == []
@@ -332,36 +446,13 @@ def test_search_term_range_bool_match_and_terms_aggregation(es: Elasticsearch) -
     assert by_category["sum_other_doc_count"] == 10
 
 
-def test_search_sorts_pages_filters_source_and_caps_total_hits(es: Elasticsearch) -> None:
-    create_tickets(es, count=30)
-    page = es.search(
-        index="tickets",
-        sort=[{"priority": "desc"}, {"ticket_id": "asc"}],
-        from_=2,
-        size=3,
-        source=["ticket_id", "customer.tier"],
-        track_total_hits=5,
-    )
-    assert page["hits"]["total"] == {"value": 5, "relation": "gte"}
-    assert [hit["_id"] for hit in page["hits"]["hits"]] == ["T-24", "T-29", "T-4"]
-    assert page["hits"]["hits"][0]["_source"] == {"ticket_id": "T-24", "customer": {"tier": "silver"}}
-    assert page["hits"]["hits"][0]["sort"] == [4, "T-24"]
-    with pytest.raises(BadRequestError) as on_text:
-        es.search(index="tickets", sort=["summary"])
-    assert on_text.value.error == "search_phase_execution_exception"
-
-
 def test_unknown_query_is_refused_with_bad_request(es: Elasticsearch) -> None:
     create_tickets(es, count=1)
     with pytest.raises(BadRequestError) as refused:
         es.search(index="tickets", query={"fuzzy_magic": {"summary": "x"}})
     assert refused.value.error == "parsing_exception"
-
-
-def test_scan_reads_every_document_through_scroll(es: Elasticsearch) -> None:
-    create_tickets(es, count=25)
-    scanned = list(helpers.scan(es, index="tickets", query={"query": {"term": {"category": "billing"}}}, size=4))
-    assert sorted(hit["_id"] for hit in scanned) == sorted(f"T-{n}" for n in range(0, 25, 3))
+    with pytest.raises(BadRequestError):  # what the pipeline never sends is refused, not answered wrongly
+        es.search(index="tickets", query={"match": {"summary": "x"}}, sort=["ticket_id"])
 
 
 def test_delete_by_query_on_a_term_removes_exactly_those_documents(es: Elasticsearch) -> None:
@@ -382,10 +473,10 @@ def test_delete_by_query_sees_only_refreshed_documents_and_reports_conflicts(es:
     assert (conflict.value.body["deleted"], conflict.value.body["version_conflicts"]) == (1, 1)
     response = es.delete_by_query(index="tickets", query={"match_all": {}}, conflicts="proceed", refresh=True)
     assert (response["deleted"], response["version_conflicts"]) == (4, 2)  # T-0 changed, T-3 already deleted
-    assert sorted(hit["_id"] for hit in es.search(index="tickets")["hits"]["hits"]) == ["T-0", "T-6", "T-7", "T-8"]
+    assert sorted(hit["_id"] for hit in es.search(index="tickets", size=20)["hits"]["hits"]) == ["T-0", "T-6", "T-7", "T-8"]
 
 
-# ---------------------------------------------------------------- aliases and templates
+# ---------------------------------------------------------------- aliases
 
 
 def test_aliases_resolve_reads_and_writes_and_change_atomically(es: Elasticsearch) -> None:
@@ -416,25 +507,6 @@ def test_aliases_resolve_reads_and_writes_and_change_atomically(es: Elasticsearc
         es.index(index="all", id="T-3", document=ticket(3))
 
 
-def test_an_index_template_shapes_an_index_auto_created_by_a_write(es: Elasticsearch) -> None:
-    es.indices.put_index_template(
-        name="tickets",
-        index_patterns=["tickets-*"],
-        priority=10,
-        template={"mappings": TICKET_MAPPINGS, "aliases": {"tickets-all": {}}},
-    )
-    assert es.indices.exists_index_template(name="tickets")
-    assert es.indices.get_index_template(name="tickets")["index_templates"][0]["name"] == "tickets"
-    with_extra_field = [{**action, "extra": 1} for action in ticket_actions(range(2), "tickets-2024")]
-    outcome = list(helpers.streaming_bulk(es, with_extra_field, raise_on_error=False))
-    assert [info["index"]["error"]["type"] for _, info in outcome] == ["strict_dynamic_mapping_exception"] * 2
-    assert es.indices.get_mapping(index="tickets-2024")["tickets-2024"]["mappings"] == TICKET_MAPPINGS
-    assert "tickets-all" in es.indices.get_alias(index="tickets-2024")["tickets-2024"]["aliases"]
-    es.indices.delete_index_template(name="tickets")
-    with pytest.raises(NotFoundError):
-        es.indices.get_index_template(name="tickets")
-
-
 # ---------------------------------------------------------------- authentication and control
 
 
@@ -447,7 +519,7 @@ def test_api_key_is_required_when_configured(
     assert refused.value.error == "security_exception"
     assert httpx.get(server.url).headers["www-authenticate"] == "ApiKey"
     with Elasticsearch(server.url, api_key=("secret", "key")) as authorised:  # base64("secret:key")
-        assert authorised.info()["version"]["number"] == "9.1.0"
+        assert authorised.info()["version"]["number"] == "9.1.4"
     with Elasticsearch(server.url, api_key="wrong") as wrong:
         with pytest.raises(AuthenticationException):
             wrong.info()

@@ -47,7 +47,7 @@ query Backfill($id: String!) {
     __typename
     ... on PartitionBackfill {
       status
-      runs(limit: 100) {
+      runs {
         runId status startTime endTime tags { key value } stepStats { stepKey status startTime endTime }
       }
     }

@@ -1,4 +1,5 @@
-"""tickets_elasticsearch against the Elasticsearch emulator over real HTTP, with the official client unchanged.
+"""tickets_elasticsearch against the search emulator over real HTTP, as Elasticsearch 8, Elasticsearch 9 and
+OpenSearch, with the official clients unchanged (elasticsearch-py for the first two, opensearch-py).
 
 The emulator injects per-item 429 / mapping errors and whole-request 429 / 503, and counts what it receives,
 so "retried" and "nothing duplicated" are read from the server's side.
@@ -13,17 +14,22 @@ import time
 import uuid
 
 import dagster as dg
+import httpx
 import pytest
 import uvicorn
-from elastic_transport import TlsError
-from elasticsearch import AuthenticationException, Elasticsearch
 
 from dify_pipeline.checks import elasticsearch_matches_parquet
-from dify_pipeline.emulators.elasticsearch import ElasticsearchEmulatorConfig, ItemFault, RequestFault
+from dify_pipeline.emulators.elasticsearch import (
+    FLAVOURS,
+    ElasticsearchEmulatorConfig,
+    ItemFault,
+    RequestFault,
+    SigV4Credentials,
+)
 from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping
 from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
 from dify_pipeline.publish.parquet_assets import tickets_parquet
-from dify_pipeline.resources.elasticsearch import ElasticsearchResource
+from dify_pipeline.resources.search import SearchCluster, SearchClusterError
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.settings import PipelineSettings
 from dify_pipeline_tests.integration.conftest import PUBLISH_DAY
@@ -31,19 +37,31 @@ from dify_pipeline_tests.integration.conftest import PUBLISH_DAY
 OTHER_DAY = "2026-11-19"
 
 
+@pytest.fixture(params=sorted(FLAVOURS))
+def flavour(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def emulator(es_emulator):
-    """The session's emulator, data reset; faults set by a test are cleared after it."""
+def emulator(es_emulator, flavour):
+    """The session's emulator speaking as `flavour`, data reset; what a test configures is undone after it."""
+    es_emulator.flavour = FLAVOURS[flavour]
+    es_emulator.configure(ElasticsearchEmulatorConfig(**es_emulator.flavour))
     yield es_emulator
     es_emulator.configure(ElasticsearchEmulatorConfig())
 
 
+def configure(emulator, **settings) -> None:
+    """The emulator as its flavour, with faults or credentials."""
+    emulator.configure(ElasticsearchEmulatorConfig(**emulator.flavour, **settings))
+
+
 @pytest.fixture
-def es(emulator) -> ElasticsearchResource:
+def es(emulator) -> SearchCluster:
     """A fresh alias per test; short backoffs so retries take milliseconds."""
-    return ElasticsearchResource(
-        url=emulator.url, index=f"tickets_{uuid.uuid4().hex[:8]}", chunk_size=100, parallel_requests=3,
-        initial_backoff_seconds=0.01, max_backoff_seconds=0.05,
+    return SearchCluster(
+        url=emulator.url, engine=emulator.flavour["product"], index=f"tickets_{uuid.uuid4().hex[:8]}",
+        chunk_size=100, parallel_requests=3, initial_backoff_seconds=0.01, max_backoff_seconds=0.05,
     )
 
 
@@ -52,17 +70,18 @@ def output(tmp_path) -> ObjectStorage:
     return ObjectStorage(url=str(tmp_path / "published"))
 
 
-def variant(es: ElasticsearchResource, changes: dict) -> ElasticsearchResource:
+def variant(es: SearchCluster, changes: dict) -> SearchCluster:
     """The same resource with some settings changed (a new instance: Dagster keeps a resource's original config)."""
-    return ElasticsearchResource(**{**es.model_dump(), **changes})
+    return SearchCluster(**{**es.model_dump(), **changes})
 
 
-def load(es: ElasticsearchResource, stage: ObjectStorage, output: ObjectStorage, day: str = PUBLISH_DAY):
-    """Publish the day's Parquet (the check's reference) and load Elasticsearch, then run the count check."""
+def load(es: SearchCluster, stage: ObjectStorage, output: ObjectStorage, day: str = PUBLISH_DAY):
+    """Publish the day's Parquet (the check's reference) and load the index, then run the count check."""
     return dg.materialize(
         [tickets_parquet, tickets_elasticsearch, elasticsearch_matches_parquet], partition_key=day,
         raise_on_error=False,
-        resources={"stage_storage": stage, "parquet_output": output, "elasticsearch": es, "settings": PipelineSettings()},
+        resources={"stage_storage": stage, "parquet_output": output, "elasticsearch": es,
+                   "settings": PipelineSettings()},
     )
 
 
@@ -81,7 +100,7 @@ def check(result) -> tuple[bool, dict]:
     return evaluation.passed, {key: value.value for key, value in evaluation.metadata.items()}
 
 
-def summaries(emulator, es: ElasticsearchResource, day: str = PUBLISH_DAY) -> dict[str, str]:
+def summaries(emulator, es: SearchCluster, day: str = PUBLISH_DAY) -> dict[str, str]:
     documents = emulator.documents(es.physical_index(MAPPING_VERSION))
     return {doc_id: source["summary"] for doc_id, source in documents.items() if source["dt"] == day}
 
@@ -89,6 +108,11 @@ def summaries(emulator, es: ElasticsearchResource, day: str = PUBLISH_DAY) -> di
 def indexed_items(emulator) -> dict:
     """Bulk items the server applied, by result: `created` counts first writes, `updated` overwrites."""
     return emulator.stats()["bulk_items"].get("index", {})
+
+
+def read(emulator, path: str) -> dict:
+    """A GET on the emulator in plain JSON, which every flavour answers."""
+    return httpx.get(f"{emulator.url}{path}", headers={"Accept": "application/json"}).json()
 
 
 # -- a day in the index ----------------------------------------------------------------------------
@@ -105,12 +129,12 @@ def test_a_day_is_indexed_by_record_key_into_the_versioned_index_behind_the_alia
     assert metadata["physical_index"] == f"{es.index}-v{MAPPING_VERSION}"
     assert metadata["alias_targets"] == [metadata["physical_index"]]
     assert check(result)[0]
+    assert metadata["cluster"] == f"{emulator.flavour['product']} {emulator.flavour['version']}"
 
-    client = Elasticsearch(emulator.url)
-    document = client.get(index=es.index, id="42")["_source"]  # readers use the alias
+    document = read(emulator, f"/{es.index}/_doc/42")["_source"]  # readers use the alias
     assert document["summary"] == "a: summary of 42" and document["dt"] == PUBLISH_DAY
     assert document["attributes"] == {"id": 42, "customer_tier": "standard"}
-    mapping = client.indices.get_mapping(index=es.index)[metadata["physical_index"]]["mappings"]
+    mapping = read(emulator, f"/{es.index}/_mapping")[metadata["physical_index"]]["mappings"]
     assert mapping["dynamic"] == "strict"
     assert mapping["_meta"] == {"dify_pipeline_mapping_version": MAPPING_VERSION}
     assert mapping["properties"]["dt"] == {"type": "date", "format": "yyyy-MM-dd"}
@@ -148,18 +172,40 @@ def test_a_rerun_removes_documents_that_left_the_day_and_leaves_other_days_alone
     assert list(metadata["documents_by_load"].values()) == [100]  # one load, no survivors of the old one
 
 
+def test_an_emptied_day_leaves_no_documents_and_a_shrunk_day_only_its_records(
+    emulator, es, publish_stage, output, write_enriched_day
+):
+    write_enriched_day(range(0, 300), tag="full")
+    assert load(es, publish_stage, output).success
+    write_enriched_day(range(1000, 1010), tag="other", day=OTHER_DAY)
+    assert load(es, publish_stage, output, OTHER_DAY).success
+
+    write_enriched_day(range(0, 40), tag="shrunk")
+    shrunk = load(es, publish_stage, output)
+    assert shrunk.success and es_metadata(shrunk)["stale_deleted"] == 260
+    assert summaries(emulator, es) == {str(k): f"shrunk: summary of {k}" for k in range(40)}
+
+    write_enriched_day([], tag="empty")  # the stage holds one empty shard: the source has no row for the day
+    emptied = load(es, publish_stage, output)
+    assert emptied.success and check(emptied)[0]
+    metadata = es_metadata(emptied)
+    assert (metadata["rows"], metadata["stale_deleted"], metadata["documents_for_day"]) == (0, 40, 0)
+    assert summaries(emulator, es) == {}
+    assert len(summaries(emulator, es, OTHER_DAY)) == 10  # another day is left alone
+
+
 # -- per-item errors and retries -------------------------------------------------------------------
 
 
-def test_a_document_with_a_mapping_error_is_reported_fails_the_check_and_loses_no_other(
+def test_a_document_with_a_mapping_error_is_reported_fails_the_blocking_check_and_loses_no_other(
     emulator, es, publish_stage, output, write_enriched_day
 ):
-    emulator.configure(ElasticsearchEmulatorConfig(item_faults=[ItemFault(kind="mapping_error", id_contains="277")]))
+    configure(emulator, item_faults=[ItemFault(kind="mapping_error", id_contains="277")])
     write_enriched_day(range(0, 400))
     result = load(es, publish_stage, output)
 
-    assert result.success  # the asset loaded what it could and says what it could not
-    metadata = es_metadata(result)
+    assert not result.success  # the blocking check fails the run, in red
+    metadata = es_metadata(result)  # the asset loaded what it could and says what it could not
     assert metadata["rows"] == 399 and metadata["rejected"] == 1
     assert metadata["rejected_by_type"] == {"document_parsing_exception": 1}
     assert [(s["_id"], s["status"]) for s in metadata["failure_samples"]] == [("277", 400)]
@@ -171,7 +217,7 @@ def test_a_document_with_a_mapping_error_is_reported_fails_the_check_and_loses_n
 def test_documents_rejected_with_429_are_retried_with_backoff_and_arrive_once(
     emulator, es, publish_stage, output, write_enriched_day
 ):
-    emulator.configure(ElasticsearchEmulatorConfig(item_faults=[ItemFault(kind="rejected_429", every_nth=7, times=2)]))
+    configure(emulator, item_faults=[ItemFault(kind="rejected_429", every_nth=7, times=2)])
     write_enriched_day(range(0, 600))
     result = load(es, publish_stage, output)
 
@@ -187,16 +233,16 @@ def test_documents_rejected_with_429_are_retried_with_backoff_and_arrive_once(
 def test_whole_requests_refused_with_429_and_503_for_a_while_are_retried_and_nothing_is_duplicated(
     emulator, es, publish_stage, output, write_enriched_day
 ):
-    emulator.configure(ElasticsearchEmulatorConfig(request_faults=[
-        RequestFault(status=429, path_contains="_bulk", first_n=6), RequestFault(status=503, path_contains="_bulk", first_n=6),
-    ]))
+    # Each request is tried 4 times by the client (3 retries), then a 429 again by the bulk helper, with backoff.
+    configure(emulator, request_faults=[RequestFault(status=503, path_contains="_bulk", first_n=3),
+                                        RequestFault(status=429, path_contains="_bulk", first_n=9)])
     write_enriched_day(range(0, 500))
     result = load(es, publish_stage, output)
 
     assert result.success and check(result)[0]
     stats = emulator.stats()
     assert stats["request_faults_injected"] == 12
-    assert stats["responses_by_status"]["429"] >= 6 and stats["responses_by_status"]["503"] >= 6
+    assert stats["responses_by_status"]["429"] == 9 and stats["responses_by_status"]["503"] == 3
     assert indexed_items(emulator) == {"created": 500}
     assert es_metadata(result)["rows"] == 500
 
@@ -207,9 +253,7 @@ def test_a_cluster_unavailable_beyond_the_retries_fails_the_load_and_keeps_the_p
     write_enriched_day(range(0, 200), tag="old")
     assert load(es, publish_stage, output).success
 
-    emulator.configure(ElasticsearchEmulatorConfig(
-        request_faults=[RequestFault(status=503, path_contains="_bulk", first_n=10_000)],
-    ))
+    configure(emulator, request_faults=[RequestFault(status=503, path_contains="_bulk", first_n=10_000)])
     write_enriched_day(range(100, 300), tag="new")
     result = load(variant(es, {"max_retries": 1}), publish_stage, output)
 
@@ -242,34 +286,69 @@ def test_an_unreadable_shard_stops_the_load_and_deletes_nothing(
 # -- security and the alias ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("credentials", ["api_key", "basic"])
-def test_api_key_and_basic_auth(emulator, es, publish_stage, output, write_enriched_day, credentials):
-    if credentials == "api_key":
-        emulator.configure(ElasticsearchEmulatorConfig(api_key="c2VjcmV0LWlkOnNlY3JldC1rZXk="))
-        good = variant(es, {"api_key": "c2VjcmV0LWlkOnNlY3JldC1rZXk="})
-        bad = variant(es, {"api_key": "d3Jvbmc="})
-    else:
-        emulator.configure(ElasticsearchEmulatorConfig(basic_auth=("pipeline", "s3cret")))
-        good = variant(es, {"username": "pipeline", "password": "s3cret"})
-        bad = variant(es, {"username": "pipeline", "password": "wrong"})
+def test_basic_auth(emulator, es, publish_stage, output, write_enriched_day):
+    configure(emulator, basic_auth=("pipeline", "s3cret"))
     write_enriched_day(range(0, 50))
 
-    assert load(good, publish_stage, output).success
+    assert load(variant(es, {"username": "pipeline", "password": "s3cret"}), publish_stage, output).success
     assert len(summaries(emulator, es)) == 50
     started = time.monotonic()
-    with pytest.raises(AuthenticationException):
-        bad.ensure_index(bad.client(), index_mapping([], []), MAPPING_VERSION)
+    with pytest.raises(SearchClusterError, match="refused the credentials .* ELASTICSEARCH_USERNAME/"):
+        variant(es, {"username": "pipeline", "password": "wrong"}).connect()
     assert time.monotonic() - started < 2  # a wrong credential is not retried
+
+
+def test_an_api_key_on_elasticsearch(emulator, es, publish_stage, output, write_enriched_day, flavour):
+    if emulator.flavour["product"] == "opensearch":
+        with pytest.raises(SearchClusterError, match="ELASTICSEARCH_API_KEY is for Elasticsearch"):
+            variant(es, {"api_key": "c2VjcmV0LWlkOnNlY3JldC1rZXk="}).connect()
+        return
+    configure(emulator, api_key="c2VjcmV0LWlkOnNlY3JldC1rZXk=")
+    write_enriched_day(range(0, 50))
+    assert load(variant(es, {"api_key": "c2VjcmV0LWlkOnNlY3JldC1rZXk="}), publish_stage, output).success
+    assert len(summaries(emulator, es)) == 50
+    with pytest.raises(SearchClusterError, match="refused the credentials .* ELASTICSEARCH_API_KEY"):
+        variant(es, {"api_key": "d3Jvbmc="}).connect()
+
+
+@pytest.mark.parametrize("flavour", ["opensearch"])
+def test_amazon_opensearch_service_is_reached_with_sigv4_from_the_aws_credential_chain(
+    emulator, es, publish_stage, output, write_enriched_day, monkeypatch
+):
+    """Every request signed (the emulator recomputes each signature); the credentials come from the standard AWS
+    variables, as on a machine with a role they come from the instance."""
+    known = SigV4Credentials(access_key="AKIDPIPELINE", secret_key="pipeline-secret", region="eu-central-1")
+    configure(emulator, sigv4=known)
+    for name, value in {"AWS_ACCESS_KEY_ID": known.access_key, "AWS_SECRET_ACCESS_KEY": known.secret_key,
+                        "AWS_REGION": "eu-central-1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    write_enriched_day(range(0, 120))
+
+    signed = variant(es, {"aws_sigv4": True})
+    result = load(signed, publish_stage, output)
+    assert result.success and check(result)[0]
+    assert len(summaries(emulator, es)) == 120
+    assert emulator.stats()["responses_by_status"].keys() <= {"200", "201", "404"}
+    with pytest.raises(SearchClusterError, match="refused the credentials .* AWS"):
+        variant(es, {"aws_sigv4": True, "aws_region": "us-west-2"}).connect()  # a signature for another region
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "stolen-or-stale")
+    with pytest.raises(SearchClusterError, match="refused the credentials"):
+        signed.connect()
+    with pytest.raises(SearchClusterError, match="refused the credentials"):  # unsigned
+        es.connect()
 
 
 def test_basic_auth_from_the_environment_reaches_the_cluster(emulator, es, publish_stage, output, write_enriched_day,
                                                              monkeypatch):
-    """The code location's resources (definitions.build_resources) take basic auth from the environment; the
-    password travels as an EnvVar, resolved by Dagster at run time."""
+    """The code location's resources (definitions.build_resources) take the engine and basic auth from the
+    environment; the password travels as an EnvVar, resolved by Dagster at run time."""
     from dify_pipeline.definitions import build_resources
 
-    emulator.configure(ElasticsearchEmulatorConfig(basic_auth=("pipeline", "env-s3cret")))
+    configure(emulator, basic_auth=("pipeline", "env-s3cret"))
     for name, value in {"ELASTICSEARCH_URL": emulator.url, "ELASTICSEARCH_INDEX": es.index,
+                        "SEARCH_ENGINE": emulator.flavour["product"],
                         "ELASTICSEARCH_USERNAME": "pipeline", "ELASTICSEARCH_PASSWORD": "env-s3cret"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("ELASTICSEARCH_API_KEY", raising=False)
@@ -300,36 +379,36 @@ def test_tls_with_a_private_ca_file(emulator, es, publish_stage, output, write_e
         assert load(variant(es, {"url": url, "ca_file": ca_file}), publish_stage, output).success
         assert len(summaries(emulator, es)) == 30
         untrusting = variant(es, {"url": url})
-        with pytest.raises(TlsError) as refused:  # the server's certificate is not trusted without the CA file
-            untrusting.client().options(max_retries=0).info()
-        assert "CERTIFICATE_VERIFY_FAILED" in repr(refused.value.errors) + str(refused.value.__cause__)
+        with pytest.raises(SearchClusterError, match="cannot be reached") as refused:  # no CA file: not trusted
+            untrusting.connect()
+        assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
 
 
 def test_a_new_mapping_version_is_filled_behind_the_alias_then_swapped_in_one_step(emulator, es):
-    client = Elasticsearch(emulator.url)
-    mapping = index_mapping(["subject"], [])
-    v1 = es.ensure_index(client, mapping, 1)
-    client.index(index=es.index, id="a", document={"dt": PUBLISH_DAY, "record_key": "a"}, refresh=True)
+    with es.connect() as sink:
+        mapping = index_mapping(["subject"], [])
+        v1 = sink.ensure_index(mapping, 1)
+        sink.create_document(es.index, "a", {"dt": PUBLISH_DAY, "record_key": "a"})
 
-    v2 = es.ensure_index(client, {**mapping, "properties": {**mapping["properties"], "new_field": {"type": "keyword"}}}, 2)
-    assert (v1, v2) == (f"{es.index}-v1", f"{es.index}-v2")
-    assert es.alias_targets(client) == [v1]  # readers stay on the filled index while v2 is loaded
-    client.index(index=v2, id="a", document={"dt": PUBLISH_DAY, "record_key": "a", "new_field": "x"}, refresh=True)
+        v2 = sink.ensure_index({**mapping, "properties": {**mapping["properties"], "new_field": {"type": "keyword"}}}, 2)
+        assert (v1, v2) == (f"{es.index}-v1", f"{es.index}-v2")
+        assert sink.alias_targets() == [v1]  # readers stay on the filled index while v2 is loaded
+        sink.create_document(v2, "a", {"dt": PUBLISH_DAY, "record_key": "a", "new_field": "x"})
 
-    es.swap_alias(client, 2)
-    assert es.alias_targets(client) == [v2]
-    assert client.get(index=es.index, id="a")["_source"]["new_field"] == "x"
-    assert client.indices.get_alias(name=es.index)[v2]["aliases"][es.index]["is_write_index"] is True
+        sink.swap_alias(2)
+        assert sink.alias_targets() == [v2]
+        assert sink.read_document(es.index, "a")[0]["new_field"] == "x"
+    assert read(emulator, f"/_alias/{es.index}")[v2]["aliases"][es.index]["is_write_index"] is True
 
 
 def test_a_column_added_to_the_source_is_added_to_the_existing_index(emulator, es):
-    client = Elasticsearch(emulator.url)
-    physical = es.ensure_index(client, index_mapping(["subject"], []), MAPPING_VERSION)
-    es.ensure_index(client, index_mapping(["subject", "title"], ["closed_at"]), MAPPING_VERSION)
-    properties = client.indices.get_mapping(index=physical)[physical]["mappings"]["properties"]
+    with es.connect() as sink:
+        physical = sink.ensure_index(index_mapping(["subject"], []), MAPPING_VERSION)
+        sink.ensure_index(index_mapping(["subject", "title"], ["closed_at"]), MAPPING_VERSION)
+    properties = read(emulator, f"/{physical}/_mapping")[physical]["mappings"]["properties"]
     assert properties["title"] == {"type": "text"} and properties["closed_at"] == {"type": "date"}
 
 

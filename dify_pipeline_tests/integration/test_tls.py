@@ -1,11 +1,10 @@
-"""TLS verification is on by default for Dify and Elasticsearch; a private CA is trusted through a CA file."""
+"""TLS verification is on by default for Dify and the search cluster; a private CA is trusted through a CA file."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
 
-import elastic_transport
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -13,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dify_pipeline.emulators.dify import DifyApp, DifyEmulator, DifyEmulatorConfig
-from dify_pipeline.emulators.elasticsearch import ElasticsearchEmulator
+from dify_pipeline.emulators.elasticsearch import FLAVOURS, ElasticsearchEmulator, ElasticsearchEmulatorConfig
 from dify_pipeline.emulators.server import serve_in_thread
 from dify_pipeline.resources.dify import DifyFatalError, DifyResource
-from dify_pipeline.resources.elasticsearch import ElasticsearchResource
+from dify_pipeline.resources.search import SearchCluster, SearchClusterError
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +54,12 @@ def test_dify_over_tls_refuses_an_unknown_authority_and_trusts_a_given_ca_file(p
     assert server.url.startswith("https://")
 
 
-def test_elasticsearch_over_tls_refuses_an_unknown_authority_and_trusts_a_given_ca_file(private_ca):
-    with serve_in_thread(ElasticsearchEmulator().app, certfile=private_ca["cert"], keyfile=private_ca["key"]) as server:
-        with pytest.raises(elastic_transport.TlsError):
-            ElasticsearchResource(url=server.url).client().info()
-        assert ElasticsearchResource(url=server.url, ca_file=private_ca["ca"]).client().info()["tagline"]
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_the_search_cluster_over_tls_refuses_an_unknown_authority_and_trusts_a_given_ca_file(private_ca, flavour):
+    emulator = ElasticsearchEmulator(ElasticsearchEmulatorConfig(**FLAVOURS[flavour]))
+    engine = FLAVOURS[flavour]["product"]
+    with serve_in_thread(emulator.app, certfile=private_ca["cert"], keyfile=private_ca["key"]) as server:
+        with pytest.raises(SearchClusterError, match="ELASTICSEARCH_URL=https://.* cannot be reached.*CERTIFICATE"):
+            SearchCluster(url=server.url, engine=engine).connect()
+        with SearchCluster(url=server.url, engine=engine, ca_file=private_ca["ca"]).connect() as sink:
+            assert sink.cluster.version == FLAVOURS[flavour]["version"]

@@ -148,7 +148,7 @@ def test_a_row_with_only_pipeline_columns_has_empty_attributes():
 import pyarrow as pa  # noqa: E402
 
 from dify_pipeline.publish.documents import batch_documents, day_query  # noqa: E402
-from dify_pipeline.resources.elasticsearch import BulkOutcome  # noqa: E402
+from dify_pipeline.resources.search import BulkOutcome  # noqa: E402
 
 
 def as_instants(document: dict) -> dict:

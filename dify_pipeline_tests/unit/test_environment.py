@@ -129,6 +129,11 @@ BAD_SETTINGS = [
      "(then a profile or an instance role gives the credentials)"),
     ("ELASTICSEARCH_PASSWORD", "es-pw",
      "ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD go together (basic auth): set both, or neither"),
+    ("SEARCH_ENGINE", "solr",
+     "SEARCH_ENGINE='solr': must be 'elasticsearch' or 'opensearch'; e.g. SEARCH_ENGINE=elasticsearch"),
+    ("OPENSEARCH_AUTH", "iam", "OPENSEARCH_AUTH='iam': must be 'basic' or 'sigv4'; e.g. OPENSEARCH_AUTH=sigv4"),
+    ("OPENSEARCH_AUTH", "sigv4",
+     "OPENSEARCH_AUTH=sigv4 needs SEARCH_ENGINE=opensearch: Elasticsearch has no AWS signing"),
 ]
 
 
@@ -207,6 +212,14 @@ def test_values_are_typed_and_normalized():
     assert environment.result_cache_enabled is False
     assert environment.source_timezone is None and environment.pipeline_timezone == "UTC"
     assert environment.state_dir == Path("/opt/dagster/home/dify_pipeline")
+
+
+def test_an_api_key_is_for_elasticsearch_only():
+    with pytest.raises(ConfigurationError) as raised:
+        read_environment({**GOOD, "SEARCH_ENGINE": "opensearch", "ELASTICSEARCH_API_KEY": "bXlfaWQ6bXlfa2V5"})
+    assert raised.value.problems == ["ELASTICSEARCH_API_KEY is for Elasticsearch; OpenSearch takes basic auth "
+                                     "(ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD) or OPENSEARCH_AUTH=sigv4"]
+    read_environment({**GOOD, "SEARCH_ENGINE": "opensearch", "OPENSEARCH_AUTH": "sigv4"})
 
 
 def test_mysqlclient_and_sqlite_urls_are_accepted():
