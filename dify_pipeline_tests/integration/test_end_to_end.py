@@ -120,7 +120,7 @@ def _published_keys(env, day: str) -> tuple[list[str], list[str]]:
     parquet = [k for k, dt in zip(table.column("record_key").to_pylist(), table.column("dt").to_pylist()) if dt == day]
     client = Elasticsearch(env["ELASTICSEARCH_URL"])
     client.indices.refresh(index=env["ELASTICSEARCH_INDEX"])
-    found = client.search(index=env["ELASTICSEARCH_INDEX"], query={"term": {"dt": day}}, size=10_000, _source=False)
+    found = client.search(index=env["ELASTICSEARCH_INDEX"], query={"term": {"dt": day}}, size=10_000)
     return sorted(parquet), sorted(hit["_id"] for hit in found["hits"]["hits"])
 
 
