@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from dify_pipeline.environment import read_environment
+
 # Read at load time: a partitions definition cannot change between runs of one deployment.
-PIPELINE_TIMEZONE = os.getenv("PIPELINE_TIMEZONE", "UTC")
-PIPELINE_START_DATE = os.getenv("PIPELINE_START_DATE", "2026-01-01")
+_environment = read_environment(require=False)
+PIPELINE_TIMEZONE = _environment.pipeline_timezone
+PIPELINE_START_DATE = _environment.pipeline_start_date
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=PIPELINE_START_DATE, timezone=PIPELINE_TIMEZONE)
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
+
+from dify_pipeline.environment import read_environment
 
 daily_enrichment_job = dg.define_asset_job("daily_enrichment", selection=dg.AssetSelection.groups("tickets"))
 
 # At SCHEDULE_HOUR:SCHEDULE_MINUTE in the partitions' zone (PIPELINE_TIMEZONE), for the last complete day there.
 # Stopped until turned on in the UI, so a deploy never spends money by surprise.
+_environment = read_environment(require=False)
 daily_schedule = dg.build_schedule_from_partitioned_job(
     daily_enrichment_job,
-    hour_of_day=int(os.environ.get("SCHEDULE_HOUR", "2")),
-    minute_of_hour=int(os.environ.get("SCHEDULE_MINUTE", "0")),
+    hour_of_day=_environment.schedule_hour,
+    minute_of_hour=_environment.schedule_minute,
     name="daily_enrichment_schedule",
 )

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ))
     es = ElasticsearchEmulator()
     with serve_in_thread(dify.app) as dify_server, serve_in_thread(es.app) as es_server:
-        os.environ.update({
+        demo_environment = {
+            "PIPELINE_TIMEZONE": DEMO_TIMEZONE,
             "DAGSTER_HOME": str(output / "dagster_home"),
             "SOURCE_DATABASE_URL": f"sqlite:///{source}",
             "SOURCE_TIMEZONE": DEMO_TIMEZONE,
@@ -71,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             "PIPELINE_STORAGE_URL": str(output / "stages"),
             "RESULT_CACHE_URL": f"sqlite:///{output / 'result_cache.sqlite'}",
             "ELASTICSEARCH_URL": es_server.url,
-        })
+        }
+        os.environ.update(demo_environment)
+        # What `dagster dev` needs to load the code location afterwards, to browse the demo's history.
+        (output / "demo.env").write_text("".join(f"{k}={v}\n" for k, v in demo_environment.items()))
         print(f"Dify emulator on {dify_server.url}/v1, Elasticsearch emulator on {es_server.url}")
         print(f"Materializing partition {day} ...")
         started = time.monotonic()
@@ -116,7 +120,7 @@ def _print_summary(result, day: date, output: Path, elapsed: float, dify_stats: 
     print("Next:")
     query = f"SELECT dt, category, count(*) AS n FROM read_parquet('{output}/parquet/*/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY n DESC"
     print(f"  query the day:  .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"{query}\\\").show()\"")
-    print(f"  browse the run: PIPELINE_TIMEZONE={DEMO_TIMEZONE} DAGSTER_HOME={output / 'dagster_home'} .venv/bin/dagster dev -w workspace.yaml")
+    print(f"  browse the run: env $(cat {output / 'demo.env'}) .venv/bin/dagster dev -w workspace.yaml")
     print("                  (runs, metadata and checks of the demo; to run days for real, set the variables of")
     print("                  .env.example to your services and use dagster.yaml's PostgreSQL instance: see README)")
     if not result.success:

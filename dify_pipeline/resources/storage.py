@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +27,25 @@ S3_PART_BYTES = 32 * 1024 * 1024  # multipart upload part size (S3's minimum is 
 DAY_FILE_NAME = "part-00000.parquet"  # one object per day: replaced atomically
 
 
+def storage_url(url: str) -> str:
+    """The folder `url` names, as ObjectStorage takes it: `s3://bucket/prefix` or an absolute local path
+    (`file:///path` becomes `/path`). Anything else raises ValueError saying why: a relative path would
+    land under whatever the working directory is when a step runs."""
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+        if not url.startswith("/"):
+            raise ValueError("a file:// URL names an absolute path: file:///absolute/folder")
+    if url.startswith("s3://"):
+        if not url[len("s3://") :].split("/", 1)[0]:
+            raise ValueError("an S3 URL names its bucket: s3://bucket/prefix")
+        return url
+    if "://" in url:
+        raise ValueError(f"{url.split('://', 1)[0]}:// is not supported: use s3://bucket/prefix or an absolute path")
+    if not os.path.isabs(url):
+        raise ValueError("not an absolute path (nor s3://bucket/prefix or file:///absolute/folder)")
+    return url
+
+
 class ObjectStorage(dg.ConfigurableResource):
     """A folder of Parquet files: `url` is a local path or `s3://bucket/prefix`.
 
@@ -33,7 +54,8 @@ class ObjectStorage(dg.ConfigurableResource):
     """
 
     url: str = Field(description="Local folder or s3://bucket/prefix.")
-    s3_endpoint_url: str | None = Field(default=None, description="For S3-compatible stores (MinIO, Ceph, OSS, moto...).")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="For S3-compatible stores (MinIO, Ceph, OSS, moto...).")
     s3_region: str | None = Field(default=None, description="AWS region; the standard AWS_REGION when unset.")
     s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
         default="auto",
@@ -43,6 +65,7 @@ class ObjectStorage(dg.ConfigurableResource):
 
     # One client per resource instance: building an S3 client costs ~100 ms, more than a small request.
     _filesystem: fsspec.AbstractFileSystem | None = PrivateAttr(default=None)
+    _swept_folders: set[str] = PrivateAttr(default_factory=set)  # local folders cleared of abandoned writes
 
     @property
     def is_s3(self) -> bool:
@@ -63,7 +86,8 @@ class ObjectStorage(dg.ConfigurableResource):
             config: dict = {"s3": {"addressing_style": style}}
             if self.s3_endpoint_url:
                 # botocore >= 1.36 adds CRC checksums to every upload; several S3-compatible stores reject them.
-                config.update(request_checksum_calculation="when_required", response_checksum_validation="when_required")
+                config.update(request_checksum_calculation="when_required",
+                              response_checksum_validation="when_required")
             return fsspec.filesystem(
                 "s3",
                 endpoint_url=self.s3_endpoint_url,
@@ -92,13 +116,20 @@ class ObjectStorage(dg.ConfigurableResource):
         On S3 the parts are uploaded as the file grows, and the object appears only when the multipart
         upload is completed after the last byte; if anything fails before (the batches, the writer, the
         network), the upload is aborted and whatever the key held before is untouched. Locally we write
-        a hidden temporary file in the same folder and rename it, which is atomic on one filesystem.
+        a hidden temporary file in the same folder and rename it, which is atomic on one filesystem; the
+        first write into a folder also removes the temporary files that killed writers left there.
         """
-        fs = self.filesystem()
-        target = path if self.is_s3 else _hidden_sibling(path)
-        # Never `with`: leaving a `with` block on an error would close the file, which publishes it. Only
-        # close() publishes (one PUT for a file smaller than a part, else completing the multipart upload).
-        handle = fs.open(target, "wb")
+        if self.is_s3:
+            # Never `with`: leaving a `with` block on an error would close the file, which publishes it. Only
+            # close() publishes (one PUT for a file smaller than a part, else completing the multipart upload).
+            handle, target = self.filesystem().open(path, "wb"), path
+        else:
+            folder = os.path.dirname(path)
+            if folder not in self._swept_folders:
+                os.makedirs(folder, exist_ok=True)
+                remove_abandoned_writes(folder)
+                self._swept_folders.add(folder)
+            handle, target = _locked_hidden_sibling(path)
         writer = None
         rows = 0
         try:
@@ -107,12 +138,13 @@ class ObjectStorage(dg.ConfigurableResource):
                 writer.write_table(group, row_group_size=group.num_rows)
                 rows += group.num_rows
             writer.close()
+            if not self.is_s3:
+                handle.flush()
+                os.replace(target, path)  # still locked: a sweep never takes a file that is being renamed
             handle.close()
         except BaseException:
-            _abandon(writer, handle, fs if not self.is_s3 else None, target)
+            _abandon(writer, handle, target, on_s3=self.is_s3)
             raise
-        if not self.is_s3:
-            fs.mv(target, path)
         return rows
 
     def read_schema(self, path: str) -> pa.Schema:
@@ -134,7 +166,8 @@ class ObjectStorage(dg.ConfigurableResource):
         """The file's rows in batches; `use_threads=False` for small files (a shard), where decoding each
         column in its own thread costs more than it saves."""
         with self.filesystem().open(path, "rb") as handle:
-            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns, use_threads=use_threads)
+            yield from pq.ParquetFile(handle).iter_batches(
+                batch_size=batch_size, columns=columns, use_threads=use_threads)
 
     def iter_files_batches(
         self, paths: Sequence[str], batch_size: int = 65536, readahead: int = 8, columns: list[str] | None = None,
@@ -204,7 +237,7 @@ def row_groups(batches: Iterable[pa.RecordBatch | pa.Table], max_rows: int, max_
         yield pa.Table.from_batches(pending)
 
 
-def _abandon(writer: pq.ParquetWriter | None, handle, local_fs: fsspec.AbstractFileSystem | None, target: str) -> None:
+def _abandon(writer: pq.ParquetWriter | None, handle, target: str, on_s3: bool) -> None:
     """Throw away a write that failed: abort the multipart upload, or delete the hidden local file."""
     try:
         if writer is not None and writer.is_open:
@@ -212,17 +245,54 @@ def _abandon(writer: pq.ParquetWriter | None, handle, local_fs: fsspec.AbstractF
     except Exception:
         pass
     try:
-        if local_fs is None:
+        if on_s3:
             handle.discard()  # aborts the multipart upload: nothing becomes visible
             handle.closed = True  # the upload is gone: its destructor must not try to flush it
         else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
             handle.close()
-            if local_fs.exists(target):
-                local_fs.rm(target)
     except Exception:
         pass  # an upload that cannot be aborted stays invisible; a bucket lifecycle rule reclaims its parts
 
 
-def _hidden_sibling(path: str) -> str:
+# A local write happens in a hidden file `.<name>.<random>.tmp` that its writer holds an exclusive flock on
+# until the file has its final name. A process killed with -9 cannot remove its file, but the kernel drops
+# its lock: a hidden file whose lock can be taken belongs to no live writer, on this machine or another one
+# sharing the folder (NFS locks), and the next write into the folder removes it.
+
+def _locked_hidden_sibling(path: str):
+    """A new hidden temporary file beside `path`, open for writing and locked: (file object, its path)."""
     folder, name = path.rsplit("/", 1)
-    return f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    while True:
+        target = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+        handle = open(target, "xb")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(target).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle, target
+        except (BlockingIOError, FileNotFoundError):
+            pass  # a sweep took the file in the instant between creating and locking it: take another name
+        handle.close()
+
+
+def remove_abandoned_writes(folder: str) -> list[str]:
+    """Remove the hidden temporary files of `folder` that no live writer holds; returns their names."""
+    removed = []
+    try:
+        entries = [entry.name for entry in os.scandir(folder)]
+    except FileNotFoundError:
+        return removed
+    for name in entries:
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        candidate = os.path.join(folder, name)
+        try:
+            with open(candidate, "rb") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its writer lives
+                if os.stat(candidate).st_ino == os.fstat(handle.fileno()).st_ino:  # not renamed meanwhile
+                    os.unlink(candidate)
+                    removed.append(name)
+        except (BlockingIOError, FileNotFoundError):
+            continue
+    return removed

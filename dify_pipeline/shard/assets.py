@@ -17,12 +17,15 @@ from dify_pipeline.stages import day_file, day_folder, shard_file
 def ticket_shards(
     context: dg.AssetExecutionContext, stage_storage: ObjectStorage, settings: PipelineSettings
 ) -> dg.MaterializeResult:
-    """The clean day split by key hash into shards of at most `max_shard_rows` rows."""
+    """The clean day split by key hash into shards of at most `max_shard_rows` rows (one empty shard for an
+    empty day); shards of an earlier, larger version of the day are removed."""
     clean = stage_storage.read_parquet(day_file(stage_storage, "clean_tickets", context.partition_key))
     shards = assign_shards(clean.column(RECORD_KEY).to_pylist(), settings.max_shard_rows)
     order = np.argsort(shards, kind="stable")
     table = clean.append_column(SHARD_FIELD, pa.array(shards, pa.int32())).take(order)
-    sizes = np.bincount(shards).tolist() if len(shards) else []
+    # An empty day is one empty shard: the steps after it see a day that was written and is empty, which an
+    # empty folder (a day never sharded) is not, and publish it as such.
+    sizes = np.bincount(shards).tolist() if len(shards) else [0]
 
     written, offset = [], 0
     for shard, size in enumerate(sizes):

@@ -22,8 +22,12 @@ from dagster_k8s import K8sRunLauncher
 from dagster_postgres import PostgresRunStorage
 
 from dify_pipeline.definitions import build_definitions, build_resources
+from dify_pipeline_tests.configuration import LOADABLE_ENVIRONMENT
 from dify_pipeline_tests.integration import services
 from dify_pipeline_tests.integration.conftest import S3_BUCKET
+
+# The variables a code location needs to load, on top of the instance's own (DAGSTER_HOME, DAGSTER_PG_*).
+LOCATION_ENVIRONMENT = {k: v for k, v in LOADABLE_ENVIRONMENT.items() if k != "DAGSTER_HOME"}
 
 K8S_INSTANCE = services.REPO_ROOT / "deploy" / "k8s" / "dagster.yaml"
 UNREACHABLE_CLUSTER = """
@@ -36,7 +40,9 @@ current-context: nowhere
 """
 
 
-def test_the_project_instance_queues_runs_and_gives_the_dify_pool_one_step_at_a_time(dagster_instance):
+def test_the_project_instance_queues_runs_and_gives_the_dify_pool_one_step_at_a_time(dagster_instance, monkeypatch):
+    for key, value in LOCATION_ENVIRONMENT.items():
+        monkeypatch.setenv(key, value)
     concurrency = dagster_instance.get_concurrency_config()
     assert isinstance(dagster_instance.run_storage, PostgresRunStorage)
     assert isinstance(dagster_instance.run_coordinator, QueuedRunCoordinator)
@@ -104,6 +110,7 @@ def test_the_code_location_serves_over_grpc_with_the_cache_on_postgresql_and_sta
     cache_database = services.create_postgres_database()
     pg = services.POSTGRES
     distributed = {
+        **LOCATION_ENVIRONMENT,
         "RESULT_CACHE_URL": f"postgresql+psycopg2://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{cache_database}",
         "PIPELINE_STORAGE_URL": f"s3://{S3_BUCKET}/{tmp_path.name}/stages",
         "OUTPUT_PARQUET_URL": f"s3://{S3_BUCKET}/{tmp_path.name}/tickets",

@@ -1,21 +1,24 @@
 """The daily schedule, evaluated for given ticks, takes the day that just ended in PIPELINE_TIMEZONE.
 
 The zone and the hour are read from the environment when the code location is imported, as in a deployment,
-so each configuration is loaded in a process of its own.
+so each configuration is loaded in a process of its own (with the other variables a code location needs).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+
+from dify_pipeline_tests.configuration import LOADABLE_ENVIRONMENT, environment_without_pipeline_variables
 
 EVALUATE_TICKS = """
 import json, sys
 from datetime import datetime
 import dagster as dg
-from dify_pipeline.definitions import defs
+from dify_pipeline.definitions import build_definitions
+
+defs = build_definitions()
 
 schedule = defs.get_schedule_def("daily_enrichment_schedule")
 partitions = []
@@ -30,8 +33,8 @@ print(json.dumps({"cron": schedule.cron_schedule, "zone": schedule.execution_tim
 
 def evaluate_schedule(env: dict[str, str], *ticks: str) -> dict:
     """Load the code location with these variables and evaluate the schedule at each tick (ISO, with offset)."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "SCHEDULE_"))}
-    completed = subprocess.run([sys.executable, "-c", EVALUATE_TICKS, *ticks], env={**environment, **env},
+    environment = {**environment_without_pipeline_variables(), **LOADABLE_ENVIRONMENT, **env}
+    completed = subprocess.run([sys.executable, "-c", EVALUATE_TICKS, *ticks], env=environment,
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -1,4 +1,7 @@
 import os
+import signal
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -16,7 +19,8 @@ def batch(start: int, count: int) -> pa.RecordBatch:
 
 
 def everything_under(folder) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(root, name), folder) for root, _, names in os.walk(folder) for name in names)
+    return sorted(os.path.relpath(os.path.join(root, name), folder)
+                  for root, _, names in os.walk(folder) for name in names)
 
 
 class Boom(RuntimeError):
@@ -68,6 +72,56 @@ def test_a_write_that_fails_half_way_leaves_no_file_and_no_temporary_file(storag
         storage.write_parquet(f"{folder}/part-00000.parquet", SCHEMA, failing_batches())
     assert everything_under(tmp_path) == []
     assert storage.list_files(folder) == []
+
+
+# A writer in a process of its own, streaming slowly: it can be killed, or left running, in the middle of a write.
+SLOW_WRITER = """
+import sys, time
+import pyarrow as pa
+from dify_pipeline.resources.storage import ObjectStorage
+schema = pa.schema([pa.field("record_key", pa.string()), pa.field("n", pa.int64())])
+def slowly():
+    for i in range(int(sys.argv[3])):
+        yield pa.RecordBatch.from_pydict({"record_key": [str(i)], "n": [i]}, schema=schema)
+        print("wrote", i, flush=True)
+        time.sleep(0.05)
+ObjectStorage(url=sys.argv[1]).write_parquet(sys.argv[2], schema, slowly())
+"""
+
+
+def start_writer(storage: ObjectStorage, path: str, batches: int) -> subprocess.Popen:
+    writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, storage.url, path, str(batches)],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().startswith("wrote")  # its hidden file exists and is being written
+    return writer
+
+
+def hidden_files(folder: str) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith("."))
+
+
+def test_the_temporary_file_of_a_killed_write_is_removed_by_the_next_write_in_its_folder(storage):
+    folder = storage.path("ticket_shards", "dt=2026-03-08")
+    writer = start_writer(storage, f"{folder}/shard-00003.parquet", batches=10_000)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert len(hidden_files(folder)) == 1  # what kill -9 leaves: nothing could remove it
+
+    # The stage's next write (a smaller day: shard 3 is not written again) removes it.
+    fresh = ObjectStorage(url=storage.url)  # as in the next step's process
+    fresh.write_parquet(f"{folder}/shard-00000.parquet", SCHEMA, [batch(0, 2)])
+    assert hidden_files(folder) == []
+    assert fresh.list_files(folder) == [f"{folder}/shard-00000.parquet"]
+
+
+def test_the_next_write_leaves_the_temporary_file_of_a_write_still_in_progress(storage):
+    folder = storage.path("enriched_tickets", "dt=2026-03-08")
+    writer = start_writer(storage, f"{folder}/shard-00001.parquet", batches=40)
+    ObjectStorage(url=storage.url).write_parquet(f"{folder}/shard-00000.parquet", SCHEMA, [batch(0, 2)])
+    assert len(hidden_files(folder)) == 1  # the other writer's, alive
+    assert writer.wait(timeout=60) == 0
+    assert hidden_files(folder) == []
+    assert storage.read_parquet(f"{folder}/shard-00001.parquet").num_rows == 40
 
 
 def test_a_failed_rewrite_keeps_the_previous_file_intact(storage, tmp_path):
@@ -143,12 +197,14 @@ def test_small_batches_are_merged_into_row_groups_of_the_chosen_size():
 
 
 def test_a_large_batch_is_sliced_into_row_groups():
-    assert sizes(row_groups([pa.Table.from_batches([batch(0, 2500)])], max_rows=1000, max_bytes=1 << 30)) == [1000, 1000, 500]
+    groups = row_groups([pa.Table.from_batches([batch(0, 2500)])], max_rows=1000, max_bytes=1 << 30)
+    assert sizes(groups) == [1000, 1000, 500]
 
 
 def test_a_row_group_is_cut_early_when_it_reaches_the_byte_limit():
     one_batch = batch(0, 100).nbytes
-    assert sizes(row_groups([batch(i * 100, 100) for i in range(5)], max_rows=10_000, max_bytes=2 * one_batch)) == [200, 200, 100]
+    groups = row_groups([batch(i * 100, 100) for i in range(5)], max_rows=10_000, max_bytes=2 * one_batch)
+    assert sizes(groups) == [200, 200, 100]
 
 
 def test_empty_batches_make_no_row_groups():
@@ -203,7 +259,8 @@ def test_the_code_location_takes_the_addressing_style_from_the_environment(monke
     monkeypatch.setenv("S3_ENDPOINT_URL", "https://oss-cn-hangzhou.aliyuncs.com")
     monkeypatch.setenv("S3_ADDRESSING_STYLE", "virtual")
     resources = build_resources()
-    assert resources["parquet_output"].s3_addressing_style == resources["stage_storage"].s3_addressing_style == "virtual"
+    styles = {resources[name].s3_addressing_style for name in ("parquet_output", "stage_storage")}
+    assert styles == {"virtual"}
     monkeypatch.delenv("S3_ADDRESSING_STYLE")
     assert build_resources()["parquet_output"].s3_addressing_style == "auto"
 
