@@ -1,12 +1,22 @@
-"""Successful Dify results, stored as they arrive: the pay-once cache and the crash checkpoint in one table.
+"""What Dify answered, stored as it arrives: the pay-once cache and the crash checkpoint in one table.
 
-A record whose cache key is stored is never sent again, so a re-run or a resumed crash pays only for
-what is missing. Any SQLAlchemy database works: SQLite on one machine, PostgreSQL when runs spread out.
+An answer is stored whether or not it keeps the data contract (categories, types): the step judges it when it
+builds the day's rows, so a contract failure costs nothing to judge again, and a new category list re-judges
+every stored answer for free. Runs that failed inside Dify are not stored (they may be retried). A record whose
+cache key is stored is never sent again, so a re-run or a resumed crash pays only for what is missing. Any
+SQLAlchemy database works: SQLite on one machine, PostgreSQL when runs spread out.
+
+Writes go through one writer thread that commits in groups (every `commit_interval_seconds`, or sooner when a
+group is full), so the event loop never waits for a COMMIT. The window an answer can be lost in on a `kill -9`
+is the time between its arrival and the commit of its group: at most one interval plus one commit.
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,6 +25,7 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
+from sqlalchemy.dialects import postgresql, sqlite
 
 _metadata = sa.MetaData()
 RESULTS = sa.Table(
@@ -32,6 +43,8 @@ RESULTS = sa.Table(
     sa.Column("latency_ms", sa.Float),
     sa.Column("attempts", sa.Integer),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger),  # added later: _add_missing_columns gives older tables them
+    sa.Column("completion_tokens", sa.BigInteger),
 )
 # Runs Dify started whose answer we have not stored yet (streaming workflows announce their run id first).
 # After a crash, the next run fetches these with GET /workflows/run/{id} instead of paying for them again.
@@ -46,6 +59,8 @@ STARTED_RUNS = sa.Table(
 
 @dataclass(frozen=True)
 class CachedResult:
+    """What Dify answered for one input: its outputs as received (not yet judged) and what the run cost."""
+
     outputs: object
     run_id: str | None
     workflow_id: str | None
@@ -54,13 +69,23 @@ class CachedResult:
     currency: str | None
     latency_ms: float | None
     attempts: int | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class CacheWriteError(RuntimeError):
+    """The cache could not store answers (disk full, database gone): the run stops rather than pay unrecorded."""
 
 
 class ResultCache(dg.ConfigurableResource):
-    """Where paid results live. Turning it off (`enabled=False`) means every run pays for every record."""
+    """Where paid answers live. Turning it off (`enabled=False`) means every run pays for every record."""
 
     url: str = Field(description="SQLAlchemy URL of the cache database.")
     enabled: bool = True
+    commit_interval_seconds: float = Field(
+        default=0.02, ge=0, le=1.0,
+        description="Answers arriving within this interval are committed together (the kill -9 window).",
+    )
 
     def open(self) -> "ResultCacheSession":
         url = sa.make_url(self.url)
@@ -74,13 +99,27 @@ class ResultCache(dg.ConfigurableResource):
             with engine.begin() as connection:
                 connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         _metadata.create_all(engine, checkfirst=True)
-        return ResultCacheSession(engine, self.enabled)
+        _add_missing_columns(engine)
+        return ResultCacheSession(engine, self.enabled, self.commit_interval_seconds)
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Columns added to RESULTS since a cache was created (all nullable), added in place."""
+    present = {column["name"] for column in sa.inspect(engine).get_columns(RESULTS.name)}
+    missing = [column for column in RESULTS.c if column.name not in present]
+    if not missing:
+        return
+    with engine.begin() as connection:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            connection.exec_driver_sql(f"ALTER TABLE {RESULTS.name} ADD COLUMN {column.name} {kind}")
 
 
 class ResultCacheSession:
-    def __init__(self, engine: sa.Engine, enabled: bool) -> None:
+    def __init__(self, engine: sa.Engine, enabled: bool, commit_interval_seconds: float = 0.02) -> None:
         self._engine = engine
         self.enabled = enabled
+        self._writer = _GroupWriter(engine, commit_interval_seconds) if enabled else None
 
     def _rows(self, columns: list, keys: Iterable[str]) -> Iterator[sa.Row]:
         """Rows of `columns`' table whose cache_key is among `keys`, queried in chunks."""
@@ -90,35 +129,51 @@ class ResultCacheSession:
             for start in range(0, len(keys), 900):  # stay under every driver's parameter limit
                 yield from connection.execute(sa.select(*columns).where(key_column.in_(keys[start : start + 900])))
 
+    def known(self, keys: Iterable[str]) -> set[str]:
+        """Which of `keys` hold a stored answer (reads only the keys: cheap for a whole day)."""
+        if not self.enabled:
+            return set()
+        self.flush()
+        return {row.cache_key for row in self._rows([RESULTS.c.cache_key], keys)}
+
     def lookup(self, keys: Iterable[str]) -> dict[str, CachedResult]:
+        """The stored answers of `keys`, as Dify gave them (the caller judges them against the contract)."""
         if not self.enabled:
             return {}
+        self.flush()
         return {
             row.cache_key: CachedResult(
                 outputs=json.loads(row.outputs_json), run_id=row.run_id, workflow_id=row.workflow_id,
                 total_tokens=row.total_tokens, total_price=row.total_price, currency=row.currency,
-                latency_ms=row.latency_ms, attempts=row.attempts,
+                latency_ms=row.latency_ms, attempts=row.attempts, prompt_tokens=row.prompt_tokens,
+                completion_tokens=row.completion_tokens,
             )
             for row in self._rows(list(RESULTS.c), keys)
         }
 
     def store(self, key: str, app_identity: str, cache_version: str, result: CachedResult) -> None:
-        """Persist one successful result at once (committed), so a killed run never pays for it again."""
+        """Queue one answer for the next group commit (never waits for the database). Raises CacheWriteError
+        when an earlier group could not be committed."""
         if not self.enabled:
             return
-        values = dict(
+        self._writer.put(dict(
             cache_key=key, app_identity=app_identity, cache_version=cache_version,
             outputs_json=json.dumps(result.outputs, ensure_ascii=False), run_id=result.run_id,
             workflow_id=result.workflow_id, total_tokens=result.total_tokens, total_price=result.total_price,
             currency=result.currency, latency_ms=result.latency_ms, attempts=result.attempts,
+            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             created_at=datetime.now(timezone.utc),
-        )
-        try:
-            with self._engine.begin() as connection:
-                connection.execute(sa.insert(RESULTS).values(**values))
-                connection.execute(sa.delete(STARTED_RUNS).where(STARTED_RUNS.c.cache_key == key))
-        except sa.exc.IntegrityError:
-            pass  # another run stored the same inputs first: same key, same answer, nothing to do
+        ))
+
+    def flush(self) -> None:
+        """Return once every answer stored so far is committed; CacheWriteError if one could not be."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    @property
+    def committed(self) -> int:
+        """Answers committed by this session so far (acknowledged: they survive a kill -9)."""
+        return self._writer.committed if self._writer is not None else 0
 
     def note_run_started(self, key: str, run_id: str) -> None:
         """Remember that Dify is working on `key` as run `run_id` (committed at once: we may die next)."""
@@ -142,4 +197,107 @@ class ResultCacheSession:
         return {row.cache_key: row.run_id for row in self._rows([STARTED_RUNS.c.cache_key, STARTED_RUNS.c.run_id], keys)}
 
     def close(self) -> None:
-        self._engine.dispose()
+        """Commit what is queued, stop the writer, release the connections."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            self._engine.dispose()
+
+
+_STOP = object()
+
+
+class _GroupWriter:
+    """One thread committing queued answers in groups: a group is what arrived within `interval` of its first
+    answer (at most `max_group`), committed in one transaction before the next group starts."""
+
+    def __init__(self, engine: sa.Engine, interval: float, max_group: int = 2000, max_queued: int = 20000) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._max_group = max_group
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)  # bounded: a slow database slows the callers
+        self._insert = _insert_ignoring_duplicates(engine.dialect.name)
+        self._lock = threading.Condition()
+        self._queued = 0
+        self._settled = 0  # committed or lost to an error
+        self.committed = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="result-cache-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, values: dict) -> None:
+        self._raise_if_failed()
+        with self._lock:
+            self._queued += 1
+        self._queue.put(values)
+
+    def flush(self) -> None:
+        with self._lock:
+            while self._settled < self._queued and self._thread.is_alive():
+                self._lock.wait(0.5)
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise CacheWriteError(f"the result cache could not store answers: {self._error}") from self._error
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            group = [first]
+            deadline = time.monotonic() + self._interval
+            while len(group) < self._max_group:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                group.append(item)
+            committed = 0
+            if self._error is None:  # after a failure nothing more is written: the caller stops the run
+                try:
+                    self._commit(group)
+                    committed = len(group)
+                except Exception as error:  # noqa: BLE001 - handed to the caller by flush/put
+                    self._error = error
+            with self._lock:
+                self.committed += committed
+                self._settled += len(group)
+                self._lock.notify_all()
+
+    def _commit(self, group: list[dict]) -> None:
+        keys = [values["cache_key"] for values in group]
+        with self._engine.begin() as connection:
+            if self._insert is not None:
+                connection.execute(self._insert, group)
+            else:  # another database: one row at a time, a duplicate key is another run's identical answer
+                for values in group:
+                    try:
+                        with connection.begin_nested():
+                            connection.execute(sa.insert(RESULTS).values(**values))
+                    except sa.exc.IntegrityError:
+                        pass
+            for start in range(0, len(keys), 900):
+                connection.execute(sa.delete(STARTED_RUNS).where(STARTED_RUNS.c.cache_key.in_(keys[start:start + 900])))
+
+
+def _insert_ignoring_duplicates(dialect: str):
+    """INSERT ... ON CONFLICT DO NOTHING where the database has it: two runs answering the same inputs at once
+    (a backfill) store the first answer, without an error."""
+    if dialect == "sqlite":
+        return sqlite.insert(RESULTS).on_conflict_do_nothing(index_elements=["cache_key"])
+    if dialect == "postgresql":
+        return postgresql.insert(RESULTS).on_conflict_do_nothing(index_elements=["cache_key"])
+    return None
