@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dify_pipeline.infer.app_form import InputVariable, fit_inputs
 from dify_pipeline.infer.cache_key import cache_key
 from dify_pipeline.infer.errors import DifyCallError
 from dify_pipeline.infer.outputs import parse_enrichment
+from dify_pipeline.infer.stats import CACHE, DUPLICATE, REFUSED, SENT
 from dify_pipeline.schemas import ENRICHMENT_FIELDS, PIPELINE_VERSION
 
 
@@ -43,7 +45,9 @@ class Outcome:
     currency: str | None = None
     run_id: str | None = None
     workflow_id: str | None = None
-    from_cache: bool = False
+    from_cache: bool = False  # answered by an earlier run or day
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 def plan_records(
@@ -81,25 +85,59 @@ def enrichment_columns(
     app_identity: str, cache_version: str, enriched_at: datetime | None = None,
 ) -> pa.Table:
     """The ENRICHMENT_FIELDS of `plans`, in order. A repeat of an input already answered this run, or an
-    answer from the cache, is marked `cache_hit` (paid once)."""
+    answer from the cache, is marked `cache_hit` (paid once). Built column by column: each distinct outcome
+    once, then taken into row order."""
     enriched_at = enriched_at or datetime.now(timezone.utc)
-    columns: dict[str, list] = {name: [] for name in ENRICHMENT_FIELDS.names}
+    positions: dict[str, int] = {}
+    index = pa.array([positions.setdefault(plan.cache_key, len(positions)) for plan in plans], pa.int32())
+    distinct = [outcomes[key] for key in positions]
+    fresh = pa.array([plan.record_key in first_use and not outcomes[plan.cache_key].from_cache for plan in plans],
+                     pa.bool_())
+
+    def column(values: list, kind: pa.DataType) -> pa.Array:
+        return pa.array(values, kind).take(index)
+
+    succeeded = column([o.succeeded for o in distinct], pa.bool_())
+    outputs_json = [None if o.outputs is None else json.dumps(o.outputs, ensure_ascii=False) for o in distinct]
+    rows = len(plans)
+    arrays = {
+        "category": column([o.category for o in distinct], pa.string()).dictionary_encode(),
+        "summary": column([o.summary for o in distinct], pa.string()),
+        "sentiment": column([o.sentiment for o in distinct], pa.string()).dictionary_encode(),
+        "outputs_json": column(outputs_json, pa.string()),
+        "dify_status": pc.if_else(succeeded, "succeeded", "failed").dictionary_encode(),
+        "error_code": column([o.error_code for o in distinct], pa.string()),
+        "error_message": column([o.error_message for o in distinct], pa.string()),
+        "attempts": pc.if_else(fresh, column([o.attempts for o in distinct], pa.int32()), pa.scalar(0, pa.int32())),
+        "latency_ms": pc.if_else(fresh, column([o.latency_ms for o in distinct], pa.float64()),
+                                 pa.scalar(None, pa.float64())),
+        "total_tokens": column([o.total_tokens for o in distinct], pa.int64()),
+        "total_price": column([o.total_price for o in distinct], pa.float64()),
+        "currency": column([o.currency for o in distinct], pa.string()),
+        "dify_run_id": column([o.run_id for o in distinct], pa.string()),
+        "dify_workflow_id": column([o.workflow_id for o in distinct], pa.string()),
+        "cache_hit": pc.and_(succeeded, pc.invert(fresh)),
+        "inputs_truncated": pa.array([plan.inputs_truncated for plan in plans], pa.bool_()),
+        "enriched_at": pa.repeat(pa.scalar(enriched_at, pa.timestamp("us", tz="UTC")), rows),
+        "app_identity": pa.repeat(pa.scalar(app_identity, pa.string()), rows),
+        "cache_version": pa.repeat(pa.scalar(cache_version, pa.string()), rows),
+        "pipeline_version": pa.repeat(pa.scalar(PIPELINE_VERSION, pa.string()), rows),
+    }
+    return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in ENRICHMENT_FIELDS], schema=ENRICHMENT_FIELDS)
+
+
+def answer_sources(plans: Sequence[RecordPlan], outcomes: dict[str, Outcome], seen: set[str]) -> tuple[list[str], list[bool]]:
+    """Per record, where its answer came from (stats.SENT, DUPLICATE, CACHE or REFUSED) and whether it is the
+    first record of its inputs in the day (`seen` holds the inputs met in earlier shards; updated)."""
+    sources, first = [], []
     for plan in plans:
         outcome = outcomes[plan.cache_key]
-        fresh = plan.record_key in first_use and not outcome.from_cache
-        values = {
-            "category": outcome.category, "summary": outcome.summary, "sentiment": outcome.sentiment,
-            "outputs_json": None if outcome.outputs is None else json.dumps(outcome.outputs, ensure_ascii=False),
-            "dify_status": "succeeded" if outcome.succeeded else "failed",
-            "error_code": outcome.error_code, "error_message": outcome.error_message,
-            "attempts": outcome.attempts if fresh else 0,
-            "latency_ms": outcome.latency_ms if fresh else None,
-            "total_tokens": outcome.total_tokens, "total_price": outcome.total_price, "currency": outcome.currency,
-            "dify_run_id": outcome.run_id, "dify_workflow_id": outcome.workflow_id,
-            "cache_hit": outcome.succeeded and not fresh,
-            "inputs_truncated": plan.inputs_truncated, "enriched_at": enriched_at,
-            "app_identity": app_identity, "cache_version": cache_version, "pipeline_version": PIPELINE_VERSION,
-        }
-        for name, value in values.items():
-            columns[name].append(value)
-    return pa.table(columns, schema=ENRICHMENT_FIELDS)
+        is_first = plan.cache_key not in seen
+        seen.add(plan.cache_key)
+        if plan.input_problem:
+            sources.append(REFUSED)
+            first.append(False)
+            continue
+        sources.append(CACHE if outcome.from_cache else SENT if is_first else DUPLICATE)
+        first.append(is_first)
+    return sources, first

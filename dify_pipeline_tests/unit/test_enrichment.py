@@ -270,3 +270,29 @@ def test_error_counts_skip_successes_and_list_the_commonest_first():
     counts = error_counts([None, "gateway_error", "invalid_category", None, "gateway_error", "", "gateway_error"])
     assert counts == {"gateway_error": 3, "invalid_category": 1}
     assert list(counts) == ["gateway_error", "invalid_category"]
+
+
+# -- where each answer came from -------------------------------------------------------------------
+
+
+def test_answer_sources_tell_sent_from_duplicate_within_the_day_from_cache_and_refused():
+    from dify_pipeline.infer.enrichment import answer_sources, refused_inputs_outcome
+
+    first_shard = plan([row("r1", body="a"), row("r2", body="a"), row("r3", body="cached")])
+    second_shard = plan([row("r4", body="a"), row("r5", body="cached")])
+    refused = [RecordPlanWithProblem("r6")]
+    answer = outcome_from_answer(ANSWER, DEFAULT_CATEGORIES)
+    cached = Outcome(**{**answer.__dict__, "from_cache": True})
+    outcomes = {first_shard[0].cache_key: answer, first_shard[2].cache_key: cached,
+                refused[0].cache_key: refused_inputs_outcome(refused[0])}
+    seen: set[str] = set()
+    assert answer_sources(first_shard, outcomes, seen) == (["sent", "duplicate", "cache"], [True, False, True])
+    assert answer_sources(second_shard, outcomes, seen) == (["duplicate", "cache"], [False, False])
+    assert answer_sources(refused, outcomes, seen) == (["refused"], [False])
+
+
+def RecordPlanWithProblem(key):
+    from dify_pipeline.infer.enrichment import RecordPlan
+
+    return RecordPlan(record_key=key, inputs={}, cache_key=f"refused-{key}", inputs_truncated=False,
+                      input_problem="option 'x' is not allowed")
