@@ -22,3 +22,7 @@ class PipelineSettings(dg.ConfigurableResource):
     categories: list[str] = Field(default=list(DEFAULT_CATEGORIES), description="Labels the app may answer.")
     cache_version: str = Field(default="v1", description="Part of the cache key: change it when the prompt changes.")
     max_failure_rate: float = Field(default=0.02, ge=0, le=1, description="Asset check threshold for failed records.")
+    # For answers that carry tokens but no price (workflow apps): the day's cost is then an estimate, labelled so.
+    price_per_1k_input_tokens: float | None = Field(default=None, ge=0, description="Model price per 1,000 input tokens.")
+    price_per_1k_output_tokens: float | None = Field(default=None, ge=0, description="Model price per 1,000 output tokens.")
+    price_currency: str = Field(default="USD", description="Currency of the token prices above.")

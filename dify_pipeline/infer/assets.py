@@ -1,25 +1,38 @@
 """Step 4 — send each record to the Dify app (once, ever, for the same inputs) and keep every outcome."""
 
 
-from collections import Counter
+from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
 
+from dify_pipeline.clean.pii import PiiMasker
 from dify_pipeline.infer.app_form import InputMappingError, check_input_mapping, input_variables
 from dify_pipeline.infer.enrichment import (
     Outcome,
+    RecordPlan,
+    answer_sources,
     enrichment_columns,
-    refused_inputs_outcome,
     outcome_from_answer,
     plan_records,
+    refused_inputs_outcome,
 )
 from dify_pipeline.infer.progress import Progress
-from dify_pipeline.infer.stats import error_counts, latency_percentiles
+from dify_pipeline.infer.stats import (
+    CACHE,
+    DUPLICATE,
+    REFUSED,
+    SENT,
+    DayFigures,
+    TokenPrices,
+    blocked_day_message,
+    latency_percentiles,
+    row_costs,
+)
 from dify_pipeline.partitions import daily_partitions
 from dify_pipeline.publish.preflight import check_sinks_before_paying
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource, DifyResult
-from dify_pipeline.resources.result_cache import CachedResult, ResultCache
+from dify_pipeline.resources.result_cache import CachedResult, CacheWriteError, ResultCache, ResultCacheSession
 from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import ENRICHMENT_FIELDS, with_fields
@@ -52,12 +65,13 @@ def enriched_tickets(
     settings: PipelineSettings,
     parquet_output: ObjectStorage,
     elasticsearch: SearchCluster,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Every clean record with its category, summary and sentiment, or the error that prevented them.
 
-    Successful answers are stored in the result cache the moment they arrive: a re-run, a backfill or a
-    resumed crash sends only the records whose inputs were never answered. Failed records are retried
-    by the next materialization of the day.
+    What Dify answers is stored in the result cache as it arrives, and judged against the contract when the rows
+    are built: a re-run, a backfill or a resumed crash sends only the records whose inputs were never answered,
+    and a contract failure is judged again for free. Runs that failed in Dify are retried by the next
+    materialization of the day. A day over the failure-rate threshold fails the step with its failure samples.
     """
     try:
         variables = input_variables(dify.fetch_parameters())
@@ -71,45 +85,50 @@ def enriched_tickets(
         "dify/app": app_identity, "dify/app_mode": dify.app_mode, "dify/cache_version": settings.cache_version,
     })
 
-    shard_folder = day_folder(stage_storage, "ticket_shards", context.partition_key)
-    shards = [stage_storage.read_parquet(path) for path in stage_storage.list_files(shard_folder)]
+    shard_paths = stage_storage.list_files(day_folder(stage_storage, "ticket_shards", context.partition_key))
     needed = ["record_key", *sorted(set(settings.input_mapping.values()))]
-    plans_by_shard = [
-        plan_records(shard.select(needed).to_pylist(), settings.input_mapping, variables, app_identity, settings.cache_version)
-        for shard in shards
-    ]
-    plans = [plan for shard_plans in plans_by_shard for plan in shard_plans]
 
-    outcomes: dict[str, Outcome] = {}  # by cache key: identical inputs share one outcome
-    first_use: dict[str, str] = {}  # cache key → the record that pays for it
-    for plan in plans:
-        first_use.setdefault(plan.cache_key, plan.record_key)
-        if plan.input_problem:
-            outcomes[plan.cache_key] = refused_inputs_outcome(plan)
-    inputs_by_key = {p.cache_key: p.inputs for p in plans}
+    def plan_shard(shard: pa.Table) -> list[RecordPlan]:
+        return plan_records(shard.select(needed).to_pylist(), settings.input_mapping, variables, app_identity,
+                            settings.cache_version)
 
     cache = result_cache.open()
     try:
-        for key, cached in cache.lookup(first_use).items():
-            outcomes[key] = _from_cache(cached, settings.categories)
-        unanswered = [key for key in first_use if key not in outcomes]
-        started_runs = cache.started_runs(unanswered)  # interrupted earlier: fetch, don't pay again
-        pending = [DifyRequest(key, inputs_by_key[key], started_runs.get(key)) for key in unanswered]
+        # First pass, one shard at a time: the distinct inputs no earlier run or day answered.
+        pending_inputs: dict[str, dict] = {}
+        seen: set[str] = set()
+        records = answered_before = 0
+        for path in shard_paths:
+            plans = plan_shard(stage_storage.read_parquet(path, columns=needed))
+            records += len(plans)
+            new = {p.cache_key: p.inputs for p in plans if not p.input_problem and p.cache_key not in seen}
+            seen.update(p.cache_key for p in plans)
+            known = cache.known(new)
+            answered_before += len(known)
+            pending_inputs.update((key, inputs) for key, inputs in new.items() if key not in known)
+        distinct = len(seen)
+        del seen
+        started_runs = cache.started_runs(pending_inputs)  # interrupted earlier: fetch, don't pay again
+        pending = [DifyRequest(key, inputs, started_runs.get(key)) for key, inputs in pending_inputs.items()]
+        pending_keys = set(pending_inputs)
+        del pending_inputs
         context.log.info(
-            f"{len(plans)} records, {len(first_use)} distinct inputs, {len(first_use) - len(pending)} answered before; "
+            f"{records} records, {distinct} distinct inputs, {answered_before} answered before; "
             f"sending {len(pending)} to Dify ({dify.app_mode}, {dify.response_mode}, concurrency {dify.max_concurrency}, "
             f"rpm {dify.requests_per_minute or 'unlimited'})"
         )
         progress = Progress(len(pending))
         fresh_latencies: list[float] = []
+        uncached: dict[str, Outcome] = {}  # this run's outcomes the cache does not hold (failed runs; all when off)
 
         def on_result(result: DifyResult) -> None:
             outcome = _from_call(result, settings.categories)
-            if outcome.succeeded:
+            if result.succeeded:  # what Dify answered, kept whatever the contract says: judged when rows are built
                 cache.store(result.record_key, app_identity, settings.cache_version, _cacheable(outcome))
             else:
                 cache.forget_run(result.record_key)
-            outcomes[result.record_key] = outcome
+            if not result.succeeded or not cache.enabled:
+                uncached[result.record_key] = outcome
             if result.latency_ms is not None and result.attempts:  # not a run fetched after a crash: nothing sent
                 fresh_latencies.append(result.latency_ms)
             line = progress.record(outcome.succeeded)
@@ -118,38 +137,59 @@ def enriched_tickets(
 
         try:
             call_counters = dify.run_all(pending, on_result, on_run_started=cache.note_run_started) if pending else {}
-        except DifyFatalError as error:
+            cache.flush()
+        except (DifyFatalError, CacheWriteError) as error:
             raise dg.Failure(
                 description=f"{error}. The answers received so far are kept in the result cache: "
                 "materialize the day again once this is fixed, and only the rest is sent."
             ) from None
+        del pending
+
+        # Second pass, one shard at a time: every answer judged against today's contract, the rows written.
+        token_prices = _token_prices(settings)
+        figures = DayFigures(mask=_masker(settings))
+        output_folder = day_folder(stage_storage, "enriched_tickets", context.partition_key)
+        written = []
+        seen = set()
+        for index, path in enumerate(shard_paths):
+            shard = stage_storage.read_parquet(path)
+            plans = plan_shard(shard)
+            outcomes = _judge(plans, cache, uncached, pending_keys, settings.categories)
+            sources, first_in_day = answer_sources(plans, outcomes, seen)
+            paying = {plan.record_key for plan, source in zip(plans, sources) if source == SENT}
+            enrichment = enrichment_columns(plans, outcomes, paying, app_identity, settings.cache_version)
+            per_row = [outcomes[plan.cache_key] for plan in plans]
+            cost, estimated = row_costs(
+                enrichment.column("total_price"), pa.array([o.prompt_tokens for o in per_row], pa.int64()),
+                pa.array([o.completion_tokens for o in per_row], pa.int64()), enrichment.column("total_tokens"),
+                token_prices,
+            )
+            figures.add_shard(enrichment, shard.column("record_key"), pa.array(sources, pa.string()),
+                              pa.array(first_in_day, pa.bool_()), cost, estimated)
+            table = _join(shard, enrichment)
+            path = shard_file(stage_storage, "enriched_tickets", context.partition_key, index)
+            stage_storage.write_parquet(path, table.schema, [table])
+            written.append(path)
+        stage_storage.remove(p for p in stage_storage.list_files(output_folder) if p not in written)
     finally:
         cache.close()
 
-    paying = set(first_use.values()) - {first_use[k] for k in first_use if outcomes[k].from_cache}
-    output_folder = day_folder(stage_storage, "enriched_tickets", context.partition_key)
-    written, tables = [], []
-    for index, (shard, shard_plans) in enumerate(zip(shards, plans_by_shard)):
-        enrichment = enrichment_columns(shard_plans, outcomes, paying, app_identity, settings.cache_version)
-        table = _join(shard, enrichment)
-        path = shard_file(stage_storage, "enriched_tickets", context.partition_key, index)
-        stage_storage.write_parquet(path, table.schema, [table])
-        written.append(path)
-        tables.append(enrichment)
-    stage_storage.remove(p for p in stage_storage.list_files(output_folder) if p not in written)
-
-    sent = len(pending) - call_counters.get("resumed_runs", 0)  # runs started before a crash were fetched, not sent
-    metadata = _metadata(tables, sent, call_counters, fresh_latencies, stage_storage.uri(output_folder))
-    workflow_ids = metadata["dify_workflow_ids"].value
+    sent = len(pending_keys) - call_counters.get("resumed_runs", 0)  # runs started before a crash were fetched
+    metadata = _metadata(figures, sent, call_counters, fresh_latencies, stage_storage.uri(output_folder))
+    workflow_ids = sorted(figures.workflow_ids)
     if workflow_ids:  # the published app versions (workflow_id) whose answers the day holds
         context.instance.add_run_tags(context.run.run_id, {"dify/workflow_ids": ",".join(workflow_ids)})
-    failure_rate = metadata["failure_rate"]
-    return dg.MaterializeResult(
+    failure_rate = figures.failure_rate
+    blocked = failure_rate > settings.max_failure_rate
+    message = blocked_day_message(figures, settings.max_failure_rate, context.partition_key) if blocked else None
+    check_metadata = {"failure_rate": failure_rate, "threshold": settings.max_failure_rate,
+                      "failures_by_code": metadata["failures_by_code"], "failure_samples": metadata["failure_samples"]}
+    if message:
+        check_metadata["message"] = dg.MetadataValue.md(f"```\n{message}\n```")
+    yield dg.MaterializeResult(
         metadata=metadata,
         check_results=[dg.AssetCheckResult(
-            check_name="failure_rate_below_threshold", passed=failure_rate <= settings.max_failure_rate,
-            metadata={"failure_rate": failure_rate, "threshold": settings.max_failure_rate,
-                      "failures_by_code": metadata["failures_by_code"]},
+            check_name="failure_rate_below_threshold", passed=not blocked, metadata=check_metadata,
         ), dg.AssetCheckResult(
             check_name="single_app_version", passed=len(workflow_ids) <= 1,
             severity=dg.AssetCheckSeverity.WARN,
@@ -158,30 +198,70 @@ def enriched_tickets(
                               "to answer it all with the current version"},
         )],
     )
+    if message:  # the check blocks the day: say why in the run's own error, not only in the check
+        raise dg.Failure(description=message, metadata={
+            "failure_rate": failure_rate, "failure_samples": metadata["failure_samples"]})
+
+
+def _judge(plans: list[RecordPlan], cache: ResultCacheSession, uncached: dict[str, Outcome], sent_keys: set[str],
+           categories) -> dict[str, Outcome]:
+    """The outcome of each distinct input of a shard: refused inputs, this run's uncached failures, and every
+    stored answer judged against `categories` now (a contract failure stored earlier is judged again, free)."""
+    outcomes: dict[str, Outcome] = {}
+    stored = cache.lookup(p.cache_key for p in plans if not p.input_problem and p.cache_key not in uncached)
+    for plan in plans:
+        key = plan.cache_key
+        if key in outcomes:
+            continue
+        if plan.input_problem:
+            outcomes[key] = refused_inputs_outcome(plan)
+        elif key in uncached:
+            outcomes[key] = uncached[key]
+        elif key in stored:
+            outcomes[key] = _from_cache(stored[key], categories, from_cache=key not in sent_keys)
+        else:  # the run stopped before it was answered
+            outcomes[key] = Outcome(False, error_code="not_answered", error_message="not answered by this run")
+    return outcomes
+
+
+def _token_prices(settings: PipelineSettings) -> TokenPrices | None:
+    if settings.price_per_1k_input_tokens is None and settings.price_per_1k_output_tokens is None:
+        return None
+    return TokenPrices(settings.price_per_1k_input_tokens or 0.0, settings.price_per_1k_output_tokens or 0.0,
+                       settings.price_currency)
+
+
+def _masker(settings: PipelineSettings):
+    """Masks personal data in the error messages shown as failure samples (they may echo an answer)."""
+    masker = PiiMasker(extra_patterns=settings.extra_pii_patterns)
+    return lambda text: masker.mask(text)[0]
 
 
 def _from_call(result: DifyResult, categories) -> Outcome:
     call = dict(attempts=result.attempts, latency_ms=result.latency_ms, total_tokens=result.total_tokens,
                 total_price=result.total_price, currency=result.currency, run_id=result.run_id,
-                workflow_id=result.workflow_id)
+                workflow_id=result.workflow_id, prompt_tokens=getattr(result, "prompt_tokens", None),
+                completion_tokens=getattr(result, "completion_tokens", None))
     if not result.succeeded:
         return Outcome(False, error_code=result.error_code, error_message=result.error_message, **call)
     return outcome_from_answer(result.outputs, categories, **call)
 
 
-def _from_cache(cached: CachedResult, categories) -> Outcome:
+def _from_cache(cached: CachedResult, categories, from_cache: bool = True) -> Outcome:
     outcome = outcome_from_answer(
         cached.outputs, categories, attempts=cached.attempts or 0, latency_ms=cached.latency_ms,
         total_tokens=cached.total_tokens, total_price=cached.total_price, currency=cached.currency,
-        run_id=cached.run_id, workflow_id=cached.workflow_id,
+        run_id=cached.run_id, workflow_id=cached.workflow_id, prompt_tokens=cached.prompt_tokens,
+        completion_tokens=cached.completion_tokens,
     )
-    return Outcome(**{**outcome.__dict__, "from_cache": True})
+    return Outcome(**{**outcome.__dict__, "from_cache": from_cache})
 
 
 def _cacheable(outcome: Outcome) -> CachedResult:
     return CachedResult(outputs=outcome.outputs, run_id=outcome.run_id, workflow_id=outcome.workflow_id,
                         total_tokens=outcome.total_tokens, total_price=outcome.total_price, currency=outcome.currency,
-                        latency_ms=outcome.latency_ms, attempts=outcome.attempts)
+                        latency_ms=outcome.latency_ms, attempts=outcome.attempts,
+                        prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens)
 
 
 def _join(shard: pa.Table, enrichment: pa.Table) -> pa.Table:
@@ -190,42 +270,39 @@ def _join(shard: pa.Table, enrichment: pa.Table) -> pa.Table:
     return pa.Table.from_arrays([*base.columns, *enrichment.columns], schema=schema)
 
 
-def _metadata(tables: list[pa.Table], sent: int, call_counters: dict, fresh_latencies: list[float], path: str) -> dict:
-    enrichment = pa.concat_tables(tables) if tables else ENRICHMENT_FIELDS.empty_table()
-    rows = enrichment.num_rows
-    status = enrichment.column("dify_status").to_pylist()
-    failed = sum(1 for s in status if s == "failed")
-    tokens = enrichment.column("total_tokens").to_pylist()
-    hits = enrichment.column("cache_hit").to_pylist()
-    cache_hits = sum(1 for hit in hits if hit)
-    prices = enrichment.column("total_price").to_pylist()
-    # What the day's answers cost when they were paid, and what this run paid (cache hits cost nothing now).
-    spent_tokens = sum(t for t, hit in zip(tokens, hits) if t and not hit)
-    spent_price = sum(p for p, hit in zip(prices, hits) if p and not hit)
-    workflow_ids = sorted({w for w in enrichment.column("dify_workflow_id").to_pylist() if w})
+def _metadata(figures: DayFigures, sent: int, call_counters: dict, fresh_latencies: list[float], path: str) -> dict:
     percentiles = latency_percentiles(fresh_latencies)
-    categories = Counter(c for c in enrichment.column("category").to_pylist() if c)
+    cost = figures.cost()
     return {
-        "rows": rows,
-        "succeeded": rows - failed,
-        "failed": failed,
-        "failure_rate": round(failed / rows, 4) if rows else 0.0,
-        "failures_by_code": dg.MetadataValue.json(error_counts(enrichment.column("error_code").to_pylist())),
+        "rows": figures.rows,
+        "succeeded": figures.rows - figures.failed,
+        "failed": figures.failed,
+        "failure_rate": figures.failure_rate,
+        "failures_by_code": dg.MetadataValue.json(dict(figures.failures.most_common())),
+        "failure_samples": dg.MetadataValue.json(figures.failure_samples()),
         "requests_sent": sent,
-        "cache_hits": cache_hits,
+        # Where the rows' answers came from: this run, a duplicate of this run's input, or an earlier run or day.
+        "answered_this_run": figures.by_source[SENT],
+        "duplicates_within_day": figures.by_source[DUPLICATE],
+        "answered_from_cache": figures.by_source[CACHE],
+        "cache_hits": figures.by_source[CACHE],
+        "refused_inputs": figures.by_source[REFUSED],
         "http_attempts": call_counters.get("http_attempts", 0),
         "retries": call_counters.get("retries", 0),
         "throttled": call_counters.get("throttled", 0),
         "recovered_runs": call_counters.get("recovered_runs", 0),
         "resumed_runs": call_counters.get("resumed_runs", 0),
-        "total_tokens": sum(t for t in tokens if t),
-        "total_price": float(round(sum(p for p in prices if p), 6)),  # float even when 0: one series to plot
-        "tokens_spent_this_run": spent_tokens,
-        "price_spent_this_run": float(round(spent_price, 6)),
+        # Each distinct input of the day counted once; "this run" is what this run paid for.
+        "total_tokens": figures.tokens_day,
+        "tokens_spent_this_run": figures.tokens_run,
+        "total_price": float(round(figures.price_day, 6)),  # Dify's own price; float even when 0: one series
+        "price_spent_this_run": float(round(figures.price_run, 6)),
+        **cost,
+        "failed_runs_charged": figures.failed_runs_charged,
         "latency_p50_ms": percentiles["p50"],
         "latency_p95_ms": percentiles["p95"],
         "latency_p99_ms": percentiles["p99"],
-        "categories": dg.MetadataValue.json(dict(categories.most_common())),
-        "dify_workflow_ids": dg.MetadataValue.json(workflow_ids),
+        "categories": dg.MetadataValue.json(dict(figures.categories.most_common())),
+        "dify_workflow_ids": dg.MetadataValue.json(sorted(figures.workflow_ids)),
         "path": dg.MetadataValue.path(path),
     }
