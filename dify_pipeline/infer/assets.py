@@ -147,7 +147,7 @@ def enriched_tickets(
 
         # Second pass, one shard at a time: every answer judged against today's contract, the rows written.
         token_prices = _token_prices(settings)
-        figures = DayFigures(mask=_masker(settings))
+        figures = DayFigures(mask=_masker(settings), estimate_currency=settings.price_currency)
         output_folder = day_folder(stage_storage, "enriched_tickets", context.partition_key)
         written = []
         seen = set()

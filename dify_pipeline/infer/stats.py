@@ -87,6 +87,7 @@ class DayFigures:
     """The day's figures, added shard by shard (memory does not grow with the day, only with its error codes)."""
 
     mask: Callable[[str], str] = lambda text: text  # masks personal data in error messages
+    estimate_currency: str | None = None  # the currency of the token prices behind estimated costs
     rows: int = 0
     failed: int = 0
     by_source: Counter = field(default_factory=Counter)
@@ -164,6 +165,8 @@ class DayFigures:
         """What the day's answers cost (each distinct input once) and what this run spent, in the main currency,
         and whether any of it is an estimate from token prices."""
         currency = self.currencies.most_common(1)[0][0] if self.currencies else None
+        if currency is None and self.estimated_rows:
+            currency = self.estimate_currency
         return {
             "cost_day": float(round(self.cost_day, 6)),
             "cost_spent_this_run": float(round(self.cost_run, 6)),

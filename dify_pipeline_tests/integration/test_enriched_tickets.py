@@ -93,3 +93,77 @@ def test_an_input_mapping_the_app_does_not_declare_fails_before_any_paid_call(
     message = failure.event_specific_data.user_failure_data.description
     assert "text" in message and "body" in message and "does not declare" in message
     assert dify_emulator.stats()["paid_runs"] == 0
+
+
+def step_failure_message(result, step: str = "enriched_tickets") -> str:
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and e.step_key == step]
+    return failure.event_specific_data.user_failure_data.description
+
+
+def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rejudges_it_from_the_cache(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
+    """The app answers a label outside the list: paid once, kept in the cache, a failed row; the next run pays 0
+    and the row stays failed; adding the label to settings.categories turns the rows into successes, paying 0."""
+    from dify_pipeline.emulators.dify_answers import INVALID_CATEGORY
+    from dify_pipeline.infer.contract import DEFAULT_CATEGORIES
+
+    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5,
+                                               faults=[Fault(kind="invalid_category", match="退款")]))
+    first = run_day(dagster_instance)
+    judged = materialization_metadata(first, "enriched_tickets")
+    assert judged["failures_by_code"] == {"invalid_category": judged["failed"]} and judged["failed"] > 0
+    paid = dify_emulator.stats()["paid_runs"]
+    assert paid == judged["requests_sent"] > 0
+
+    again = run_day(dagster_instance)
+    rejudged = materialization_metadata(again, "enriched_tickets")
+    assert dify_emulator.stats()["paid_runs"] == paid  # nothing paid again
+    assert rejudged["requests_sent"] == 0 and rejudged["failed"] == judged["failed"]
+
+    wider = PipelineSettings(categories=[*DEFAULT_CATEGORIES, INVALID_CATEGORY])
+    fixed = run_day(dagster_instance, settings=wider)
+    accepted = materialization_metadata(fixed, "enriched_tickets")
+    assert dify_emulator.stats()["paid_runs"] == paid
+    assert fixed.success and accepted["failed"] == 0 and accepted["requests_sent"] == 0
+    assert accepted["categories"][INVALID_CATEGORY] == judged["failed"]
+
+
+def test_a_blocked_day_says_why_in_the_steps_own_error(pipeline_env, source_tickets, dagster_instance, dify_emulator):
+    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5,
+                                               faults=[Fault(kind="failed_run", match="退款")]))
+    bad = run_day(dagster_instance)
+    enriched = materialization_metadata(bad, "enriched_tickets")
+    message = step_failure_message(bad)
+    assert f"{enriched['failed']} of {enriched['rows']} records failed" in message
+    assert "threshold 2.0%" in message and "run_failed ×" in message
+    samples = enriched["failure_samples"]["run_failed"]
+    assert samples["count"] == enriched["failed"] and len(samples["records"]) == 5
+    assert all(str(key) in message for key in samples["records"]) and samples["example"][:40] in message
+    assert "what to do" in message
+    [check] = [e.event_specific_data for e in bad.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+               and e.event_specific_data.check_name == "failure_rate_below_threshold"]
+    assert check.metadata["failure_samples"].value["run_failed"]["records"] == samples["records"]
+
+
+def test_cost_is_estimated_from_token_prices_and_a_rerun_spends_nothing(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
+    priced = PipelineSettings(price_per_1k_input_tokens=0.5, price_per_1k_output_tokens=1.5, price_currency="EUR")
+    first = materialization_metadata(run_day(dagster_instance, settings=priced), "enriched_tickets")
+    assert first["cost_is_estimate"] is True and first["cost_currency"] == "EUR"
+    assert first["cost_day"] == first["cost_spent_this_run"] > 0
+    again = materialization_metadata(run_day(dagster_instance, settings=priced), "enriched_tickets")
+    assert again["cost_spent_this_run"] == 0 and again["cost_day"] == first["cost_day"]
+    assert again["answered_from_cache"] == again["rows"] and again["duplicates_within_day"] == 0
+
+
+def test_with_the_cache_off_duplicates_within_the_day_are_not_counted_as_cache_hits(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator, monkeypatch
+):
+    monkeypatch.setenv("RESULT_CACHE_ENABLED", "false")
+    enriched = materialization_metadata(run_day(dagster_instance), "enriched_tickets")
+    assert enriched["cache_hits"] == enriched["answered_from_cache"] == 0
+    assert enriched["duplicates_within_day"] > 0
+    assert enriched["answered_this_run"] + enriched["duplicates_within_day"] + enriched["refused_inputs"] == enriched["rows"]
+    assert enriched["requests_sent"] == enriched["answered_this_run"] == dify_emulator.stats()["paid_runs"]

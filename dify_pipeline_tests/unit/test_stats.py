@@ -61,12 +61,13 @@ def test_sources_are_counted_apart_and_the_day_costs_each_input_once():
 
 
 def test_a_failed_run_dify_charged_counts_in_what_the_run_spent():
-    figures = DayFigures()
+    figures = DayFigures(estimate_currency="EUR")
     add(figures, [{"key": "a", "dify_status": "failed", "error_code": "run_failed", "error_message": "boom",
                    "total_tokens": 50}], [SENT], [True], [0.025], [True])
     assert figures.failed_runs_charged == 1
     assert figures.cost()["cost_spent_this_run"] == 0.025
     assert figures.cost()["cost_is_estimate"] is True
+    assert figures.cost()["cost_currency"] == "EUR"
 
 
 def failing_day() -> DayFigures:
