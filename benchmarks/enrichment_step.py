@@ -1,0 +1,141 @@
+"""The enrichment step's own path against a zero-latency Dify emulator: answers/s with the cache on.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/enrichment_step.py                 # SQLite cache, 20,000 records
+    RESULT_CACHE_URL=postgresql://postgres@127.0.0.1:5432/postgres PYTHONPATH=. .venv/bin/python benchmarks/enrichment_step.py
+    PYTHONPATH=. .venv/bin/python benchmarks/enrichment_step.py --records 50000 --cache both
+
+With PostgreSQL, a fresh database is created next to the URL's (and dropped after), so the cache starts empty.
+
+`enriched_tickets` is materialized for one day whose shards are written beforehand: the app's form, the sinks'
+preflight, planning, the cache (lookup, group commits), the Dify client, parsing, progress, judging on read and
+the enriched shards, all inside the clock. The Dify and Elasticsearch emulators run in their own processes, so
+their CPU is not ours. Prints answers/s (distinct inputs answered ÷ the step's wall time, from its own
+STEP_START/STEP_SUCCESS events) and the ratio to the 1,000 answers/s bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pyarrow as pa
+import sqlalchemy as sa
+
+from benchmarks._harness import emulator_process, report
+from dify_pipeline.infer.assets import enriched_tickets
+from dify_pipeline.resources.dify import DifyResource
+from dify_pipeline.resources.result_cache import ResultCache
+from dify_pipeline.resources.search import SearchCluster
+from dify_pipeline.resources.storage import ObjectStorage
+from dify_pipeline.settings import PipelineSettings
+from dify_pipeline.stages import shard_file
+
+KEY = "app-benchmark"
+DAY = "2026-11-20"
+BOUND = 1000.0
+
+
+def write_shards(storage: ObjectStorage, records: int, shard_rows: int = 500) -> None:
+    for shard, start in enumerate(range(0, records, shard_rows)):
+        keys = range(start, min(start + shard_rows, records))
+        table = pa.table({
+            "record_key": [str(i) for i in keys],
+            "subject": [f"订单 {i} 物流延迟" for i in keys],
+            "body": [f"第 {i} 号工单: 快递三天没有更新, 请尽快处理 (run {uuid.uuid4().hex[:6]})" for i in keys],
+        })
+        storage.write_parquet(shard_file(storage, "ticket_shards", DAY, shard), table.schema, [table])
+
+
+def postgres_url(base: str) -> str:
+    """A fresh database next to `base`'s, so every run starts with an empty cache."""
+    url = sa.make_url(base)
+    name = f"bench_cache_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres(url: str) -> None:
+    parsed = sa.make_url(url)
+    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {parsed.database} WITH (FORCE)"))
+    admin.dispose()
+
+
+def step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
+    """From the step's start to its end (success or failure), as the instance recorded them."""
+    times = {entry.dagster_event.event_type_value: entry.timestamp for entry in instance.all_logs(run_id)
+             if entry.dagster_event is not None and entry.dagster_event.step_key == "enriched_tickets"}
+    return times.get("STEP_SUCCESS", times.get("STEP_FAILURE", 0.0)) - times["STEP_START"]
+
+
+def run(cache_url: str, records: int, concurrency: int, dify_url: str, es_url: str, folder: Path) -> bool:
+    stages = ObjectStorage(url=str(folder / "stages"))
+    write_shards(stages, records)
+    httpx.post(f"{dify_url.removesuffix('/v1')}/_emulator/reset")
+    resources = {
+        "dify": DifyResource(base_url=dify_url, api_key=KEY, max_concurrency=concurrency),
+        "result_cache": ResultCache(url=cache_url),
+        "stage_storage": stages,
+        "settings": PipelineSettings(),
+        "parquet_output": ObjectStorage(url=str(folder / "out")),
+        "elasticsearch": SearchCluster(url=es_url, index=f"bench_{uuid.uuid4().hex[:6]}"),
+    }
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([enriched_tickets], partition_key=DAY, resources=resources, instance=instance,
+                                raise_on_error=False)
+        seconds = step_seconds(instance, result.run_id)
+    paid = httpx.get(f"{dify_url.removesuffix('/v1')}/_emulator/stats").json()["paid_runs"]
+    [event] = result.get_asset_materialization_events()
+    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+    answered = metadata["answered_this_run"]
+    rate = answered / seconds
+    backend = sa.make_url(cache_url).get_backend_name()
+    passed = result.success and answered == records == paid and rate >= BOUND
+    report(f"enrichment step, cache on {backend}", {
+        "records": records, "paid_runs": paid, "step_seconds": seconds, "answers/s": rate,
+        "concurrency": concurrency, "failed": metadata["failed"],
+    }, rate / BOUND, 1.0, passed)
+    return passed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--cache", choices=["env", "sqlite", "postgresql", "both"], default="env",
+                        help="env: RESULT_CACHE_URL when set, else SQLite; both: SQLite then PostgreSQL")
+    args = parser.parse_args()
+    config = {"apps": [{"api_key": KEY}], "latency_ms": 0.0, "seed": 1}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, \
+            emulator_process("dify_pipeline.emulators.dify", config) as dify_url, \
+            emulator_process("dify_pipeline.emulators.elasticsearch") as es_url:
+        urls = []
+        env_url = os.environ.get("RESULT_CACHE_URL")
+        if args.cache in ("sqlite", "both") or (args.cache == "env" and not env_url):
+            urls.append(f"sqlite:///{tmp}/cache.sqlite")
+        if args.cache in ("postgresql", "both"):
+            urls.append(postgres_url(env_url or "postgresql://postgres@127.0.0.1:5432/postgres"))
+        elif args.cache == "env" and env_url:
+            urls.append(postgres_url(env_url) if env_url.startswith("postgresql") else env_url)
+        for index, url in enumerate(urls):
+            try:
+                results.append(run(url, args.records, args.concurrency, dify_url, es_url, Path(tmp) / str(index)))
+            finally:
+                if url.startswith("postgresql"):
+                    drop_postgres(url)
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
