@@ -27,7 +27,7 @@ import httpx
 import pyarrow as pa
 import sqlalchemy as sa
 
-from benchmarks._harness import emulator_process, report
+from benchmarks._harness import emulator_process, peak_rss_mb, report
 from dify_pipeline.infer.assets import enriched_tickets
 from dify_pipeline.resources.dify import DifyResource
 from dify_pipeline.resources.result_cache import ResultCache
@@ -103,7 +103,7 @@ def run(cache_url: str, records: int, concurrency: int, dify_url: str, es_url: s
     passed = result.success and answered == records == paid and rate >= BOUND
     report(f"enrichment step, cache on {backend}", {
         "records": records, "paid_runs": paid, "step_seconds": seconds, "answers/s": rate,
-        "concurrency": concurrency, "failed": metadata["failed"],
+        "concurrency": concurrency, "failed": metadata["failed"], "peak_rss_mb": peak_rss_mb(),
     }, rate / BOUND, 1.0, passed)
     return passed
 
