@@ -78,13 +78,14 @@ def step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
     return times.get("STEP_SUCCESS", times.get("STEP_FAILURE", 0.0)) - times["STEP_START"]
 
 
-def run(cache_url: str, records: int, concurrency: int, dify_url: str, es_url: str, folder: Path) -> bool:
+def run(cache_url: str, records: int, concurrency: int, dify_url: str, es_url: str, folder: Path,
+        enabled: bool = True) -> bool:
     stages = ObjectStorage(url=str(folder / "stages"))
     write_shards(stages, records)
     httpx.post(f"{dify_url.removesuffix('/v1')}/_emulator/reset")
     resources = {
         "dify": DifyResource(base_url=dify_url, api_key=KEY, max_concurrency=concurrency),
-        "result_cache": ResultCache(url=cache_url),
+        "result_cache": ResultCache(url=cache_url, enabled=enabled),
         "stage_storage": stages,
         "settings": PipelineSettings(),
         "parquet_output": ObjectStorage(url=str(folder / "out")),
@@ -101,7 +102,7 @@ def run(cache_url: str, records: int, concurrency: int, dify_url: str, es_url: s
     rate = answered / seconds
     backend = sa.make_url(cache_url).get_backend_name()
     passed = result.success and answered == records == paid and rate >= BOUND
-    report(f"enrichment step, cache on {backend}", {
+    report(f"enrichment step, cache {'on ' + backend if enabled else 'off'}", {
         "records": records, "paid_runs": paid, "step_seconds": seconds, "answers/s": rate,
         "concurrency": concurrency, "failed": metadata["failed"], "peak_rss_mb": peak_rss_mb(),
     }, rate / BOUND, 1.0, passed)
@@ -112,8 +113,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--cache", choices=["env", "sqlite", "postgresql", "both"], default="env",
-                        help="env: RESULT_CACHE_URL when set, else SQLite; both: SQLite then PostgreSQL")
+    parser.add_argument("--cache", choices=["env", "sqlite", "postgresql", "both", "off"], default="env",
+                        help="env: RESULT_CACHE_URL when set, else SQLite; both: SQLite then PostgreSQL; "
+                             "off: the cache disabled, the client's own ceiling for comparison")
     args = parser.parse_args()
     config = {"apps": [{"api_key": KEY}], "latency_ms": 0.0, "seed": 1}
     results = []
@@ -122,7 +124,7 @@ def main() -> int:
             emulator_process("dify_pipeline.emulators.elasticsearch") as es_url:
         urls = []
         env_url = os.environ.get("RESULT_CACHE_URL")
-        if args.cache in ("sqlite", "both") or (args.cache == "env" and not env_url):
+        if args.cache in ("sqlite", "both", "off") or (args.cache == "env" and not env_url):
             urls.append(f"sqlite:///{tmp}/cache.sqlite")
         if args.cache in ("postgresql", "both"):
             urls.append(postgres_url(env_url or "postgresql://postgres@127.0.0.1:5432/postgres"))
@@ -130,7 +132,8 @@ def main() -> int:
             urls.append(postgres_url(env_url) if env_url.startswith("postgresql") else env_url)
         for index, url in enumerate(urls):
             try:
-                results.append(run(url, args.records, args.concurrency, dify_url, es_url, Path(tmp) / str(index)))
+                results.append(run(url, args.records, args.concurrency, dify_url, es_url, Path(tmp) / str(index),
+                               enabled=args.cache != "off"))
             finally:
                 if url.startswith("postgresql"):
                     drop_postgres(url)

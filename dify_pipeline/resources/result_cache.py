@@ -25,7 +25,6 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
-from sqlalchemy.dialects import postgresql, sqlite
 
 _metadata = sa.MetaData()
 RESULTS = sa.Table(
@@ -217,7 +216,7 @@ class _GroupWriter:
         self._interval = interval
         self._max_group = max_group
         self._queue: queue.Queue = queue.Queue(maxsize=max_queued)  # bounded: a slow database slows the callers
-        self._insert = _insert_ignoring_duplicates(engine.dialect.name)
+        self._insert = _insert_ignoring_duplicates(engine.dialect.name, engine.dialect.driver)
         self._lock = threading.Condition()
         self._queued = 0
         self._settled = 0  # committed or lost to an error
@@ -281,7 +280,7 @@ class _GroupWriter:
         keys = [values["cache_key"] for values in group]
         with self._engine.begin() as connection:
             if self._insert is not None:
-                connection.execute(self._insert, group)
+                _execute_many(connection, self._insert, group)
             else:  # another database: one row at a time, a duplicate key is another run's identical answer
                 for values in group:
                     try:
@@ -293,11 +292,37 @@ class _GroupWriter:
                 connection.execute(sa.delete(STARTED_RUNS).where(STARTED_RUNS.c.cache_key.in_(keys[start:start + 900])))
 
 
-def _insert_ignoring_duplicates(dialect: str):
+_COLUMNS = [column.name for column in RESULTS.c]
+
+
+def _execute_many(connection: sa.Connection, statement: str, group: list[dict]) -> None:
+    """The group's rows in one statement through the driver itself: SQLAlchemy's per-row parameter processing
+    cost more CPU than the database's work (and the writer shares the GIL with the event loop)."""
+    postgres = connection.dialect.name == "postgresql"
+    rows = [tuple(values[name] for name in _COLUMNS) for values in group]
+    if not postgres:  # stored as SQLAlchemy's SQLite DateTime stores it (naive UTC text), so it reads it back
+        at = _COLUMNS.index("created_at")
+        rows = [(*row[:at], row[at].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f"), *row[at + 1:])
+                for row in rows]
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        if postgres:
+            from psycopg2.extras import execute_values
+
+            execute_values(cursor, statement, rows, page_size=len(rows))
+        else:
+            cursor.executemany(statement, rows)
+    finally:
+        cursor.close()
+
+
+def _insert_ignoring_duplicates(dialect: str, driver: str) -> str | None:
     """INSERT ... ON CONFLICT DO NOTHING where the database has it: two runs answering the same inputs at once
     (a backfill) store the first answer, without an error."""
-    if dialect == "sqlite":
-        return sqlite.insert(RESULTS).on_conflict_do_nothing(index_elements=["cache_key"])
-    if dialect == "postgresql":
-        return postgresql.insert(RESULTS).on_conflict_do_nothing(index_elements=["cache_key"])
+    names = ", ".join(_COLUMNS)
+    if dialect == "sqlite" and driver == "pysqlite":
+        marks = ", ".join("?" for _ in _COLUMNS)
+        return f"INSERT INTO {RESULTS.name} ({names}) VALUES ({marks}) ON CONFLICT (cache_key) DO NOTHING"
+    if dialect == "postgresql" and driver == "psycopg2":
+        return f"INSERT INTO {RESULTS.name} ({names}) VALUES %s ON CONFLICT (cache_key) DO NOTHING"
     return None

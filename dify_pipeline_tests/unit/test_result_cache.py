@@ -211,3 +211,15 @@ def postgres_cache_url():
     with admin.connect() as connection:
         connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
     admin.dispose()
+
+
+def test_the_time_an_answer_was_stored_reads_back_through_sqlalchemy(session):
+    import sqlalchemy as sa
+
+    from dify_pipeline.resources.result_cache import RESULTS
+
+    session.store(key(1), APP, VERSION, result())
+    session.flush()
+    with session._engine.connect() as connection:
+        [stored_at] = connection.execute(sa.select(RESULTS.c.created_at)).scalars()
+    assert stored_at.year >= 2026
