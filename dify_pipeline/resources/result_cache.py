@@ -14,9 +14,9 @@ is the time between its arrival and the commit of its group: at most one interva
 from __future__ import annotations
 
 import json
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -204,42 +204,48 @@ class ResultCacheSession:
             self._engine.dispose()
 
 
-_STOP = object()
-
-
 class _GroupWriter:
-    """One thread committing queued answers in groups: a group is what arrived within `interval` of its first
-    answer (at most `max_group`), committed in one transaction before the next group starts."""
+    """One thread committing queued answers in groups: it sleeps `interval` after the first answer of a group, then
+    commits everything queued by then in one transaction, before the next group starts. Callers only append to a
+    deque: they never wake the thread per answer (each wake-up would cost the event loop a GIL hand-off)."""
 
-    def __init__(self, engine: sa.Engine, interval: float, max_group: int = 2000, max_queued: int = 20000) -> None:
+    def __init__(self, engine: sa.Engine, interval: float, max_group: int = 5000, max_queued: int = 20000) -> None:
         self._engine = engine
         self._interval = interval
         self._max_group = max_group
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)  # bounded: a slow database slows the callers
+        self._max_queued = max_queued  # bounded: a slow database slows the callers down
+        self._pending: deque[dict] = deque()
         self._insert = _insert_ignoring_duplicates(engine.dialect.name, engine.dialect.driver)
-        self._lock = threading.Condition()
+        self._wake = threading.Event()
+        self._settled_changed = threading.Condition()
         self._queued = 0
         self._settled = 0  # committed or lost to an error
         self.committed = 0
+        self._stopping = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="result-cache-writer", daemon=True)
         self._thread.start()
 
     def put(self, values: dict) -> None:
         self._raise_if_failed()
-        with self._lock:
-            self._queued += 1
-        self._queue.put(values)
+        while len(self._pending) >= self._max_queued and self._thread.is_alive():
+            time.sleep(self._interval or 0.001)
+        self._queued += 1  # only the caller's thread writes it
+        self._pending.append(values)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def flush(self) -> None:
-        with self._lock:
+        with self._settled_changed:
             while self._settled < self._queued and self._thread.is_alive():
-                self._lock.wait(0.5)
+                self._wake.set()
+                self._settled_changed.wait(0.5)
         self._raise_if_failed()
 
     def close(self) -> None:
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._stopping = True
+            self._wake.set()
             self._thread.join()
         self._raise_if_failed()
 
@@ -248,33 +254,30 @@ class _GroupWriter:
             raise CacheWriteError(f"the result cache could not store answers: {self._error}") from self._error
 
     def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._pending and not self._stopping:
+                time.sleep(self._interval)  # let the group fill
+            while self._pending:
+                group = [self._pending.popleft() for _ in range(min(len(self._pending), self._max_group))]
+                committed = 0
+                if self._error is None:  # after a failure nothing more is written: the caller stops the run
+                    try:
+                        self._commit(group)
+                        committed = len(group)
+                    except Exception as error:  # noqa: BLE001 - handed to the caller by flush/put
+                        self._error = error
+                with self._settled_changed:
+                    self.committed += committed
+                    self._settled += len(group)
+                    self._settled_changed.notify_all()
+                if not self._stopping:
+                    break  # the rest is the next group, after its own interval
+            if self._pending:
+                self._wake.set()
+            elif self._stopping:
                 return
-            group = [first]
-            deadline = time.monotonic() + self._interval
-            while len(group) < self._max_group:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                group.append(item)
-            committed = 0
-            if self._error is None:  # after a failure nothing more is written: the caller stops the run
-                try:
-                    self._commit(group)
-                    committed = len(group)
-                except Exception as error:  # noqa: BLE001 - handed to the caller by flush/put
-                    self._error = error
-            with self._lock:
-                self.committed += committed
-                self._settled += len(group)
-                self._lock.notify_all()
 
     def _commit(self, group: list[dict]) -> None:
         keys = [values["cache_key"] for values in group]
