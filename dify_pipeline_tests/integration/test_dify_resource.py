@@ -181,3 +181,41 @@ def test_being_throttled_longer_than_the_error_budget_does_not_fail_the_record(d
     results, counters = run(client(dify_emulator, max_attempts=3, max_concurrency=2), requests_for(2))
     assert all(r.succeeded and r.attempts == 7 for r in results.values())
     assert counters["throttled"] == 12
+
+
+SANDBOX_DOWN = ("Failed to execute code, which is likely a network issue, please check if the sandbox service is "
+                "running. ( Error: [Errno 111] Connection refused )")
+
+
+@pytest.fixture
+def sandbox_down(monkeypatch):
+    """Failed runs carry the error text a real Dify 1.11.4 run had when its code node lost the sandbox."""
+    import dify_pipeline.emulators.dify as emulator_module
+
+    monkeypatch.setattr(emulator_module, "FAILED_RUN_ERROR", SANDBOX_DOWN)
+
+
+@pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
+def test_an_app_whose_every_run_fails_stops_the_day_after_few_paid_runs(dify_emulator, sandbox_down, response_mode):
+    configure(dify_emulator, faults=[Fault(kind="failed_run")])
+    received = {}
+    with pytest.raises(DifyFatalError) as raised:
+        client(dify_emulator, response_mode=response_mode).run_all(
+            requests_for(400), lambda r: received.__setitem__(r.record_key, r))
+    message = str(raised.value)
+    assert "run_failed" in message and "Connection refused" in message and "ticket-" in message
+    assert dify_emulator.stats()["paid_runs"] <= 50
+    assert received and all(r.error_code == "run_failed" for r in received.values())  # what was paid is kept
+
+
+def test_a_failed_run_blaming_the_sandbox_connection_is_retried_at_most_once(dify_emulator, sandbox_down):
+    configure(dify_emulator, faults=[Fault(kind="failed_run", match="ticket 0:")])
+    results, _ = run(client(dify_emulator), requests_for(3))
+    assert results["ticket-0"].error_code == "run_failed" and results["ticket-0"].attempts <= 2
+    assert dify_emulator.stats()["paid_runs"] <= 4
+
+
+def test_a_breaker_ignores_a_few_failures_among_many_successes(dify_emulator, sandbox_down):
+    configure(dify_emulator, faults=[Fault(kind="failed_run", probability=0.1)])
+    results, _ = run(client(dify_emulator), requests_for(200))
+    assert len(results) == 200 and sum(r.succeeded for r in results.values()) >= 150
