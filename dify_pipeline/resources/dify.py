@@ -12,6 +12,7 @@ the run; every other failure becomes a result with its error code.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import random
@@ -27,6 +28,7 @@ from pydantic import Field, PrivateAttr
 
 from dify_pipeline.infer.errors import (
     DifyCallError,
+    FailureBreaker,
     classify_failed_run,
     classify_http_error,
     classify_stream_error,
@@ -59,6 +61,7 @@ class DifyResult:
 
 
 THROTTLED_ATTEMPTS_FACTOR = 4
+SUSTAINED_TROUBLE = 5  # answers in a row that are 429/5xx/timeouts: the server is in trouble, pause everyone
 
 
 class DifyFatalError(RuntimeError):
@@ -73,8 +76,17 @@ class _Counters:
     recovered_runs: int = 0
     resumed_runs: int = 0
     fatal: DifyCallError | None = None
+    stop_reason: str | None = None  # why the day stopped early (breaker, outage), for DifyFatalError
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    consecutive_throttles: int = 0
+    consecutive_trouble: int = 0  # 429/5xx/timeouts in a row, with no other answer in between
+    trouble_since: float | None = None  # when the server began answering nothing but 429/5xx/timeouts
+    last_trouble: DifyCallError | None = None
+    finished: collections.deque = field(default_factory=collections.deque)  # when records became final
+    breaker: FailureBreaker = field(default_factory=FailureBreaker)
+
+    def halt(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+        self.stop.set()
 
 
 class DifyResource(dg.ConfigurableResource):
@@ -93,6 +105,8 @@ class DifyResource(dg.ConfigurableResource):
     backoff_max_seconds: float = Field(default=60.0, ge=0)
     request_timeout_seconds: float = Field(default=120.0, gt=0, description="Blocking calls; Dify Cloud cuts at 100 s.")
     stream_idle_timeout_seconds: float = Field(default=45.0, gt=0, description="Streams ping every 10 s.")
+    max_outage_seconds: float = Field(
+        default=300.0, gt=0, description="Nothing but 429/5xx/timeouts for longer than this ends the step.")
     verify_tls: bool = True
     ca_file: str | None = Field(default=None, description="CA bundle for a private certificate authority.")
 
@@ -149,15 +163,21 @@ class DifyResource(dg.ConfigurableResource):
         requests: Iterable[DifyRequest],
         on_result: Callable[[DifyResult], None],
         on_run_started: Callable[[str, str], None] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> dict[str, int]:
         """Send every request, calling `on_result` once per record as soon as it is final.
 
         Returns counters (HTTP attempts, retries, throttled answers, recovered runs). Raises
-        DifyFatalError after the in-flight calls settle when the server says no record can succeed.
+        DifyFatalError after the in-flight calls settle when the server says no record can succeed, when
+        recent answers fail the same way (a broken app), or when the server answered nothing but 429/5xx
+        for `max_outage_seconds`. `log` gets a line now and then while the server is in trouble.
         """
-        counters = _run(self._run_all(list(requests), on_result, on_run_started))
+        log = log or dg.get_dagster_logger().info
+        counters = _run(self._run_all(list(requests), on_result, on_run_started, log))
         if counters.fatal is not None:
             raise DifyFatalError(f"Dify refused the run: {counters.fatal}")
+        if counters.stop_reason is not None:
+            raise DifyFatalError(counters.stop_reason)
         return {
             "http_attempts": counters.http_attempts,
             "retries": counters.retries,
@@ -166,9 +186,14 @@ class DifyResource(dg.ConfigurableResource):
             "resumed_runs": counters.resumed_runs,
         }
 
-    async def _run_all(self, requests, on_result, on_run_started) -> _Counters:
+    async def _run_all(self, requests, on_result, on_run_started, log) -> _Counters:
         counters = _Counters()
-        gate = RequestGate(self.max_concurrency, self.requests_per_minute, adaptive=self.adaptive_concurrency)
+
+        async def nap(seconds: float) -> None:  # every wait ends early when the day stops
+            await _sleep_unless(counters.stop, seconds)
+
+        gate = RequestGate(self.max_concurrency, self.requests_per_minute, adaptive=self.adaptive_concurrency,
+                           sleep=nap)
         queue: asyncio.Queue[DifyRequest] = asyncio.Queue()
         for request in requests:
             queue.put_nowait(request)
@@ -183,12 +208,41 @@ class DifyResource(dg.ConfigurableResource):
                         return
                     result = await self._call_with_retries(client, gate, counters, request, on_run_started)
                     if result is not None:
+                        counters.finished.append(time.monotonic())
                         on_result(result)
 
             # More workers than slots: a worker sleeping out a backoff must not idle a slot.
             workers = min(queue.qsize(), self.max_concurrency * 2)
-            await asyncio.gather(*(worker() for _ in range(workers)))
+            watch = asyncio.create_task(self._watch_outage(counters, log))
+            try:
+                await asyncio.gather(*(worker() for _ in range(workers)))
+            finally:
+                watch.cancel()
         return counters
+
+    async def _watch_outage(self, counters: _Counters, log: Callable[[str], None]) -> None:
+        """While the server answers nothing but 429/5xx: a line now and then, and the end after the bound."""
+        interval = min(30.0, max(0.05, self.max_outage_seconds / 10))
+        next_line = time.monotonic() + min(30.0, self.max_outage_seconds / 3)
+        while not counters.stop.is_set():
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            while counters.finished and counters.finished[0] < now - 60:
+                counters.finished.popleft()
+            if counters.trouble_since is None:
+                next_line = now + min(30.0, self.max_outage_seconds / 3)
+                continue
+            troubled = now - counters.trouble_since
+            if troubled > self.max_outage_seconds:
+                counters.halt(
+                    f"Dify answered nothing but throttling, server errors or timeouts for {troubled:.0f} s "
+                    f"(last: {counters.last_trouble}), longer than DIFY_MAX_OUTAGE_SECONDS="
+                    f"{self.max_outage_seconds:g}; the day stopped. Check the server, then materialize the day again")
+            elif now >= next_line:
+                log(f"Dify throttled or failing for {troubled:.0f} s (last: {counters.last_trouble.code}), "
+                    f"{len(counters.finished)} done in the last minute; the step ends after "
+                    f"{self.max_outage_seconds:g} s of this (DIFY_MAX_OUTAGE_SECONDS)")
+                next_line = now + min(30.0, self.max_outage_seconds / 3)
 
     async def _call_with_retries(self, client, gate, counters, request, on_run_started) -> DifyResult | None:
         if request.resume_run_id and self.app_mode == "workflow":
@@ -202,6 +256,9 @@ class DifyResource(dg.ConfigurableResource):
                 return None  # left for the next materialization
             attempts += 1
             await gate.acquire()
+            if counters.stop.is_set():  # stopped while we waited for a slot or a pause: send nothing more
+                await gate.release()
+                return None
             counters.http_attempts += 1
             error: DifyCallError | None = None
             started = time.perf_counter()  # latency of this attempt: the server's time, not our queueing
@@ -211,8 +268,10 @@ class DifyResource(dg.ConfigurableResource):
                 error = call_error
             finally:
                 await gate.release(throttled=error is not None and error.throttled, succeeded=error is None)
+            if error is None or not error.server_trouble:  # the server answered about the record itself
+                counters.consecutive_trouble, counters.trouble_since = 0, None
             if error is None:
-                counters.consecutive_throttles = 0
+                counters.breaker.record(request.record_key, None)
                 result.attempts = attempts
                 result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
                 return result
@@ -222,19 +281,28 @@ class DifyResource(dg.ConfigurableResource):
                 return None
             if error.throttled:
                 counters.throttled += 1
-                throttled += 1
+            if error.server_trouble:
+                counters.consecutive_trouble += 1
+                counters.trouble_since = counters.trouble_since or time.monotonic()
+                counters.last_trouble = error
                 self._cool_down(gate, counters, error)
-            # "Slow down" is not a failure of the record: it gets a longer budget than real errors.
+            # "Slow down", or a server in trouble for everyone, is not a failure of the record: a longer budget.
+            if error.throttled or counters.consecutive_trouble >= SUSTAINED_TROUBLE:
+                throttled += 1
+            broken = counters.breaker.record(request.record_key, error)
+            if broken:
+                counters.halt(counters.breaker.message())
             out_of_attempts = (attempts - throttled >= self.max_attempts
-                               or throttled >= self.max_attempts * THROTTLED_ATTEMPTS_FACTOR)
-            if not error.retryable or out_of_attempts:
+                               or throttled >= self.max_attempts * THROTTLED_ATTEMPTS_FACTOR
+                               or (error.attempts_cap is not None and attempts >= error.attempts_cap))
+            if not error.retryable or out_of_attempts or broken:
                 return DifyResult(
                     record_key=request.record_key, succeeded=False, attempts=attempts,
                     latency_ms=round((time.perf_counter() - started) * 1000, 1),
                     error_code=error.code, error_message=error.message,
                 )
             counters.retries += 1
-            await asyncio.sleep(self._backoff(attempts, error))
+            await _sleep_unless(counters.stop, self._backoff(attempts, error))
 
     def _backoff(self, attempts: int, error: DifyCallError) -> float:
         """Exponential backoff with jitter; a server's Retry-After is a floor."""
@@ -245,12 +313,16 @@ class DifyResource(dg.ConfigurableResource):
         return delay
 
     def _cool_down(self, gate: RequestGate, counters: _Counters, error: DifyCallError) -> None:
-        """Rate limits (429/503) pause every new request; Dify's concurrency 400 only lowers the limit."""
+        """Pause every new request when the server says so (Retry-After) or when its trouble is sustained.
+
+        A rare 429/5xx retries that record alone (after its own backoff); Dify's concurrency 400 only lowers
+        the limit.
+        """
         if error.retry_after is not None:
             gate.pause(error.retry_after)
-        elif error.http_status != 400:
-            counters.consecutive_throttles += 1
-            ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (counters.consecutive_throttles - 1))
+        elif error.http_status != 400 and counters.consecutive_trouble >= SUSTAINED_TROUBLE:
+            steps = counters.consecutive_trouble - SUSTAINED_TROUBLE
+            ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** min(steps, 30))
             gate.pause(self._rng.uniform(ceiling / 2, ceiling))
 
     # -- one HTTP attempt -----------------------------------------------------------------------------
@@ -346,6 +418,16 @@ class DifyResource(dg.ConfigurableResource):
                 raise DifyCallError("timeout", f"run {run_id} still running after the stream broke", True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
+    if seconds <= 0 or stop.is_set():
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
 
 
 def _run(coroutine):
