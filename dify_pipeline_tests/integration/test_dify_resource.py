@@ -219,3 +219,33 @@ def test_a_breaker_ignores_a_few_failures_among_many_successes(dify_emulator, sa
     configure(dify_emulator, faults=[Fault(kind="failed_run", probability=0.1)])
     results, _ = run(client(dify_emulator), requests_for(200))
     assert len(results) == 200 and sum(r.succeeded for r in results.values()) >= 150
+
+
+def test_a_rare_5xx_retries_that_record_alone_and_does_not_pause_everyone(dify_emulator):
+    """2% of answers 500/502/503/504 without Retry-After: no global pause (it cost 97% of the rate, issue 10)."""
+    kinds = ["http_500", "http_502_html", "http_503", "http_504_html"]
+    configure(dify_emulator, latency_ms=20, seed=3, faults=[Fault(kind=k, probability=0.005) for k in kinds])
+    resource = client(dify_emulator, max_concurrency=16, backoff_initial_seconds=1.0, backoff_max_seconds=60.0)
+    results, counters = run(resource, requests_for(600))
+    assert all(r.succeeded for r in results.values()) and counters["retries"] >= 2
+    arrivals = sorted(dify_emulator.stats()["run_arrivals"])
+    body = arrivals[: int(len(arrivals) * 0.9)]  # the retried records arrive last, after their own backoff
+    assert max(b - a for a, b in zip(body, body[1:])) < 0.3
+
+
+@pytest.mark.parametrize("kind", ["http_503", "http_429"])
+def test_a_server_answering_nothing_but_errors_ends_the_step_after_the_outage_bound(dify_emulator, kind):
+    configure(dify_emulator, faults=[Fault(kind=kind)])
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(DifyFatalError) as raised:
+        client(dify_emulator, max_outage_seconds=1.5).run_all(requests_for(50), lambda r: None, log=lines.append)
+    assert 1.5 <= time.monotonic() - started < 8
+    assert "DIFY_MAX_OUTAGE_SECONDS" in str(raised.value)
+    assert any("done in the last minute" in line for line in lines), lines
+
+
+def test_the_outage_clock_restarts_when_the_server_answers_again(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="http_503", first_n=30)])
+    results, _ = run(client(dify_emulator, max_outage_seconds=3, max_concurrency=4), requests_for(40))
+    assert len(results) == 40 and all(r.succeeded for r in results.values())
