@@ -457,6 +457,31 @@ def test_failed_run_reports_status_failed_with_empty_outputs(serve: Serve) -> No
     assert (finished["event"], finished["data"]["status"]) == ("workflow_finished", "failed")
 
 
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_a_run_whose_sandbox_is_unreachable_fails_inside_a_200_and_is_paid(serve: Serve, mode: str) -> None:
+    emulator, url = serve(faults=[Fault(kind="failed_run_sandbox")])
+    response = httpx.post(f"{url}/workflows/run", json=run_body(mode), headers=AUTH)
+    assert response.status_code == 200
+    if mode == "blocking":
+        data = response.json()["data"]
+    else:
+        events = events_of(response.text)
+        assert "error" not in [event["event"] for event in events]  # no error event: the run ended, failed
+        data = events[-1]["data"]
+        assert events[-1]["event"] == "workflow_finished"
+    assert (data["status"], data["outputs"], data["error"]) == ("failed", {}, (
+        "Failed to execute code, which is likely a network issue, please check if the sandbox service is running. "
+        "( Error: [Errno 111] Connection refused )"))
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["failed_runs"]) == (1, 1)
+
+
+def test_a_failed_run_can_carry_any_error_text(serve: Serve) -> None:
+    _, url = serve(faults=[Fault(kind="failed_run", error="Node LLM run failed: Request timed out.")])
+    data = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]
+    assert (data["status"], data["error"]) == ("failed", "Node LLM run failed: Request timed out.")
+
+
 def test_failed_completion_is_a_400_or_an_error_event(serve: Serve) -> None:
     _, url = serve(apps=[DifyApp(api_key=KEY, mode="completion")], faults=[Fault(kind="failed_run")])
     blocking = httpx.post(f"{url}/completion-messages", json=run_body(), headers=AUTH)
