@@ -37,13 +37,13 @@ from dify_pipeline.emulators.dify_answers import (
     usage_for,
     workflow_outputs,
 )
-from dify_pipeline.emulators.server import check_loopback, serve_in_thread
+from dify_pipeline.emulators.server import AcceptGate, check_loopback, serve_in_thread
 
 __all__ = ["DifyApp", "DifyEmulator", "DifyEmulatorConfig", "Fault", "answer_for", "main", "max_runs_in_window"]
 
 FaultKind = Literal["http_429", "http_500", "http_502_html", "http_503", "http_504_html", "timeout", "drop",
-                    "drop_mid_stream", "malformed_json", "failed_run", "unauthorized", "quota_exceeded",
-                    "bad_output", "invalid_category"]
+                    "drop_mid_stream", "malformed_json", "failed_run", "failed_run_sandbox", "unauthorized",
+                    "quota_exceeded", "bad_output", "invalid_category"]
 # Faults answered instead of a run: nothing is created, nothing is paid.
 PRE_RUN_FAULTS = frozenset({"http_429", "http_500", "http_502_html", "http_503", "http_504_html", "timeout",
                             "drop", "unauthorized", "quota_exceeded"})
@@ -87,6 +87,7 @@ class Fault(BaseModel):
     times_per_input: int | None = None  # each distinct inputs fails only its first K attempts
     retry_after: float | None = None  # http_429 / http_503: send Retry-After (seconds)
     hang_seconds: float = 30.0  # timeout: hold the request this long, then answer 504
+    error: str | None = None  # failed_run*: the run's error text instead of the kind's own
 
 
 class DifyEmulatorConfig(BaseModel):
@@ -101,6 +102,10 @@ class DifyEmulatorConfig(BaseModel):
     rate_limit_per_minute: int | None = None  # gateway-style: runs accepted in any sliding 60 s, beyond it 429
     rate_limit_retry_after: float | None = None
     concurrency_limit_status: Literal[400, 429] = 400  # real Dify answers 400; its spec documents 429
+    # gunicorn's gevent worker `--worker-connections` (the official image: 10): connections accepted at a time;
+    # the rest wait unaccepted in the listen backlog. None accepts every connection.
+    server_worker_connections: int | None = Field(default=None, ge=1)
+    server_keep_alive_seconds: float = Field(default=2.0, gt=0)  # gunicorn's `--keep-alive` default
     faults: list[Fault] = Field(default_factory=list)  # checked in order, the first that applies wins
     seed: int = 0
 
@@ -124,6 +129,10 @@ PING_FRAME = "event: ping\n\n"
 QUOTA_MESSAGE = ("Your quota for Dify Hosted OpenAI has been exhausted. Please go to Settings -> Model Provider "
                  "to complete your own provider credentials.")
 FAILED_RUN_ERROR = "[emulator] Error: the model provider failed to answer (injected failed_run)"
+# A code node that cannot reach Dify's sandbox, word for word from a real 1.11.4 run.
+SANDBOX_ERROR = ("Failed to execute code, which is likely a network issue, please check if the sandbox service is "
+                 "running. ( Error: [Errno 111] Connection refused )")
+FAILED_RUN_ERRORS = {"failed_run": FAILED_RUN_ERROR, "failed_run_sandbox": SANDBOX_ERROR}
 GATEWAY_PAGES = {
     502: "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
          "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
@@ -133,6 +142,7 @@ GATEWAY_PAGES = {
 # The emulated app's graph: node id -> (node type, title). The LLM node is where a run spends its latency.
 WORKFLOW_NODES = {"start": ("start", "Start"), "llm": ("llm", "Enrich ticket"), "end": ("end", "End")}
 _TRANSPORT = "dify_emulator.transport"  # scope key: the connection's transport, for faults that cut it
+_EXCHANGE = "dify_emulator.exchange"  # scope key: what the handler tells the connection layer (run, streamed)
 
 
 class DifyError(Exception):
@@ -222,6 +232,7 @@ class _Run:
     user: str
     fault: str | None
     latency: float
+    fault_error: str | None = None  # a failed run's error text, when the fault names one
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -259,13 +270,48 @@ class _Run:
                 "created_at": self.created_at, "finished_at": self.finished_at}
 
 
-class _TransportAwareStarlette(Starlette):
-    """Starlette that keeps each connection's transport in the scope, so a fault can cut the connection."""
+class _ConnectionAwareStarlette(Starlette):
+    """Starlette that behaves on the connection as Dify's gunicorn worker does.
+
+    It keeps each connection's transport in the scope (so a fault can cut it); reads a request whose client
+    already left from what arrived on the socket, as gevent does with a connection accepted late from the
+    backlog (uvicorn would only report the disconnect); closes the connection after a streamed answer; and
+    reports each run's answer as delivered or abandoned to `on_exchange_done`.
+    """
+
+    def __init__(self, *args, accept_gate: AcceptGate, on_exchange_done: Callable[[dict, bool], None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.accept_gate, self._on_exchange_done = accept_gate, on_exchange_done
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":  # uvicorn's `send` is a method of the request cycle that owns the transport
-            scope[_TRANSPORT] = getattr(getattr(send, "__self__", None), "transport", None)
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        cycle = getattr(send, "__self__", None)  # uvicorn's `send` is a method of the cycle owning the transport
+        transport = scope[_TRANSPORT] = getattr(cycle, "transport", None)
+        exchange = scope[_EXCHANGE] = {"run": None, "streamed": False}
+        await super().__call__(scope, _receive_left_request(cycle, receive), send)
+        if cycle is not None and hasattr(cycle, "response_complete"):
+            self._on_exchange_done(exchange, cycle.response_complete and not cycle.disconnected)
+        if exchange["streamed"] and transport is not None and not transport.is_closing():
+            transport.close()  # after the final event, as observed from Dify: waiting connections get their turn
+
+
+def _receive_left_request(cycle, receive):
+    """`receive`, except that a request fully received before its client left is still handed to the app."""
+    handed = False
+
+    async def receive_request() -> dict:
+        nonlocal handed
+        if not handed and getattr(cycle, "disconnected", False) and getattr(cycle, "more_body", True) is False:
+            handed = True
+            return {"type": "http.request", "body": bytes(cycle.body), "more_body": False}
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body"):
+            handed = True
+        return message
+
+    return receive_request
 
 
 async def _cut_connection(request: Request) -> None:
@@ -306,6 +352,8 @@ class DifyEmulator:
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task] = set()  # running runs; a reference keeps them from being collected
         self._active_by_app: collections.Counter[str] = collections.Counter()
+        self._gate = AcceptGate(lambda: self._config.server_worker_connections,
+                                lambda: self._config.server_keep_alive_seconds)
         self._clear_records()
         self._restart_randomness()
         routes = [
@@ -320,8 +368,9 @@ class DifyEmulator:
             Route("/_emulator/config", self._post_config, methods=["POST"]),
             Route("/_emulator/reset", self._post_reset, methods=["POST"]),
         ]
-        self.app: Starlette = _TransportAwareStarlette(
-            routes=routes, exception_handlers={404: self._not_found, 405: self._method_not_allowed}
+        self.app: Starlette = _ConnectionAwareStarlette(
+            routes=routes, exception_handlers={404: self._not_found, 405: self._method_not_allowed},
+            accept_gate=self._gate, on_exchange_done=self._exchange_done,
         )
 
     # ---- control -------------------------------------------------------------------------------------
@@ -345,13 +394,27 @@ class DifyEmulator:
             self._runs = {run_id: run for run_id, run in self._runs.items() if run.status == "running"}
 
     def stats(self) -> dict:
-        """Counters since the last reset. `run_arrivals` are time.monotonic() seconds of accepted runs."""
+        """Counters since the last reset. `run_arrivals` are time.monotonic() seconds of accepted runs.
+
+        Every run created is paid (`paid_runs`), failed ones too (`failed_runs`); `abandoned_runs` are those
+        whose answer never reached its client (it left while the request waited in the backlog or the run
+        worked, or the connection was cut). `runs_by_input` counts runs per distinct inputs (compact JSON),
+        `end_users` the distinct `user` values seen (each one an end-user row in Dify). The connection
+        figures come from the accept gate: `accept_queue` is how many connections wait unaccepted right now.
+        """
+        connections = self._gate.stats()
         with self._lock:
             return {
+                **connections,
                 "requests_total": sum(self._by_path.values()),
                 "requests_by_path": dict(self._by_path),
                 "requests_by_status": dict(self._by_status),
                 "paid_runs": self._paid_runs,
+                "failed_runs": self._failed_runs,
+                "abandoned_runs": self._abandoned_runs,
+                "distinct_inputs": len(self._runs_by_input),
+                "runs_by_input": dict(self._runs_by_input),
+                "end_users": len(self._end_users),
                 "active_runs": sum(self._active_by_app.values()),
                 "max_active_runs": self._max_active,
                 "rejected_concurrency": self._rejected_concurrency,
@@ -372,6 +435,10 @@ class DifyEmulator:
         self._by_status: collections.Counter[str] = collections.Counter()
         self._faults_injected: collections.Counter[str] = collections.Counter()
         self._paid_runs = self._rejected_concurrency = self._rejected_rate_limit = 0
+        self._failed_runs = self._abandoned_runs = self._rejected_database = 0
+        self._runs_by_input: collections.Counter[str] = collections.Counter()
+        self._end_users: set[str] = set()
+        self._gate.reset()
         self._max_active = sum(self._active_by_app.values())
         self._run_arrivals: list[float] = []
         self._rate_window: collections.deque[float] = collections.deque()
@@ -384,6 +451,13 @@ class DifyEmulator:
         self._fault_attempts: collections.defaultdict[int, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
         )
+
+    def _exchange_done(self, exchange: dict, delivered: bool) -> None:
+        """The connection layer's word on a finished exchange: did the run's answer reach its client?"""
+        run = exchange["run"]
+        if run is not None and not delivered:
+            with self._lock:
+                self._abandoned_runs += 1
 
     async def _get_stats(self, _: Request) -> Response:
         return JSONResponse(self.stats())
@@ -476,6 +550,8 @@ class DifyEmulator:
         user = payload.get("user")
         if not user:
             raise DifyError(400, "invalid_param", "Arg user must be provided.")
+        with self._lock:  # Dify creates the end user while checking the key, before anything else can fail
+            self._end_users.add(str(user))
         if app.mode != endpoint_mode:
             if endpoint_mode == "workflow":
                 raise DifyError(400, "not_workflow_app", "Please check if your app mode matches the right API route.")
@@ -490,9 +566,11 @@ class DifyEmulator:
         record["fault"] = fault.kind if fault else None
         if fault and fault.kind in PRE_RUN_FAULTS:
             return await self._answer_fault(request, record, fault, streaming)
-        run = self._start_run(app, inputs, str(user), fault.kind if fault else None)
+        run = self._start_run(app, inputs, str(user), fault)
         record["workflow_run_id"] = run.id
+        request.scope[_EXCHANGE]["run"] = run
         if streaming:
+            request.scope[_EXCHANGE]["streamed"] = True
             frames = self._workflow_frames if endpoint_mode == "workflow" else self._completion_frames
             return _event_stream(frames(run, request))
         return await (self._workflow_blocking(run) if endpoint_mode == "workflow" else self._completion_blocking(run))
@@ -567,13 +645,15 @@ class DifyEmulator:
                 await _cut_connection(request)
                 return Response(status_code=204)  # never sent: the connection is gone
 
-    def _start_run(self, app: DifyApp, inputs: dict, user: str, fault: str | None) -> _Run:
+    def _start_run(self, app: DifyApp, inputs: dict, user: str, fault: Fault | None) -> _Run:
         with self._lock:
             median = self._config.latency_ms / 1000.0
             latency = median * math.exp(self._config.latency_sigma * self._latency_rng.gauss(0.0, 1.0))
-            run = _Run(app=app.model_copy(), inputs=inputs, user=user, fault=fault, latency=latency)
+            run = _Run(app=app.model_copy(), inputs=inputs, user=user, fault=fault.kind if fault else None,
+                       latency=latency, fault_error=fault.error if fault else None)
             self._runs[run.id] = run
             self._paid_runs += 1
+            self._runs_by_input[_compact(dict(sorted(inputs.items())))] += 1
             self._run_arrivals.append(run.started)
             self._rate_window.append(run.started)
             self._active_by_app[app.app_id] += 1
@@ -594,8 +674,9 @@ class DifyEmulator:
                 run.usage = usage_for(ticket_text(run.inputs), run.answer, round(run.latency, 6))
                 run.elapsed_time = round(time.monotonic() - run.started, 6)
                 run.finished_at = _unix_now()
-                if run.fault == "failed_run":
-                    run.status, run.error = "failed", FAILED_RUN_ERROR
+                if run.fault in FAILED_RUN_ERRORS:
+                    run.status, run.error = "failed", run.fault_error or FAILED_RUN_ERRORS[run.fault]
+                    self._failed_runs += 1
                 else:
                     run.status, run.outputs = "succeeded", workflow_outputs(answer, run.app.output_style)
                 self._active_by_app[run.app.app_id] -= 1

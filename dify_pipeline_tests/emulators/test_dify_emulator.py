@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
 import subprocess
 import sys
 import time
@@ -235,6 +237,137 @@ def test_rate_limit_per_minute_refuses_runs_beyond_it_with_retry_after(serve: Se
     assert stats["rejected_rate_limit"] == 2 and max_runs_in_window(stats["run_arrivals"]) == 3
 
 
+# ---- connections: the gevent worker's cap, the backlog, keep-alive --------------------------------------
+
+
+def raw_run_request(url: str, mode: str = "blocking", user: str = "tester") -> bytes:
+    """A keep-alive HTTP/1.1 run request as bytes, for clients on bare sockets."""
+    body = json.dumps(run_body(mode, user=user)).encode()
+    host = url.split("//", 1)[1].split("/", 1)[0]
+    return (f"POST /v1/workflows/run HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One Content-Length response from a keep-alive connection: (status, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    length = int(next(line.split(":", 1)[1] for line in lines if line.lower().startswith("content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), body
+
+
+def answered(sockets: list[socket.socket], wait: float) -> list[socket.socket]:
+    """The sockets with an answer to read, waiting up to `wait` seconds for all of them."""
+    deadline, readable = time.monotonic() + wait, []
+    while len(readable) < len(sockets) and (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select(sockets, [], [], left)
+        if readable and len(readable) < len(sockets):
+            time.sleep(0.02)
+            readable, _, _ = select.select(sockets, [], [], 0)
+    return readable
+
+
+def test_connections_beyond_the_worker_cap_wait_unaccepted_while_served_ones_stay_alive(serve: Serve) -> None:
+    emulator, url = serve(server_worker_connections=10, server_keep_alive_seconds=2.0)
+    clients = [connect(url) for _ in range(16)]  # every connect succeeds: the kernel does the handshake
+    for client in clients:
+        client.sendall(raw_run_request(url))
+    time.sleep(0.5)
+    served = answered(clients, 0.5)
+    waiting = [client for client in clients if client not in served]
+    assert (len(served), len(waiting)) == (10, 6)
+    stats = emulator.stats()
+    assert (stats["open_connections"], stats["accept_queue"], stats["paid_runs"]) == (10, 6, 10)
+    for round_ in range(3):  # a pooling client reuses its served connections: the waiting six starve
+        for client in served:
+            assert read_response(client)[0] == 200
+            client.sendall(raw_run_request(url))
+        assert answered(waiting, 0.3) == []
+    for client in served:
+        read_response(client)
+    for client in served[:6]:
+        client.close()  # ... until served connections close
+    assert sorted(map(id, answered(waiting, 2.0))) == sorted(map(id, waiting))
+    assert all(read_response(client)[0] == 200 for client in waiting)
+    stats = emulator.stats()
+    assert (stats["max_open_connections"], stats["max_accept_queue"], stats["paid_runs"]) == (10, 6, 46)
+    for client in clients:
+        client.close()
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time(serve: Serve) -> None:
+    emulator, url = serve(server_worker_connections=1, server_keep_alive_seconds=0.5)
+    first, second = connect(url), connect(url)
+    first.sendall(raw_run_request(url))
+    assert read_response(first)[0] == 200
+    second.sendall(raw_run_request(url))
+    assert answered([second], 0.3) == []  # first still holds the only slot
+    started = time.monotonic()
+    assert answered([second], 2.0) == [second] and read_response(second)[0] == 200
+    assert 0.1 < time.monotonic() - started < 1.0
+    assert first.recv(1) == b""  # the server closed the idle one
+    assert emulator.stats()["connections_accepted"] == 2
+
+
+def test_a_streamed_answer_closes_its_connection_after_the_final_event(serve: Serve) -> None:
+    emulator, url = serve(server_worker_connections=1)
+    streaming, waiting = connect(url), connect(url)
+    streaming.sendall(raw_run_request(url, "streaming"))
+    waiting.sendall(raw_run_request(url))
+    received = b""
+    while chunk := streaming.recv(65536):  # ends: the server closes after workflow_finished
+        received += chunk
+    assert b"\"event\":\"workflow_finished\"" in received and b"connection: close" not in received.lower()
+    assert answered([waiting], 2.0) == [waiting] and read_response(waiting)[0] == 200
+
+
+# ---- requests whose client has gone ---------------------------------------------------------------------
+
+
+def test_a_request_abandoned_in_the_backlog_is_still_run_and_paid(serve: Serve) -> None:
+    emulator, url = serve(server_worker_connections=1)
+    holder = connect(url)
+    holder.sendall(raw_run_request(url))
+    assert read_response(holder)[0] == 200
+    gone = connect(url)
+    gone.sendall(raw_run_request(url, user="gone"))
+    time.sleep(0.2)
+    gone.close()  # the client gives up (a timeout, a kill -9) while its request waits unaccepted
+    assert emulator.stats()["paid_runs"] == 1
+    holder.close()
+    time.sleep(0.5)
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["abandoned_runs"], stats["end_users"]) == (2, 1, 2)
+    (late,) = [record for record in emulator.requests() if record["body"]["user"] == "gone"]
+    assert late["workflow_run_id"] is not None
+
+
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_a_client_that_hangs_up_mid_run_still_gets_a_finished_paid_run(serve: Serve, mode: str) -> None:
+    emulator, url = serve(latency_ms=300)
+    client = connect(url)
+    client.sendall(raw_run_request(url, mode))
+    time.sleep(0.1)
+    client.close()
+    time.sleep(0.4)
+    (record,) = emulator.requests()
+    detail = httpx.get(f"{url}/workflows/run/{record['workflow_run_id']}", headers=AUTH).json()
+    assert detail["status"] == "succeeded"
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["abandoned_runs"], stats["runs_by_input"]) == (
+        1, 1, {json.dumps(dict(sorted(TICKET.items())), ensure_ascii=False, separators=(",", ":")): 1})
+
+
 # ---- faults ---------------------------------------------------------------------------------------------
 
 
@@ -322,6 +455,31 @@ def test_failed_run_reports_status_failed_with_empty_outputs(serve: Serve) -> No
     assert httpx.get(f"{url}/workflows/run/{data['id']}", headers=AUTH).json()["status"] == "failed"
     finished = events_of(httpx.post(f"{url}/workflows/run", json=run_body("streaming"), headers=AUTH).text)[-1]
     assert (finished["event"], finished["data"]["status"]) == ("workflow_finished", "failed")
+
+
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_a_run_whose_sandbox_is_unreachable_fails_inside_a_200_and_is_paid(serve: Serve, mode: str) -> None:
+    emulator, url = serve(faults=[Fault(kind="failed_run_sandbox")])
+    response = httpx.post(f"{url}/workflows/run", json=run_body(mode), headers=AUTH)
+    assert response.status_code == 200
+    if mode == "blocking":
+        data = response.json()["data"]
+    else:
+        events = events_of(response.text)
+        assert "error" not in [event["event"] for event in events]  # no error event: the run ended, failed
+        data = events[-1]["data"]
+        assert events[-1]["event"] == "workflow_finished"
+    assert (data["status"], data["outputs"], data["error"]) == ("failed", {}, (
+        "Failed to execute code, which is likely a network issue, please check if the sandbox service is running. "
+        "( Error: [Errno 111] Connection refused )"))
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["failed_runs"]) == (1, 1)
+
+
+def test_a_failed_run_can_carry_any_error_text(serve: Serve) -> None:
+    _, url = serve(faults=[Fault(kind="failed_run", error="Node LLM run failed: Request timed out.")])
+    data = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]
+    assert (data["status"], data["error"]) == ("failed", "Node LLM run failed: Request timed out.")
 
 
 def test_failed_completion_is_a_400_or_an_error_event(serve: Serve) -> None:
