@@ -107,6 +107,9 @@ class DifyResource(dg.ConfigurableResource):
     stream_idle_timeout_seconds: float = Field(default=45.0, gt=0, description="Streams ping every 10 s.")
     max_outage_seconds: float = Field(
         default=300.0, gt=0, description="Nothing but 429/5xx/timeouts for longer than this ends the step.")
+    keep_alive: bool = Field(default=False, description=(
+        "Reuse connections between runs. Off by default: Dify's gevent worker serves a fixed number of "
+        "connections and leaves the rest unaccepted, so reused connections starve the waiting ones."))
     verify_tls: bool = True
     ca_file: str | None = Field(default=None, description="CA bundle for a private certificate authority.")
 
@@ -127,7 +130,7 @@ class DifyResource(dg.ConfigurableResource):
         return True if self.verify_tls else False
 
     def _session(self, limit: int, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=limit, ssl=self._ssl())
+        connector = aiohttp.TCPConnector(limit=limit, ssl=self._ssl(), force_close=not self.keep_alive)
         return aiohttp.ClientSession(headers=self._headers(), timeout=timeout, connector=connector)
 
     def _url(self, path: str) -> str:
@@ -292,6 +295,8 @@ class DifyResource(dg.ConfigurableResource):
             broken = counters.breaker.record(request.record_key, error)
             if broken:
                 counters.halt(counters.breaker.message())
+                if error.server_trouble:
+                    return None  # nothing was paid for this one: left for the next materialization
             out_of_attempts = (attempts - throttled >= self.max_attempts
                                or throttled >= self.max_attempts * THROTTLED_ATTEMPTS_FACTOR
                                or (error.attempts_cap is not None and attempts >= error.attempts_cap))
