@@ -238,3 +238,15 @@ def test_the_outage_clock_restarts_when_the_server_answers_again(dify_emulator):
     configure(dify_emulator, faults=[Fault(kind="http_503", first_n=30)])
     results, _ = run(client(dify_emulator, max_outage_seconds=3, max_concurrency=4), requests_for(40))
     assert len(results) == 40 and all(r.succeeded for r in results.values())
+
+
+@pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
+def test_default_settings_against_a_server_capped_at_ten_connections_neither_starve_nor_pay_twice(
+        dify_emulator, response_mode):
+    """Dify's gevent worker serves 10 connections; 16 in flight kept 6 unaccepted behind reused ones (issue 10)."""
+    configure(dify_emulator, latency_ms=100, server_worker_connections=10, server_keep_alive_seconds=2.0)
+    results, counters = run(client(dify_emulator, response_mode=response_mode, request_timeout_seconds=3.0),
+                            requests_for(250))
+    assert all(r.succeeded for r in results.values()), {r.error_code for r in results.values()}
+    stats = dify_emulator.stats()
+    assert counters["http_attempts"] == 250 and stats["paid_runs"] == stats["distinct_inputs"] == 250
