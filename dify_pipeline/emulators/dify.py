@@ -68,6 +68,8 @@ class DifyApp(BaseModel):
     mode: Literal["workflow", "completion"] = "workflow"
     app_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     workflow_id: str = Field(default_factory=lambda: str(uuid.uuid4()))  # change it to "republish" the app
+    # Versions published before the current one: POST /workflows/{workflow_id}/run still runs them.
+    published_workflow_ids: list[str] = Field(default_factory=list)
     name: str = "Support ticket enrichment"
     user_input_form: list[dict] = Field(default_factory=_default_input_form)  # as GET /parameters shows it
     # object: outputs {"category","summary","sentiment"}; json_string: outputs {"result": "<their JSON>"}.
@@ -431,6 +433,7 @@ class DifyEmulator:
             self._dify_route("/v1/workflows/run", self._workflow_run, "POST"),
             self._dify_route("/v1/workflows/run/{workflow_run_id}", self._workflow_run_detail, "GET"),
             self._dify_route("/v1/workflows/logs", self._workflow_logs, "GET"),
+            self._dify_route("/v1/workflows/{workflow_id}/run", self._workflow_version_run, "POST"),
             self._dify_route("/v1/completion-messages", self._completion_message, "POST"),
             self._dify_route("/v1/parameters", self._parameters, "GET"),
             self._dify_route("/v1/info", self._info, "GET"),
@@ -607,11 +610,16 @@ class DifyEmulator:
     async def _workflow_run(self, request: Request, record: dict) -> Response:
         return await self._run_request(request, record, "workflow")
 
+    async def _workflow_version_run(self, request: Request, record: dict) -> Response:
+        return await self._run_request(request, record, "workflow", request.path_params["workflow_id"])
+
     async def _completion_message(self, request: Request, record: dict) -> Response:
         return await self._run_request(request, record, "completion")
 
-    async def _run_request(self, request: Request, record: dict, endpoint_mode: str) -> Response:
-        """Dify's order: key, `user`, app mode, concurrency and rate limits, inputs; then faults, then the run."""
+    async def _run_request(self, request: Request, record: dict, endpoint_mode: str,
+                           workflow_id: str | None = None) -> Response:
+        """Dify's order: key, `user`, app mode, concurrency and rate limits, the asked workflow version, inputs;
+        then faults, then the run."""
         app = self._authenticate(request)
         try:
             payload = json.loads(await request.body())
@@ -633,12 +641,17 @@ class DifyEmulator:
             raise DifyError(400, "invalid_param", "inputs must be a JSON object.")
         streaming = payload.get("response_mode") == "streaming"  # anything else is blocking, as in Dify
         self._check_limits(app)
+        if workflow_id is not None:
+            if not _is_uuid(workflow_id):
+                raise DifyError(400, "bad_request", f"Invalid workflow_id format: '{workflow_id}'. ")
+            if workflow_id not in (app.workflow_id, *app.published_workflow_ids):
+                raise DifyError(404, "not_found", f"Workflow not found with id: {workflow_id}")
         inputs = validate_inputs(app.user_input_form, raw_inputs)
         fault = self._pick_fault(raw_inputs, streaming)
         record["fault"] = fault.kind if fault else None
         if fault and fault.kind in PRE_RUN_FAULTS:
             return await self._answer_fault(request, record, fault, streaming)
-        run = self._start_run(app, inputs, str(user), fault)
+        run = self._start_run(app, inputs, str(user), fault, workflow_id)
         record["workflow_run_id"] = run.id
         request.scope[_EXCHANGE]["run"] = run
         if streaming:
@@ -717,12 +730,13 @@ class DifyEmulator:
                 await _cut_connection(request)
                 return Response(status_code=204)  # never sent: the connection is gone
 
-    def _start_run(self, app: DifyApp, inputs: dict, user: str, fault: Fault | None) -> _Run:
+    def _start_run(self, app: DifyApp, inputs: dict, user: str, fault: Fault | None,
+                   workflow_id: str | None = None) -> _Run:
         with self._lock:
             median = self._config.latency_ms / 1000.0
             latency = median * math.exp(self._config.latency_sigma * self._latency_rng.gauss(0.0, 1.0))
             run = _Run(app=app.model_copy(), inputs=inputs, user=user, fault=fault.kind if fault else None,
-                       latency=latency, fault_error=fault.error if fault else None)
+                       latency=latency, fault_error=fault.error if fault else None, workflow_id=workflow_id or "")
             self._runs[run.id] = run
             self._paid_runs += 1
             self._runs_by_input[_compact(dict(sorted(inputs.items())))] += 1

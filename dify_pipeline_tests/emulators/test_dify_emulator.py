@@ -621,6 +621,25 @@ def test_republishing_changes_the_workflow_id_of_new_runs(serve: Serve) -> None:
     assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["workflow_id"] == "v2"
 
 
+def test_a_published_version_runs_by_its_id_and_each_answer_names_the_version(serve: Serve) -> None:
+    old, current = str(uuid.uuid4()), str(uuid.uuid4())
+    _, url = serve(apps=[DifyApp(api_key=KEY, workflow_id=current, published_workflow_ids=[old])])
+    blocking = httpx.post(f"{url}/workflows/{old}/run", json=run_body(), headers=AUTH).json()
+    assert (blocking["data"]["workflow_id"], blocking["data"]["status"]) == (old, "succeeded")
+    events = events_of(httpx.post(f"{url}/workflows/{old}/run", json=run_body("streaming"), headers=AUTH).text)
+    assert events[0]["data"]["workflow_id"] == events[-1]["data"]["workflow_id"] == old
+    detail = httpx.get(f"{url}/workflows/run/{blocking['workflow_run_id']}", headers=AUTH).json()
+    assert detail["workflow_id"] == old
+    default = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()
+    assert default["data"]["workflow_id"] == current
+    unknown = httpx.post(f"{url}/workflows/{uuid.uuid4()}/run", json=run_body(), headers=AUTH)
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+    assert unknown.json()["message"].startswith("Workflow not found with id: ")
+    malformed = httpx.post(f"{url}/workflows/v1/run", json=run_body(), headers=AUTH)
+    assert (malformed.status_code, malformed.json()) == (
+        400, {"code": "bad_request", "message": "Invalid workflow_id format: 'v1'. ", "status": 400})
+
+
 @pytest.mark.parametrize(("subject", "body", "category"), [
     ("Where is my delivery?", "The courier never came.", "物流问题"),
     ("我要退款", "商品不想要了", "退款申请"),
