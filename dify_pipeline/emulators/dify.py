@@ -109,6 +109,11 @@ class DifyEmulatorConfig(BaseModel):
     # the rest wait unaccepted in the listen backlog. None accepts every connection.
     server_worker_connections: int | None = Field(default=None, ge=1)
     server_keep_alive_seconds: float = Field(default=2.0, gt=0)  # gunicorn's `--keep-alive` default
+    # Dify's SQLAlchemy pool: each request holds a connection until its answer ends (a stream: its last event).
+    # Beyond SQLALCHEMY_POOL_SIZE + SQLALCHEMY_MAX_OVERFLOW (30 + 10 in the image) a request waits up to
+    # SQLALCHEMY_POOL_TIMEOUT (30 s) for one, then answers 500 without a run. None: a pool that never runs out.
+    database_pool_size: int | None = Field(default=None, ge=1)
+    database_pool_timeout: float = Field(default=30.0, ge=0)
     faults: list[Fault] = Field(default_factory=list)  # checked in order, the first that applies wins
     seed: int = 0
 
@@ -425,6 +430,7 @@ class DifyEmulator:
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task] = set()  # running runs; a reference keeps them from being collected
         self._active_by_app: collections.Counter[str] = collections.Counter()
+        self._database_in_use = 0
         self._gate = AcceptGate(lambda: self._config.server_worker_connections,
                                 lambda: self._config.server_keep_alive_seconds)
         self._clear_records()
@@ -494,6 +500,7 @@ class DifyEmulator:
                 "max_active_runs": self._max_active,
                 "rejected_concurrency": self._rejected_concurrency,
                 "rejected_rate_limit": self._rejected_rate_limit,
+                "rejected_database": self._rejected_database,
                 "faults_injected": dict(self._faults_injected),
                 "run_arrivals": list(self._run_arrivals),
             }
@@ -570,15 +577,51 @@ class DifyEmulator:
             with self._lock:
                 self._records.append(record)
                 self._by_path[path] += 1
+            streamed = False
+            try:
+                await self._check_out_database_connection()
+            except DifyError as error:
+                self._close_record(record, error.status)
+                return error.response()
             try:
                 response = await handler(request, record)
+                if isinstance(response, StreamingResponse):  # the request keeps its connection while it streams
+                    response.body_iterator, streamed = self._returning_connection(response.body_iterator), True
             except DifyError as error:
                 response = error.response()
+            finally:
+                if not streamed:
+                    self._return_database_connection()
             if record["answered_at"] is None:
                 self._close_record(record, response.status_code)
             return response
 
         return Route(path, endpoint, methods=[method])
+
+    async def _check_out_database_connection(self) -> None:
+        """Take a connection from the emulated database pool, waiting up to its timeout, else a 500."""
+        deadline = time.monotonic() + self._config.database_pool_timeout
+        while True:
+            with self._lock:
+                size = self._config.database_pool_size
+                if size is None or self._database_in_use < size:
+                    self._database_in_use += 1
+                    return
+                if time.monotonic() >= deadline:
+                    self._rejected_database += 1
+                    raise DifyError(500, "unknown", "Internal Server Error")
+            await asyncio.sleep(0.01)
+
+    def _return_database_connection(self) -> None:
+        with self._lock:
+            self._database_in_use -= 1
+
+    async def _returning_connection(self, frames: AsyncIterator) -> AsyncIterator:
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            self._return_database_connection()
 
     def _close_record(self, record: dict, status: int | None) -> None:
         """Note the answer to a request; None means the connection was cut without one."""

@@ -370,6 +370,20 @@ def test_a_client_that_hangs_up_mid_run_still_gets_a_finished_paid_run(serve: Se
         1, 1, {json.dumps(dict(sorted(TICKET.items())), ensure_ascii=False, separators=(",", ":")): 1})
 
 
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_an_exhausted_database_pool_answers_500_after_its_timeout_without_a_run(serve: Serve, mode: str) -> None:
+    emulator, url = serve(latency_ms=600, database_pool_size=2, database_pool_timeout=0.2)
+    results = asyncio.run(_concurrent_runs(url, 4, mode))
+    failed = [(response, took) for response, took in results if response.status_code == 500]
+    assert sum(response.status_code == 200 for response, _ in results) == 2 and len(failed) == 2
+    for response, took in failed:
+        assert 0.2 <= took < 0.5
+        assert error_body(response) == {"message": "Internal Server Error", "code": "unknown", "status": 500}
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["rejected_database"]) == (2, 2)
+    assert httpx.post(f"{url}/workflows/run", json=run_body(mode), headers=AUTH).status_code == 200  # returned
+
+
 # ---- faults ---------------------------------------------------------------------------------------------
 
 
