@@ -18,6 +18,7 @@ import random
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -67,6 +68,8 @@ class DifyApp(BaseModel):
     mode: Literal["workflow", "completion"] = "workflow"
     app_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     workflow_id: str = Field(default_factory=lambda: str(uuid.uuid4()))  # change it to "republish" the app
+    # Versions published before the current one: POST /workflows/{workflow_id}/run still runs them.
+    published_workflow_ids: list[str] = Field(default_factory=list)
     name: str = "Support ticket enrichment"
     user_input_form: list[dict] = Field(default_factory=_default_input_form)  # as GET /parameters shows it
     # object: outputs {"category","summary","sentiment"}; json_string: outputs {"result": "<their JSON>"}.
@@ -106,6 +109,11 @@ class DifyEmulatorConfig(BaseModel):
     # the rest wait unaccepted in the listen backlog. None accepts every connection.
     server_worker_connections: int | None = Field(default=None, ge=1)
     server_keep_alive_seconds: float = Field(default=2.0, gt=0)  # gunicorn's `--keep-alive` default
+    # Dify's SQLAlchemy pool: each request holds a connection until its answer ends (a stream: its last event).
+    # Beyond SQLALCHEMY_POOL_SIZE + SQLALCHEMY_MAX_OVERFLOW (30 + 10 in the image) a request waits up to
+    # SQLALCHEMY_POOL_TIMEOUT (30 s) for one, then answers 500 without a run. None: a pool that never runs out.
+    database_pool_size: int | None = Field(default=None, ge=1)
+    database_pool_timeout: float = Field(default=30.0, ge=0)
     faults: list[Fault] = Field(default_factory=list)  # checked in order, the first that applies wins
     seed: int = 0
 
@@ -141,6 +149,7 @@ GATEWAY_PAGES = {
 }
 # The emulated app's graph: node id -> (node type, title). The LLM node is where a run spends its latency.
 WORKFLOW_NODES = {"start": ("start", "Start"), "llm": ("llm", "Enrich ticket"), "end": ("end", "End")}
+PUBLISHED_VERSION = "2026-01-01 00:00:00.000000"  # a published workflow's `version`: when it was published
 _TRANSPORT = "dify_emulator.transport"  # scope key: the connection's transport, for faults that cut it
 _EXCHANGE = "dify_emulator.exchange"  # scope key: what the handler tells the connection layer (run, streamed)
 
@@ -223,6 +232,68 @@ def validate_inputs(form: list[dict], inputs: dict) -> dict:
     return accepted
 
 
+class WorkflowLogQuery(BaseModel):
+    """The query of GET /workflows/logs, as Dify 1.11.4 validates it (so its error texts are Dify's)."""
+
+    keyword: str | None = None
+    status: Literal["succeeded", "failed", "stopped"] | None = None
+    created_at__before: str | None = None
+    created_at__after: str | None = None
+    created_by_end_user_session_id: str | None = None
+    created_by_account: str | None = None
+    page: int = Field(default=1, ge=1, le=99999)
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_iso(text: str | None) -> float | None:
+    """An ISO 8601 time as Unix seconds; without an offset it is UTC, as Dify's database stores it."""
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _log_matches(run: _Run, query: WorkflowLogQuery, before: float | None, after: float | None) -> bool:
+    if query.status is not None and run.status != query.status:
+        return False
+    if query.keyword:  # ILIKE on the stored (ASCII-escaped) JSON, the end user's session id, or the run id
+        needle = query.keyword[:30].lower()
+        haystacks = [json.dumps(run.variable_pool), json.dumps(run.outputs) if run.outputs else "", run.user]
+        if not any(needle in text.lower() for text in haystacks) and query.keyword != run.id:
+            return False
+    if before is not None and run.logged_at > before:
+        return False
+    if after is not None and run.logged_at < after:
+        return False
+    if query.created_by_end_user_session_id and run.user != query.created_by_end_user_session_id:
+        return False
+    return query.created_by_account is None  # runs through the API key are an end user's, never an account's
+
+
+def _end_user(user: str) -> dict:
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_OID, user)), "type": "service_api", "is_anonymous": False,
+            "session_id": user}
+
+
+def _log_item(run: _Run) -> dict:
+    """One workflow_app_logs row with its run, as the logs endpoint marshals it (no inputs nor outputs)."""
+    return {"id": run.log_id, "workflow_run": {
+        "id": run.id, "version": run.workflow_version, "status": run.status, "triggered_from": "app-run",
+        "error": run.error, "elapsed_time": run.elapsed_time, "total_tokens": run.usage.get("total_tokens", 0),
+        "total_steps": run.total_steps, "created_at": run.created_at, "finished_at": run.finished_at,
+        "exceptions_count": 0},
+        "details": None, "created_from": "service-api", "created_by_role": "end_user", "created_by_account": None,
+        "created_by_end_user": _end_user(run.user), "created_at": int(run.logged_at)}
+
+
 @dataclass
 class _Run:
     """One workflow run or completion message, from acceptance to its end."""
@@ -233,10 +304,13 @@ class _Run:
     fault: str | None
     latency: float
     fault_error: str | None = None  # a failed run's error text, when the fault names one
+    workflow_id: str = ""  # the published version that runs it; the app's current one unless asked otherwise
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: int = field(default_factory=_unix_now)
+    logged_at: float = field(default_factory=time.time)  # its workflow_app_logs row, written as the run starts
+    log_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started: float = field(default_factory=time.monotonic)
     status: str = "running"
     outputs: dict = field(default_factory=dict)
@@ -246,6 +320,10 @@ class _Run:
     finished_at: int | None = None
     usage: dict = field(default_factory=dict)
     task: asyncio.Task | None = None
+    workflow_version: str = PUBLISHED_VERSION
+
+    def __post_init__(self) -> None:
+        self.workflow_id = self.workflow_id or self.app.workflow_id
 
     @property
     def ids(self) -> dict[str, str]:
@@ -255,7 +333,7 @@ class _Run:
     def variable_pool(self) -> dict:
         """Inputs as Dify shows them in events: the user's plus the system variables."""
         return {**self.inputs, "sys.files": [], "sys.user_id": self.user, "sys.app_id": self.app.app_id,
-                "sys.workflow_id": self.app.workflow_id, "sys.workflow_run_id": self.id}
+                "sys.workflow_id": self.workflow_id, "sys.workflow_run_id": self.id}
 
     @property
     def total_steps(self) -> int:
@@ -264,7 +342,7 @@ class _Run:
 
     def finished_data(self) -> dict:
         """The `data` of a blocking response (keys as in the captured blocking.json)."""
-        return {"id": self.id, "workflow_id": self.app.workflow_id, "status": self.status, "outputs": self.outputs,
+        return {"id": self.id, "workflow_id": self.workflow_id, "status": self.status, "outputs": self.outputs,
                 "error": self.error, "elapsed_time": self.elapsed_time,
                 "total_tokens": self.usage.get("total_tokens", 0), "total_steps": self.total_steps,
                 "created_at": self.created_at, "finished_at": self.finished_at}
@@ -352,6 +430,7 @@ class DifyEmulator:
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task] = set()  # running runs; a reference keeps them from being collected
         self._active_by_app: collections.Counter[str] = collections.Counter()
+        self._database_in_use = 0
         self._gate = AcceptGate(lambda: self._config.server_worker_connections,
                                 lambda: self._config.server_keep_alive_seconds)
         self._clear_records()
@@ -359,6 +438,8 @@ class DifyEmulator:
         routes = [
             self._dify_route("/v1/workflows/run", self._workflow_run, "POST"),
             self._dify_route("/v1/workflows/run/{workflow_run_id}", self._workflow_run_detail, "GET"),
+            self._dify_route("/v1/workflows/logs", self._workflow_logs, "GET"),
+            self._dify_route("/v1/workflows/{workflow_id}/run", self._workflow_version_run, "POST"),
             self._dify_route("/v1/completion-messages", self._completion_message, "POST"),
             self._dify_route("/v1/parameters", self._parameters, "GET"),
             self._dify_route("/v1/info", self._info, "GET"),
@@ -419,6 +500,7 @@ class DifyEmulator:
                 "max_active_runs": self._max_active,
                 "rejected_concurrency": self._rejected_concurrency,
                 "rejected_rate_limit": self._rejected_rate_limit,
+                "rejected_database": self._rejected_database,
                 "faults_injected": dict(self._faults_injected),
                 "run_arrivals": list(self._run_arrivals),
             }
@@ -495,15 +577,51 @@ class DifyEmulator:
             with self._lock:
                 self._records.append(record)
                 self._by_path[path] += 1
+            streamed = False
+            try:
+                await self._check_out_database_connection()
+            except DifyError as error:
+                self._close_record(record, error.status)
+                return error.response()
             try:
                 response = await handler(request, record)
+                if isinstance(response, StreamingResponse):  # the request keeps its connection while it streams
+                    response.body_iterator, streamed = self._returning_connection(response.body_iterator), True
             except DifyError as error:
                 response = error.response()
+            finally:
+                if not streamed:
+                    self._return_database_connection()
             if record["answered_at"] is None:
                 self._close_record(record, response.status_code)
             return response
 
         return Route(path, endpoint, methods=[method])
+
+    async def _check_out_database_connection(self) -> None:
+        """Take a connection from the emulated database pool, waiting up to its timeout, else a 500."""
+        deadline = time.monotonic() + self._config.database_pool_timeout
+        while True:
+            with self._lock:
+                size = self._config.database_pool_size
+                if size is None or self._database_in_use < size:
+                    self._database_in_use += 1
+                    return
+                if time.monotonic() >= deadline:
+                    self._rejected_database += 1
+                    raise DifyError(500, "unknown", "Internal Server Error")
+            await asyncio.sleep(0.01)
+
+    def _return_database_connection(self) -> None:
+        with self._lock:
+            self._database_in_use -= 1
+
+    async def _returning_connection(self, frames: AsyncIterator) -> AsyncIterator:
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            self._return_database_connection()
 
     def _close_record(self, record: dict, status: int | None) -> None:
         """Note the answer to a request; None means the connection was cut without one."""
@@ -535,11 +653,16 @@ class DifyEmulator:
     async def _workflow_run(self, request: Request, record: dict) -> Response:
         return await self._run_request(request, record, "workflow")
 
+    async def _workflow_version_run(self, request: Request, record: dict) -> Response:
+        return await self._run_request(request, record, "workflow", request.path_params["workflow_id"])
+
     async def _completion_message(self, request: Request, record: dict) -> Response:
         return await self._run_request(request, record, "completion")
 
-    async def _run_request(self, request: Request, record: dict, endpoint_mode: str) -> Response:
-        """Dify's order: key, `user`, app mode, concurrency and rate limits, inputs; then faults, then the run."""
+    async def _run_request(self, request: Request, record: dict, endpoint_mode: str,
+                           workflow_id: str | None = None) -> Response:
+        """Dify's order: key, `user`, app mode, concurrency and rate limits, the asked workflow version, inputs;
+        then faults, then the run."""
         app = self._authenticate(request)
         try:
             payload = json.loads(await request.body())
@@ -561,12 +684,17 @@ class DifyEmulator:
             raise DifyError(400, "invalid_param", "inputs must be a JSON object.")
         streaming = payload.get("response_mode") == "streaming"  # anything else is blocking, as in Dify
         self._check_limits(app)
+        if workflow_id is not None:
+            if not _is_uuid(workflow_id):
+                raise DifyError(400, "bad_request", f"Invalid workflow_id format: '{workflow_id}'. ")
+            if workflow_id not in (app.workflow_id, *app.published_workflow_ids):
+                raise DifyError(404, "not_found", f"Workflow not found with id: {workflow_id}")
         inputs = validate_inputs(app.user_input_form, raw_inputs)
         fault = self._pick_fault(raw_inputs, streaming)
         record["fault"] = fault.kind if fault else None
         if fault and fault.kind in PRE_RUN_FAULTS:
             return await self._answer_fault(request, record, fault, streaming)
-        run = self._start_run(app, inputs, str(user), fault)
+        run = self._start_run(app, inputs, str(user), fault, workflow_id)
         record["workflow_run_id"] = run.id
         request.scope[_EXCHANGE]["run"] = run
         if streaming:
@@ -645,12 +773,13 @@ class DifyEmulator:
                 await _cut_connection(request)
                 return Response(status_code=204)  # never sent: the connection is gone
 
-    def _start_run(self, app: DifyApp, inputs: dict, user: str, fault: Fault | None) -> _Run:
+    def _start_run(self, app: DifyApp, inputs: dict, user: str, fault: Fault | None,
+                   workflow_id: str | None = None) -> _Run:
         with self._lock:
             median = self._config.latency_ms / 1000.0
             latency = median * math.exp(self._config.latency_sigma * self._latency_rng.gauss(0.0, 1.0))
             run = _Run(app=app.model_copy(), inputs=inputs, user=user, fault=fault.kind if fault else None,
-                       latency=latency, fault_error=fault.error if fault else None)
+                       latency=latency, fault_error=fault.error if fault else None, workflow_id=workflow_id or "")
             self._runs[run.id] = run
             self._paid_runs += 1
             self._runs_by_input[_compact(dict(sorted(inputs.items())))] += 1
@@ -699,7 +828,7 @@ class DifyEmulator:
 
     async def _workflow_frames(self, run: _Run, request: Request) -> AsyncIterator[str]:
         yield _sse({"event": "workflow_started", **run.ids, "data": {
-            "id": run.id, "workflow_id": run.app.workflow_id, "inputs": run.variable_pool,
+            "id": run.id, "workflow_id": run.workflow_id, "inputs": run.variable_pool,
             "created_at": run.created_at, "reason": "initial"}})
         if run.fault == "drop_mid_stream":
             await _cut_connection(request)
@@ -746,16 +875,44 @@ class DifyEmulator:
         app = self._authenticate(request)
         if app.mode != "workflow":
             raise DifyError(400, "not_workflow_app", "Please check if your app mode matches the right API route.")
+        run_id = request.path_params["workflow_run_id"]
+        if not _is_uuid(run_id):  # PostgreSQL refuses to compare a uuid column with it
+            raise DifyError(500, "unknown", "Internal Server Error")
         with self._lock:
-            run = self._runs.get(request.path_params["workflow_run_id"])
-            if run is None or run.app.app_id != app.app_id:
-                raise DifyError(404, "not_found", "Workflow run not found.")
-            detail = {"id": run.id, "workflow_id": run.app.workflow_id, "status": run.status,
-                      "inputs": json.dumps(run.variable_pool, ensure_ascii=False), "outputs": run.outputs,
-                      "error": run.error, "total_steps": run.total_steps,
-                      "total_tokens": run.usage.get("total_tokens", 0), "created_at": run.created_at,
-                      "finished_at": run.finished_at, "elapsed_time": run.elapsed_time}
+            run = self._runs.get(run_id)
+            if run is None or run.app.app_id != app.app_id:  # Dify marshals the missing row: every field null
+                detail = dict.fromkeys(("id", "workflow_id", "status", "inputs", "outputs", "error", "total_steps",
+                                        "total_tokens", "created_at", "finished_at", "elapsed_time"))
+            else:  # as stored: inputs and outputs are JSON text with non-ASCII \u-escaped, null when empty
+                detail = {"id": run.id, "workflow_id": run.workflow_id, "status": run.status,
+                          "inputs": json.dumps(run.variable_pool), "outputs": json.dumps(run.outputs) if run.outputs
+                          else None, "error": run.error, "total_steps": run.total_steps,
+                          "total_tokens": run.usage.get("total_tokens", 0), "created_at": run.created_at,
+                          "finished_at": run.finished_at, "elapsed_time": run.elapsed_time}
         return _json_response(json.dumps(detail, ensure_ascii=False))
+
+    async def _workflow_logs(self, request: Request, record: dict) -> Response:
+        """GET /workflows/logs as Dify 1.11.4's WorkflowAppService: the app's log rows, newest first.
+
+        A run has its row from its start (written when its workflow_started event is handled), so a running
+        run is listed with status "running"; the `status` filter only takes succeeded, failed or stopped.
+        """
+        app = self._authenticate(request)
+        try:
+            query = WorkflowLogQuery.model_validate(dict(request.query_params))
+            before = _parse_iso(query.created_at__before)
+            after = _parse_iso(query.created_at__after)
+        except ValueError as error:  # pydantic's ValidationError too: Dify answers every ValueError this way
+            raise DifyError(400, "invalid_param", str(error)) from None
+        with self._lock:
+            runs = [run for run in self._runs.values() if run.app.app_id == app.app_id and run.app.mode == "workflow"]
+            runs = [run for run in runs if _log_matches(run, query, before, after)]
+            runs.sort(key=lambda run: run.logged_at, reverse=True)
+            page = runs[(query.page - 1) * query.limit: query.page * query.limit]
+            items = [_log_item(run) for run in page]
+        body = {"page": query.page, "limit": query.limit, "total": len(runs),
+                "has_more": len(runs) > query.page * query.limit, "data": items}
+        return _json_response(json.dumps(body, ensure_ascii=False))
 
     # ---- completion answers --------------------------------------------------------------------------
 

@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -368,6 +370,20 @@ def test_a_client_that_hangs_up_mid_run_still_gets_a_finished_paid_run(serve: Se
         1, 1, {json.dumps(dict(sorted(TICKET.items())), ensure_ascii=False, separators=(",", ":")): 1})
 
 
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_an_exhausted_database_pool_answers_500_after_its_timeout_without_a_run(serve: Serve, mode: str) -> None:
+    emulator, url = serve(latency_ms=600, database_pool_size=2, database_pool_timeout=0.2)
+    results = asyncio.run(_concurrent_runs(url, 4, mode))
+    failed = [(response, took) for response, took in results if response.status_code == 500]
+    assert sum(response.status_code == 200 for response, _ in results) == 2 and len(failed) == 2
+    for response, took in failed:
+        assert 0.2 <= took < 0.5
+        assert error_body(response) == {"message": "Internal Server Error", "code": "unknown", "status": 500}
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["rejected_database"]) == (2, 2)
+    assert httpx.post(f"{url}/workflows/run", json=run_body(mode), headers=AUTH).status_code == 200  # returned
+
+
 # ---- faults ---------------------------------------------------------------------------------------------
 
 
@@ -427,7 +443,7 @@ def test_drop_mid_stream_cuts_after_workflow_started_and_the_run_still_succeeds(
     assert httpx.get(run_url, headers=AUTH).json()["status"] == "running"
     time.sleep(0.4)
     detail = httpx.get(run_url, headers=AUTH).json()
-    assert detail["status"] == "succeeded" and detail["outputs"] == answer_for(TICKET)
+    assert detail["status"] == "succeeded" and json.loads(detail["outputs"]) == answer_for(TICKET)
     assert json.loads(detail["inputs"])["subject"] == TICKET["subject"]
     assert emulator.stats()["paid_runs"] == 1
 
@@ -532,13 +548,84 @@ def test_fault_probability_is_seeded(serve: Serve) -> None:
 # ---- runs, answers, control -----------------------------------------------------------------------------
 
 
-def test_run_detail_answers_404_for_unknown_runs_and_400_for_completion_apps(serve: Serve) -> None:
+def test_run_detail_of_an_unknown_run_is_a_200_of_nulls_and_a_500_for_a_non_uuid(serve: Serve) -> None:
     _, url = serve(apps=[DifyApp(api_key=KEY), DifyApp(api_key="app-completion", mode="completion")])
-    missing = httpx.get(f"{url}/workflows/run/nope", headers=AUTH)
-    assert (missing.status_code, missing.json()) == (
-        404, {"code": "not_found", "message": "Workflow run not found.", "status": 404})
+    missing = httpx.get(f"{url}/workflows/run/{uuid.uuid4()}", headers=AUTH)  # Dify marshals the None it found
+    assert missing.status_code == 200 and set(missing.json().values()) == {None}
+    assert list(missing.json()) == ["id", "workflow_id", "status", "inputs", "outputs", "error", "total_steps",
+                                    "total_tokens", "created_at", "finished_at", "elapsed_time"]
+    not_a_uuid = httpx.get(f"{url}/workflows/run/nope", headers=AUTH)
+    assert (not_a_uuid.status_code, not_a_uuid.json()) == (
+        500, {"code": "unknown", "message": "Internal Server Error", "status": 500})
     wrong_app = httpx.get(f"{url}/workflows/run/nope", headers={"Authorization": "Bearer app-completion"})
     assert wrong_app.json()["code"] == "not_workflow_app"
+
+
+def test_run_detail_gives_inputs_and_outputs_as_ascii_escaped_json_text(serve: Serve) -> None:
+    _, url = serve(latency_ms=200)
+    run_id = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["workflow_run_id"]
+    detail = httpx.get(f"{url}/workflows/run/{run_id}", headers=AUTH).json()
+    assert list(detail) == ["id", "workflow_id", "status", "inputs", "outputs", "error", "total_steps",
+                            "total_tokens", "created_at", "finished_at", "elapsed_time"]
+    assert detail["inputs"].isascii() and "\\u5feb\\u9012" in detail["inputs"]  # 快递, as stored
+    assert json.loads(detail["inputs"])["subject"] == TICKET["subject"]
+    assert detail["outputs"].isascii() and json.loads(detail["outputs"]) == answer_for(TICKET)
+    assert detail["status"] == "succeeded" and detail["total_tokens"] > 0 and detail["elapsed_time"] >= 0.2
+    assert detail["finished_at"] >= detail["created_at"] and detail["error"] is None
+
+
+def test_workflow_logs_list_runs_newest_first_from_their_start_with_difys_filters(serve: Serve) -> None:
+    emulator, url = serve(faults=[Fault(kind="failed_run_sandbox", match="broken")])
+    for index in range(5):
+        httpx.post(f"{url}/workflows/run", json=run_body(user=f"record-{index % 2}", inputs={
+            "subject": f"ticket {index}", "body": "broken" if index == 4 else "fine"}), headers=AUTH)
+    logs = httpx.get(f"{url}/workflows/logs", headers=AUTH).json()
+    assert (logs["page"], logs["limit"], logs["total"], logs["has_more"]) == (1, 20, 5, False)
+    assert [item["workflow_run"]["status"] for item in logs["data"]] == ["failed"] + ["succeeded"] * 4
+    runs = [record["workflow_run_id"] for record in emulator.requests() if record["method"] == "POST"]
+    assert [item["workflow_run"]["id"] for item in logs["data"]] == runs[::-1]  # newest first
+    item = logs["data"][0]
+    assert set(item) == {"id", "workflow_run", "details", "created_from", "created_by_role", "created_by_account",
+                         "created_by_end_user", "created_at"}
+    assert item["created_by_end_user"]["session_id"] == "record-0" and item["created_from"] == "service-api"
+    assert set(item["workflow_run"]) == {"id", "version", "status", "triggered_from", "error", "elapsed_time",
+                                         "total_tokens", "total_steps", "created_at", "finished_at",
+                                         "exceptions_count"}
+
+    def query(**params) -> dict:
+        return httpx.get(f"{url}/workflows/logs", params=params, headers=AUTH).json()
+
+    assert query(created_by_end_user_session_id="record-1")["total"] == 2
+    assert query(created_by_end_user_session_id="record-0", status="succeeded")["total"] == 2
+    assert query(status="failed")["data"][0]["workflow_run"]["error"].startswith("Failed to execute code")
+    assert query(keyword="ticket 3")["total"] == 1 and query(keyword=runs[2])["total"] == 1
+    assert query(keyword="快递")["total"] == 0  # inputs are stored \u-escaped: a CJK keyword never matches them
+    page_two = query(limit=2, page=2)
+    assert (page_two["has_more"], [item["workflow_run"]["id"] for item in page_two["data"]]) == (True, runs[2:0:-1])
+    now = datetime.now(UTC)
+    assert query(created_at__after=(now - timedelta(minutes=1)).isoformat())["total"] == 5
+    assert query(created_at__before=(now - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S"))["total"] == 0
+    for bad in ({"limit": 101}, {"limit": 0}, {"page": 0}, {"status": "running"}, {"created_at__after": "soon"}):
+        response = httpx.get(f"{url}/workflows/logs", params=bad, headers=AUTH)
+        assert (response.status_code, response.json()["code"]) == (400, "invalid_param")
+
+
+def test_a_running_run_is_already_in_the_logs(serve: Serve) -> None:
+    emulator, url = serve(latency_ms=600)
+
+    async def run_and_look() -> tuple[dict, httpx.Response]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            run = asyncio.create_task(client.post(f"{url}/workflows/run", json=run_body(user="r-1"), headers=AUTH))
+            await asyncio.sleep(0.2)
+            logs = (await client.get(f"{url}/workflows/logs", params={
+                "created_by_end_user_session_id": "r-1"}, headers=AUTH)).json()
+            return logs, await run
+
+    logs, answer = asyncio.run(run_and_look())
+    (item,) = logs["data"]
+    assert item["workflow_run"]["status"] == "running" and item["workflow_run"]["finished_at"] is None
+    assert item["workflow_run"]["id"] == answer.json()["workflow_run_id"]
+    assert emulator.stats()["end_users"] == 1
 
 
 def test_republishing_changes_the_workflow_id_of_new_runs(serve: Serve) -> None:
@@ -546,6 +633,25 @@ def test_republishing_changes_the_workflow_id_of_new_runs(serve: Serve) -> None:
     assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["workflow_id"] == "v1"
     emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=KEY, workflow_id="v2")], latency_ms=1))
     assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["workflow_id"] == "v2"
+
+
+def test_a_published_version_runs_by_its_id_and_each_answer_names_the_version(serve: Serve) -> None:
+    old, current = str(uuid.uuid4()), str(uuid.uuid4())
+    _, url = serve(apps=[DifyApp(api_key=KEY, workflow_id=current, published_workflow_ids=[old])])
+    blocking = httpx.post(f"{url}/workflows/{old}/run", json=run_body(), headers=AUTH).json()
+    assert (blocking["data"]["workflow_id"], blocking["data"]["status"]) == (old, "succeeded")
+    events = events_of(httpx.post(f"{url}/workflows/{old}/run", json=run_body("streaming"), headers=AUTH).text)
+    assert events[0]["data"]["workflow_id"] == events[-1]["data"]["workflow_id"] == old
+    detail = httpx.get(f"{url}/workflows/run/{blocking['workflow_run_id']}", headers=AUTH).json()
+    assert detail["workflow_id"] == old
+    default = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()
+    assert default["data"]["workflow_id"] == current
+    unknown = httpx.post(f"{url}/workflows/{uuid.uuid4()}/run", json=run_body(), headers=AUTH)
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+    assert unknown.json()["message"].startswith("Workflow not found with id: ")
+    malformed = httpx.post(f"{url}/workflows/v1/run", json=run_body(), headers=AUTH)
+    assert (malformed.status_code, malformed.json()) == (
+        400, {"code": "bad_request", "message": "Invalid workflow_id format: 'v1'. ", "status": 400})
 
 
 @pytest.mark.parametrize(("subject", "body", "category"), [
