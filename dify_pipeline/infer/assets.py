@@ -20,6 +20,7 @@ from dify_pipeline.partitions import daily_partitions
 from dify_pipeline.publish.preflight import check_sinks_before_paying
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource, DifyResult
 from dify_pipeline.resources.result_cache import CachedResult, ResultCache
+from dify_pipeline.resources.run_journal import RunJournal
 from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import ENRICHMENT_FIELDS, with_fields
@@ -89,11 +90,13 @@ def enriched_tickets(
     inputs_by_key = {p.cache_key: p.inputs for p in plans}
 
     cache = result_cache.open()
+    journal = RunJournal.open(result_cache.url) if result_cache.enabled else None
+    pending: list[DifyRequest] = []
     try:
         for key, cached in cache.lookup(first_use).items():
             outcomes[key] = _from_cache(cached, settings.categories)
         unanswered = [key for key in first_use if key not in outcomes]
-        started_runs = cache.started_runs(unanswered)  # interrupted earlier: fetch, don't pay again
+        started_runs = journal.pending(unanswered) if journal else {}  # sent earlier: look up, don't pay again
         pending = [DifyRequest(key, inputs_by_key[key], started_runs.get(key)) for key in unanswered]
         context.log.info(
             f"{len(plans)} records, {len(first_use)} distinct inputs, {len(first_use) - len(pending)} answered before; "
@@ -107,8 +110,6 @@ def enriched_tickets(
             outcome = _from_call(result, settings.categories)
             if outcome.succeeded:
                 cache.store(result.record_key, app_identity, settings.cache_version, _cacheable(outcome))
-            else:
-                cache.forget_run(result.record_key)
             outcomes[result.record_key] = outcome
             if result.latency_ms is not None and result.attempts:  # not a run fetched after a crash: nothing sent
                 fresh_latencies.append(result.latency_ms)
@@ -117,7 +118,7 @@ def enriched_tickets(
                 context.log.info(line)
 
         try:
-            call_counters = dify.run_all(pending, on_result, on_run_started=cache.note_run_started) if pending else {}
+            call_counters = dify.run_all(pending, on_result, journal=journal) if pending else {}
         except DifyFatalError as error:
             raise dg.Failure(
                 description=f"{error}. The answers received so far are kept in the result cache: "
@@ -125,6 +126,9 @@ def enriched_tickets(
             ) from None
     finally:
         cache.close()
+        if journal is not None:  # once the answers are durable, their attempts need no looking up any more
+            journal.forget(request.record_key for request in pending if request.record_key in outcomes)
+            journal.close()
 
     paying = set(first_use.values()) - {first_use[k] for k in first_use if outcomes[k].from_cache}
     output_folder = day_folder(stage_storage, "enriched_tickets", context.partition_key)

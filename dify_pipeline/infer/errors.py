@@ -23,6 +23,8 @@ class DifyCallError(Exception):
     http_status: int | None = None
     retry_after: float | None = None
     attempts_cap: int | None = None  # at most this many attempts for this kind of failure (a timed-out run: 2)
+    outcome_unknown: bool = False  # the request may have started a run (timeout, cut body, broken stream)
+    run_id: str | None = None  # the run it started, when the server said so
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -83,6 +85,7 @@ def classify_http_error(status: int, body: str, retry_after_header: str | None =
     if status >= 500 or status in (408, 425):
         label = code or ("gateway_error" if status in (502, 503, 504) and not code else "server_error")
         return DifyCallError(label, message or f"HTTP {status} from the server or a gateway", True,
+                             outcome_unknown=status in (502, 504),  # a gateway gave up; the run may go on
                              # a 503 slows everyone down only when it says for how long; a rare one is one record's
                              throttled=status == 503 and retry_after is not None, http_status=status,
                              retry_after=retry_after)

@@ -34,13 +34,14 @@ from dify_pipeline.infer.errors import (
     classify_stream_error,
 )
 from dify_pipeline.infer.request_gate import RequestGate
+from dify_pipeline.resources.run_journal import Attempt, RunJournal
 
 
 @dataclass(frozen=True)
 class DifyRequest:
     record_key: str
     inputs: dict[str, Any]
-    resume_run_id: str | None = None  # a run an interrupted earlier attempt started: fetch it before paying again
+    earlier: Attempt | None = None  # an attempt of an interrupted earlier run: look its run up before paying again
 
 
 @dataclass
@@ -75,6 +76,7 @@ class _Counters:
     throttled: int = 0
     recovered_runs: int = 0
     resumed_runs: int = 0
+    lookups: int = 0  # GET /workflows/logs and /workflows/run/{id} calls made to find a run again
     fatal: DifyCallError | None = None
     stop_reason: str | None = None  # why the day stopped early (breaker, outage), for DifyFatalError
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -165,7 +167,7 @@ class DifyResource(dg.ConfigurableResource):
         self,
         requests: Iterable[DifyRequest],
         on_result: Callable[[DifyResult], None],
-        on_run_started: Callable[[str, str], None] | None = None,
+        journal: RunJournal | None = None,
         log: Callable[[str], None] | None = None,
     ) -> dict[str, int]:
         """Send every request, calling `on_result` once per record as soon as it is final.
@@ -174,9 +176,13 @@ class DifyResource(dg.ConfigurableResource):
         DifyFatalError after the in-flight calls settle when the server says no record can succeed, when
         recent answers fail the same way (a broken app), or when the server answered nothing but 429/5xx
         for `max_outage_seconds`. `log` gets a line now and then while the server is in trouble.
+
+        With a `journal`, every attempt is committed there before it is sent, under a `user` that names the
+        record; a workflow run whose outcome is unknown (timeout, cut body, broken stream, 502/504) or that an
+        interrupted earlier run sent (`DifyRequest.earlier`) is looked up in Dify and its answer used.
         """
         log = log or dg.get_dagster_logger().info
-        counters = _run(self._run_all(list(requests), on_result, on_run_started, log))
+        counters = _run(self._run_all(list(requests), on_result, journal, log))
         if counters.fatal is not None:
             raise DifyFatalError(f"Dify refused the run: {counters.fatal}")
         if counters.stop_reason is not None:
@@ -187,9 +193,10 @@ class DifyResource(dg.ConfigurableResource):
             "throttled": counters.throttled,
             "recovered_runs": counters.recovered_runs,
             "resumed_runs": counters.resumed_runs,
+            "lookups": counters.lookups,
         }
 
-    async def _run_all(self, requests, on_result, on_run_started, log) -> _Counters:
+    async def _run_all(self, requests, on_result, journal, log) -> _Counters:
         counters = _Counters()
 
         async def nap(seconds: float) -> None:  # every wait ends early when the day stops
@@ -209,7 +216,7 @@ class DifyResource(dg.ConfigurableResource):
                         request = queue.get_nowait()
                     except asyncio.QueueEmpty:
                         return
-                    result = await self._call_with_retries(client, gate, counters, request, on_run_started)
+                    result = await self._call_with_retries(client, gate, counters, request, journal)
                     if result is not None:
                         counters.finished.append(time.monotonic())
                         on_result(result)
@@ -247,12 +254,14 @@ class DifyResource(dg.ConfigurableResource):
                     f"{self.max_outage_seconds:g} s of this (DIFY_MAX_OUTAGE_SECONDS)")
                 next_line = now + min(30.0, self.max_outage_seconds / 3)
 
-    async def _call_with_retries(self, client, gate, counters, request, on_run_started) -> DifyResult | None:
-        if request.resume_run_id and self.app_mode == "workflow":
-            resumed = await self._resume(client, request)
-            if resumed is not None:
+    async def _call_with_retries(self, client, gate, counters, request, journal) -> DifyResult | None:
+        if request.earlier is not None and self.app_mode == "workflow":
+            found = await self._find_run(client, counters, request, request.earlier.run_id, patience=2.0)
+            if isinstance(found, DifyResult):  # answered before the crash: nothing to send
                 counters.resumed_runs += 1
-                return resumed
+                found.attempts, found.recovered = 0, True
+                return found
+            # no run, or one that failed: this materialization retries it as any failed record
         attempts = throttled = 0
         while True:
             if counters.stop.is_set():
@@ -262,15 +271,27 @@ class DifyResource(dg.ConfigurableResource):
             if counters.stop.is_set():  # stopped while we waited for a slot or a pause: send nothing more
                 await gate.release()
                 return None
-            counters.http_attempts += 1
             error: DifyCallError | None = None
             started = time.perf_counter()  # latency of this attempt: the server's time, not our queueing
             try:
-                result = await self._call_once(client, request, counters, on_run_started)
+                if journal is not None:  # written down before it leaves: a crash right after still finds it
+                    await journal.sending(request.record_key, self._user(request))
+                counters.http_attempts += 1
+                result = await self._call_once(client, request, counters, journal)
             except DifyCallError as call_error:
                 error = call_error
             finally:
                 await gate.release(throttled=error is not None and error.throttled, succeeded=error is None)
+            if error is not None and error.outcome_unknown and self.app_mode == "workflow":
+                # The run may exist (finished, running, or still waiting in the server's backlog): find it.
+                patience = max(2.0, min(time.perf_counter() - started, self.request_timeout_seconds))
+                found = await self._find_run(client, counters, request, error.run_id, patience)
+                if isinstance(found, DifyResult):
+                    counters.recovered_runs += 1
+                    result, error = found, None
+                    result.recovered = True
+                elif isinstance(found, DifyCallError):
+                    error = found  # it ran and failed: a paid attempt, judged as such
             if error is None or not error.server_trouble:  # the server answered about the record itself
                 counters.consecutive_trouble, counters.trouble_since = 0, None
             if error is None:
@@ -331,25 +352,40 @@ class DifyResource(dg.ConfigurableResource):
             gate.pause(self._rng.uniform(ceiling / 2, ceiling))
 
     # -- one HTTP attempt -----------------------------------------------------------------------------
-    def _payload(self, inputs: dict) -> dict:
-        return {"inputs": inputs, "response_mode": self.response_mode, "user": self.user}
+    def _user(self, request: DifyRequest) -> str:
+        """One Dify end user per record (workflow apps): its runs are found again by this session id alone.
+
+        Completion apps keep one shared user: Dify offers no way to look their messages up by user.
+        """
+        return f"{self.user}:{request.record_key}" if self.app_mode == "workflow" else self.user
+
+    def _payload(self, request: DifyRequest) -> dict:
+        return {"inputs": request.inputs, "response_mode": self.response_mode, "user": self._user(request)}
 
     def _endpoint(self) -> str:
         return "/workflows/run" if self.app_mode == "workflow" else "/completion-messages"
 
-    async def _call_once(self, client: aiohttp.ClientSession, request: DifyRequest, counters, on_run_started) -> DifyResult:
+    async def _call_once(self, client: aiohttp.ClientSession, request: DifyRequest, counters, journal) -> DifyResult:
         try:
             if self.response_mode == "blocking":
-                async with client.post(self._url(self._endpoint()), json=self._payload(request.inputs)) as response:
+                async with client.post(self._url(self._endpoint()), json=self._payload(request)) as response:
                     text = await response.text()
                     if response.status != 200:
                         raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
-                return self._parse_blocking(request.record_key, _json_or_error(text))
-            return await self._call_streaming(client, request, counters, on_run_started)
+                try:
+                    body = _json_or_error(text)
+                except DifyCallError as cut:  # a 200 whose body was cut: the run finished in Dify
+                    cut.outcome_unknown = True
+                    raise
+                return self._parse_blocking(request.record_key, body)
+            return await self._call_streaming(client, request, counters, journal)
         except asyncio.TimeoutError:
-            raise DifyCallError("timeout", "no answer within the request timeout", True) from None
+            raise DifyCallError("timeout", "no answer within the request timeout", True, outcome_unknown=True) from None
+        except aiohttp.ClientConnectorError as error:  # never connected: nothing was sent
+            raise DifyCallError("connection_error", f"{type(error).__name__}: connection failed", True) from None
         except aiohttp.ClientError as error:
-            raise DifyCallError("connection_error", f"{type(error).__name__}: connection failed or dropped", True) from None
+            raise DifyCallError("connection_error", f"{type(error).__name__}: connection failed or dropped", True,
+                                outcome_unknown=True) from None
 
     def _parse_blocking(self, record_key: str, body: dict) -> DifyResult:
         if self.app_mode == "workflow":
@@ -357,12 +393,12 @@ class DifyResource(dg.ConfigurableResource):
         usage = (body.get("metadata") or {}).get("usage") or {}
         return _completion_result(record_key, body.get("message_id") or body.get("id"), body.get("answer"), usage)
 
-    async def _call_streaming(self, client: aiohttp.ClientSession, request: DifyRequest, counters, on_run_started) -> DifyResult:
+    async def _call_streaming(self, client: aiohttp.ClientSession, request: DifyRequest, counters, journal) -> DifyResult:
         run_id: str | None = None
         answer: list[str] = []
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=self.stream_idle_timeout_seconds)
         try:
-            async with client.post(self._url(self._endpoint()), json=self._payload(request.inputs), timeout=timeout) as response:
+            async with client.post(self._url(self._endpoint()), json=self._payload(request), timeout=timeout) as response:
                 if response.status != 200:
                     text = await response.text()
                     raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
@@ -370,8 +406,8 @@ class DifyResource(dg.ConfigurableResource):
                     kind = event.get("event")
                     if kind == "workflow_started":
                         run_id = event.get("workflow_run_id")
-                        if on_run_started and run_id:
-                            on_run_started(request.record_key, run_id)
+                        if journal is not None and run_id:
+                            await journal.run_started(request.record_key, run_id)
                     elif kind == "workflow_finished":
                         return _workflow_result(request.record_key, event.get("data") or {}, event.get("workflow_run_id"))
                     elif kind == "message":
@@ -383,46 +419,76 @@ class DifyResource(dg.ConfigurableResource):
                         raise classify_stream_error(event)
         except (aiohttp.ClientError, asyncio.TimeoutError, DifyCallError) as error:
             broken_stream = not isinstance(error, DifyCallError) or error.code == "malformed_response"
-            if run_id is None or not broken_stream:
+            if not broken_stream:
                 raise
-        if run_id is None:
-            raise DifyCallError("stream_incomplete", "stream ended before a terminal event", True)
-        # The run goes on inside Dify after the stream broke: fetch its result instead of paying again.
-        counters.recovered_runs += 1
-        return await self._recover_run(client, request.record_key, run_id)
+            if run_id is None:  # broken before the run announced itself: it may exist all the same
+                if isinstance(error, DifyCallError):
+                    error.outcome_unknown = True
+                raise
+            # The run goes on inside Dify after the stream broke: fetch its result instead of paying again.
+            raise DifyCallError("stream_broken", f"stream of run {run_id} broke", True, outcome_unknown=True,
+                                run_id=run_id) from None
+        raise DifyCallError("stream_incomplete", "stream ended before a terminal event", True,
+                            outcome_unknown=True, run_id=run_id)
 
-    async def _resume(self, client: aiohttp.ClientSession, request: DifyRequest) -> DifyResult | None:
-        """The answer of a run started before a crash, or None when it must be sent again (failed, unknown)."""
-        started = time.perf_counter()
-        try:
-            result = await self._recover_run(client, request.record_key, request.resume_run_id)
-        except DifyCallError:
-            return None
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return None
-        result.attempts, result.recovered = 0, True  # nothing was sent for it this time
-        result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        return result
+    async def _find_run(self, client: aiohttp.ClientSession, counters: _Counters, request: DifyRequest,
+                        run_id: str | None, patience: float) -> DifyResult | DifyCallError | None:
+        """The run Dify made for `request`: its result, its failure, or None when none showed up in `patience` s.
 
-    async def _recover_run(self, client: aiohttp.ClientSession, record_key: str, run_id: str) -> DifyResult:
-        delay = 0.5
-        deadline = time.monotonic() + self.request_timeout_seconds * 10
+        Without a run id, the record's runs are listed by its end user (GET /workflows/logs); a run still
+        running is waited for (up to 10 × the request timeout), not sent again.
+        """
+        user = self._user(request)
+        now = time.monotonic()
+        deadline, run_deadline = now + patience, now + self.request_timeout_seconds * 10
+        delay, failure = 0.2, None
         while True:
-            async with client.get(self._url(f"/workflows/run/{run_id}")) as response:
-                text = await response.text()
-                if response.status == 404:  # the run is unknown after all: sending again is the only way
-                    raise DifyCallError("run_not_found", f"run {run_id} not found after its stream broke", True)
-                if response.status != 200:
-                    raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
-            detail = _json_or_error(text)
-            if detail.get("status") not in ("running", "paused"):
-                result = _workflow_result(record_key, detail, run_id)
-                result.recovered = True
-                return result
-            if time.monotonic() > deadline:
-                raise DifyCallError("timeout", f"run {run_id} still running after the stream broke", True)
+            try:
+                if run_id is None:
+                    run_id, failure = await self._run_of_user(client, counters, user)
+                if run_id is not None:
+                    detail = await self._get_json(client, counters, f"/workflows/run/{run_id}")
+                    status = detail.get("status")
+                    if status in ("running", "paused"):
+                        deadline = max(deadline, min(run_deadline, time.monotonic() + 2 * delay))
+                    elif status is not None:
+                        try:
+                            return _workflow_result(request.record_key, detail, run_id)
+                        except DifyCallError as failed:
+                            return failed
+                    else:
+                        run_id = None  # Dify answers an unknown run id with a 200 of nulls
+                elif failure is not None:
+                    return failure
+            except (DifyCallError, aiohttp.ClientError, asyncio.TimeoutError):
+                pass  # the lookup failed this time; try again until the deadline
+            if time.monotonic() > deadline or counters.stop.is_set():
+                return None
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 1.5, 5.0)
+
+    async def _run_of_user(self, client, counters: _Counters, user: str) -> tuple[str | None, DifyCallError | None]:
+        """(id of the user's best run, or None; its failure when every run failed). Newest first: succeeded
+        beats running beats failed."""
+        query = aiohttp.helpers.quote(user, safe="")
+        body = await self._get_json(client, counters, f"/workflows/logs?created_by_end_user_session_id={query}&limit=20")
+        runs = [item.get("workflow_run") or {} for item in body.get("data") or []]
+        for wanted in (("succeeded",), ("running", "paused")):
+            for run in runs:
+                if run.get("status") in wanted and run.get("id"):
+                    return run["id"], None
+        failed = [run for run in runs if run.get("status") in ("failed", "stopped", "partial-succeeded")]
+        if failed:
+            return None, classify_failed_run(failed[0].get("error"), failed[0].get("status"))
+        return None, None
+
+    async def _get_json(self, client, counters: _Counters, path: str) -> dict:
+        counters.lookups += 1
+        async with client.get(self._url(path)) as response:
+            text = await response.text()
+            if response.status != 200:
+                raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
+        return _json_or_error(text)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

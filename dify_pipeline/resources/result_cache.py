@@ -33,15 +33,7 @@ RESULTS = sa.Table(
     sa.Column("attempts", sa.Integer),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
-# Runs Dify started whose answer we have not stored yet (streaming workflows announce their run id first).
-# After a crash, the next run fetches these with GET /workflows/run/{id} instead of paying for them again.
-STARTED_RUNS = sa.Table(
-    "dify_started_runs",
-    _metadata,
-    sa.Column("cache_key", sa.String(64), primary_key=True),
-    sa.Column("run_id", sa.String(64), nullable=False),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-)
+# The attempts of records without an answer yet live in resources/run_journal.py (table dify_attempts).
 
 
 @dataclass(frozen=True)
@@ -116,30 +108,8 @@ class ResultCacheSession:
         try:
             with self._engine.begin() as connection:
                 connection.execute(sa.insert(RESULTS).values(**values))
-                connection.execute(sa.delete(STARTED_RUNS).where(STARTED_RUNS.c.cache_key == key))
         except sa.exc.IntegrityError:
             pass  # another run stored the same inputs first: same key, same answer, nothing to do
-
-    def note_run_started(self, key: str, run_id: str) -> None:
-        """Remember that Dify is working on `key` as run `run_id` (committed at once: we may die next)."""
-        if not self.enabled:
-            return
-        with self._engine.begin() as connection:
-            connection.execute(sa.delete(STARTED_RUNS).where(STARTED_RUNS.c.cache_key == key))
-            connection.execute(sa.insert(STARTED_RUNS).values(
-                cache_key=key, run_id=run_id, started_at=datetime.now(timezone.utc)))
-
-    def forget_run(self, key: str) -> None:
-        """The run for `key` ended without an answer worth keeping: the next run sends it again."""
-        if self.enabled:
-            with self._engine.begin() as connection:
-                connection.execute(sa.delete(STARTED_RUNS).where(STARTED_RUNS.c.cache_key == key))
-
-    def started_runs(self, keys: Iterable[str]) -> dict[str, str]:
-        """Run ids of `keys` started by an earlier, interrupted run and never answered."""
-        if not self.enabled:
-            return {}
-        return {row.cache_key: row.run_id for row in self._rows([STARTED_RUNS.c.cache_key, STARTED_RUNS.c.run_id], keys)}
 
     def close(self) -> None:
         self._engine.dispose()

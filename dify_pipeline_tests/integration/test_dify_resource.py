@@ -74,7 +74,18 @@ def test_retry_after_pauses_every_new_request_not_just_the_throttled_one(dify_em
     assert len(arrivals) == 12
 
 
-@pytest.mark.parametrize("kind", ["http_500", "http_502_html", "http_503", "malformed_json", "drop"])
+def test_a_200_whose_body_was_cut_is_looked_up_not_paid_again(dify_emulator):
+    """141 of 3,100 cut bodies were paid twice (issue 10): the run finished, so its answer is fetched."""
+    configure(dify_emulator, faults=[Fault(kind="malformed_json", times_per_input=1)])
+    requests = requests_for(6)
+    results, counters = run(client(dify_emulator), requests)
+    assert all(r.succeeded and r.recovered and r.attempts == 1 for r in results.values())
+    assert results["ticket-0"].outputs == answer_for(requests[0].inputs)
+    stats = dify_emulator.stats()
+    assert counters["recovered_runs"] == 6 and stats["paid_runs"] == stats["distinct_inputs"] == 6
+
+
+@pytest.mark.parametrize("kind", ["http_500", "http_502_html", "http_503", "drop"])
 def test_transient_failures_are_retried_until_success(dify_emulator, kind):
     configure(dify_emulator, faults=[Fault(kind=kind, times_per_input=1)])
     results, counters = run(client(dify_emulator), requests_for(6))
