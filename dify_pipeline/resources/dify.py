@@ -62,6 +62,9 @@ class DifyResult:
 
 
 THROTTLED_ATTEMPTS_FACTOR = 4
+# How long a run that may exist is looked for before the record is sent again: at least this, or twice as
+# long as its request waited (a request that waited in the server's backlog may still be accepted and run).
+LOOKUP_PATIENCE_SECONDS = 5.0
 SUSTAINED_TROUBLE = 5  # answers in a row that are 429/5xx/timeouts: the server is in trouble, pause everyone
 
 
@@ -256,7 +259,7 @@ class DifyResource(dg.ConfigurableResource):
 
     async def _call_with_retries(self, client, gate, counters, request, journal) -> DifyResult | None:
         if request.earlier is not None and self.app_mode == "workflow":
-            found = await self._find_run(client, counters, request, request.earlier.run_id, patience=2.0)
+            found = await self._find_run(client, counters, request, request.earlier.run_id, LOOKUP_PATIENCE_SECONDS)
             if isinstance(found, DifyResult):  # answered before the crash: nothing to send
                 counters.resumed_runs += 1
                 found.attempts, found.recovered = 0, True
@@ -280,18 +283,26 @@ class DifyResource(dg.ConfigurableResource):
                 result = await self._call_once(client, request, counters, journal)
             except DifyCallError as call_error:
                 error = call_error
+            except BaseException:
+                await gate.release()
+                raise
+            unknown = error is not None and error.outcome_unknown
+            # A timeout says we asked for more than the server serves: lower the limit as a throttle would.
+            slow = error is not None and (error.throttled or error.code == "timeout")
+            try:
+                if unknown and self.app_mode == "workflow":
+                    # The run may exist (finished, running, or waiting in the server's backlog): find it, still
+                    # holding the slot, since the request may still hold a place on the server.
+                    patience = max(LOOKUP_PATIENCE_SECONDS, 2 * (time.perf_counter() - started))
+                    found = await self._find_run(client, counters, request, error.run_id, patience)
+                    if isinstance(found, DifyResult):
+                        counters.recovered_runs += 1
+                        result, error = found, None
+                        result.recovered = True
+                    elif isinstance(found, DifyCallError):
+                        error = found  # it ran and failed: a paid attempt, judged as such
             finally:
-                await gate.release(throttled=error is not None and error.throttled, succeeded=error is None)
-            if error is not None and error.outcome_unknown and self.app_mode == "workflow":
-                # The run may exist (finished, running, or still waiting in the server's backlog): find it.
-                patience = max(2.0, min(time.perf_counter() - started, self.request_timeout_seconds))
-                found = await self._find_run(client, counters, request, error.run_id, patience)
-                if isinstance(found, DifyResult):
-                    counters.recovered_runs += 1
-                    result, error = found, None
-                    result.recovered = True
-                elif isinstance(found, DifyCallError):
-                    error = found  # it ran and failed: a paid attempt, judged as such
+                await gate.release(throttled=slow, succeeded=error is None and not unknown)
             if error is None or not error.server_trouble:  # the server answered about the record itself
                 counters.consecutive_trouble, counters.trouble_since = 0, None
             if error is None:
@@ -441,7 +452,7 @@ class DifyResource(dg.ConfigurableResource):
         user = self._user(request)
         now = time.monotonic()
         deadline, run_deadline = now + patience, now + self.request_timeout_seconds * 10
-        delay, failure = 0.2, None
+        delay, failure = 0.25, None
         while True:
             try:
                 if run_id is None:

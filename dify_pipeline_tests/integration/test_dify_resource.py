@@ -261,3 +261,16 @@ def test_default_settings_against_a_server_capped_at_ten_connections_neither_sta
     assert all(r.succeeded for r in results.values()), {r.error_code for r in results.values()}
     stats = dify_emulator.stats()
     assert counters["http_attempts"] == 250 and stats["paid_runs"] == stats["distinct_inputs"] == 250
+
+
+@pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
+def test_requests_that_time_out_in_the_servers_backlog_are_found_again_not_paid_twice(dify_emulator, response_mode):
+    """A request the client gave up on while it waited unaccepted is still run: look it up, don't resend it."""
+    configure(dify_emulator, latency_ms=400, server_worker_connections=2, ping_interval=0.1)
+    resource = client(dify_emulator, response_mode=response_mode, max_concurrency=8, request_timeout_seconds=1.0,
+                      stream_idle_timeout_seconds=1.0, adaptive_concurrency=False)
+    results, counters = run(resource, requests_for(24))
+    assert all(r.succeeded for r in results.values()), {r.error_code for r in results.values()}
+    stats = dify_emulator.stats()
+    assert counters["recovered_runs"] > 0  # some did time out in the backlog
+    assert stats["paid_runs"] == stats["distinct_inputs"] == 24, stats["runs_by_input"]
