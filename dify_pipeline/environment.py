@@ -187,6 +187,8 @@ class PipelineEnvironment(BaseModel):
     dify_max_concurrency: _like(DifyResource, "max_concurrency") | None = variable("DIFY_MAX_CONCURRENCY", "16")
     dify_requests_per_minute: _like(DifyResource, "requests_per_minute") = variable(
         "DIFY_REQUESTS_PER_MINUTE", "600 (or empty: unlimited)")
+    dify_max_outage_seconds: _like(DifyResource, "max_outage_seconds") | None = variable(
+        "DIFY_MAX_OUTAGE_SECONDS", "300")
     dify_ca_file: ExistingFile | None = variable("DIFY_CA_FILE", "/etc/ssl/private-ca.pem")
     # -- outputs
     output_parquet_url: StorageUrl | None = variable(

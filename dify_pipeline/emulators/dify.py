@@ -18,6 +18,7 @@ import random
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,13 +38,13 @@ from dify_pipeline.emulators.dify_answers import (
     usage_for,
     workflow_outputs,
 )
-from dify_pipeline.emulators.server import check_loopback, serve_in_thread
+from dify_pipeline.emulators.server import AcceptGate, check_loopback, serve_in_thread
 
 __all__ = ["DifyApp", "DifyEmulator", "DifyEmulatorConfig", "Fault", "answer_for", "main", "max_runs_in_window"]
 
 FaultKind = Literal["http_429", "http_500", "http_502_html", "http_503", "http_504_html", "timeout", "drop",
-                    "drop_mid_stream", "malformed_json", "failed_run", "unauthorized", "quota_exceeded",
-                    "bad_output", "invalid_category"]
+                    "drop_mid_stream", "malformed_json", "failed_run", "failed_run_sandbox", "unauthorized",
+                    "quota_exceeded", "bad_output", "invalid_category"]
 # Faults answered instead of a run: nothing is created, nothing is paid.
 PRE_RUN_FAULTS = frozenset({"http_429", "http_500", "http_502_html", "http_503", "http_504_html", "timeout",
                             "drop", "unauthorized", "quota_exceeded"})
@@ -67,6 +68,8 @@ class DifyApp(BaseModel):
     mode: Literal["workflow", "completion"] = "workflow"
     app_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     workflow_id: str = Field(default_factory=lambda: str(uuid.uuid4()))  # change it to "republish" the app
+    # Versions published before the current one: POST /workflows/{workflow_id}/run still runs them.
+    published_workflow_ids: list[str] = Field(default_factory=list)
     name: str = "Support ticket enrichment"
     user_input_form: list[dict] = Field(default_factory=_default_input_form)  # as GET /parameters shows it
     # object: outputs {"category","summary","sentiment"}; json_string: outputs {"result": "<their JSON>"}.
@@ -87,6 +90,7 @@ class Fault(BaseModel):
     times_per_input: int | None = None  # each distinct inputs fails only its first K attempts
     retry_after: float | None = None  # http_429 / http_503: send Retry-After (seconds)
     hang_seconds: float = 30.0  # timeout: hold the request this long, then answer 504
+    error: str | None = None  # failed_run*: the run's error text instead of the kind's own
 
 
 class DifyEmulatorConfig(BaseModel):
@@ -101,6 +105,15 @@ class DifyEmulatorConfig(BaseModel):
     rate_limit_per_minute: int | None = None  # gateway-style: runs accepted in any sliding 60 s, beyond it 429
     rate_limit_retry_after: float | None = None
     concurrency_limit_status: Literal[400, 429] = 400  # real Dify answers 400; its spec documents 429
+    # gunicorn's gevent worker `--worker-connections` (the official image: 10): connections accepted at a time;
+    # the rest wait unaccepted in the listen backlog. None accepts every connection.
+    server_worker_connections: int | None = Field(default=None, ge=1)
+    server_keep_alive_seconds: float = Field(default=2.0, gt=0)  # gunicorn's `--keep-alive` default
+    # Dify's SQLAlchemy pool: each request holds a connection until its answer ends (a stream: its last event).
+    # Beyond SQLALCHEMY_POOL_SIZE + SQLALCHEMY_MAX_OVERFLOW (30 + 10 in the image) a request waits up to
+    # SQLALCHEMY_POOL_TIMEOUT (30 s) for one, then answers 500 without a run. None: a pool that never runs out.
+    database_pool_size: int | None = Field(default=None, ge=1)
+    database_pool_timeout: float = Field(default=30.0, ge=0)
     faults: list[Fault] = Field(default_factory=list)  # checked in order, the first that applies wins
     seed: int = 0
 
@@ -124,6 +137,10 @@ PING_FRAME = "event: ping\n\n"
 QUOTA_MESSAGE = ("Your quota for Dify Hosted OpenAI has been exhausted. Please go to Settings -> Model Provider "
                  "to complete your own provider credentials.")
 FAILED_RUN_ERROR = "[emulator] Error: the model provider failed to answer (injected failed_run)"
+# A code node that cannot reach Dify's sandbox, word for word from a real 1.11.4 run.
+SANDBOX_ERROR = ("Failed to execute code, which is likely a network issue, please check if the sandbox service is "
+                 "running. ( Error: [Errno 111] Connection refused )")
+FAILED_RUN_ERRORS = {"failed_run": FAILED_RUN_ERROR, "failed_run_sandbox": SANDBOX_ERROR}
 GATEWAY_PAGES = {
     502: "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
          "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
@@ -132,7 +149,9 @@ GATEWAY_PAGES = {
 }
 # The emulated app's graph: node id -> (node type, title). The LLM node is where a run spends its latency.
 WORKFLOW_NODES = {"start": ("start", "Start"), "llm": ("llm", "Enrich ticket"), "end": ("end", "End")}
+PUBLISHED_VERSION = "2026-01-01 00:00:00.000000"  # a published workflow's `version`: when it was published
 _TRANSPORT = "dify_emulator.transport"  # scope key: the connection's transport, for faults that cut it
+_EXCHANGE = "dify_emulator.exchange"  # scope key: what the handler tells the connection layer (run, streamed)
 
 
 class DifyError(Exception):
@@ -213,6 +232,68 @@ def validate_inputs(form: list[dict], inputs: dict) -> dict:
     return accepted
 
 
+class WorkflowLogQuery(BaseModel):
+    """The query of GET /workflows/logs, as Dify 1.11.4 validates it (so its error texts are Dify's)."""
+
+    keyword: str | None = None
+    status: Literal["succeeded", "failed", "stopped"] | None = None
+    created_at__before: str | None = None
+    created_at__after: str | None = None
+    created_by_end_user_session_id: str | None = None
+    created_by_account: str | None = None
+    page: int = Field(default=1, ge=1, le=99999)
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_iso(text: str | None) -> float | None:
+    """An ISO 8601 time as Unix seconds; without an offset it is UTC, as Dify's database stores it."""
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _log_matches(run: _Run, query: WorkflowLogQuery, before: float | None, after: float | None) -> bool:
+    if query.status is not None and run.status != query.status:
+        return False
+    if query.keyword:  # ILIKE on the stored (ASCII-escaped) JSON, the end user's session id, or the run id
+        needle = query.keyword[:30].lower()
+        haystacks = [json.dumps(run.variable_pool), json.dumps(run.outputs) if run.outputs else "", run.user]
+        if not any(needle in text.lower() for text in haystacks) and query.keyword != run.id:
+            return False
+    if before is not None and run.logged_at > before:
+        return False
+    if after is not None and run.logged_at < after:
+        return False
+    if query.created_by_end_user_session_id and run.user != query.created_by_end_user_session_id:
+        return False
+    return query.created_by_account is None  # runs through the API key are an end user's, never an account's
+
+
+def _end_user(user: str) -> dict:
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_OID, user)), "type": "service_api", "is_anonymous": False,
+            "session_id": user}
+
+
+def _log_item(run: _Run) -> dict:
+    """One workflow_app_logs row with its run, as the logs endpoint marshals it (no inputs nor outputs)."""
+    return {"id": run.log_id, "workflow_run": {
+        "id": run.id, "version": run.workflow_version, "status": run.status, "triggered_from": "app-run",
+        "error": run.error, "elapsed_time": run.elapsed_time, "total_tokens": run.usage.get("total_tokens", 0),
+        "total_steps": run.total_steps, "created_at": run.created_at, "finished_at": run.finished_at,
+        "exceptions_count": 0},
+        "details": None, "created_from": "service-api", "created_by_role": "end_user", "created_by_account": None,
+        "created_by_end_user": _end_user(run.user), "created_at": int(run.logged_at)}
+
+
 @dataclass
 class _Run:
     """One workflow run or completion message, from acceptance to its end."""
@@ -222,10 +303,14 @@ class _Run:
     user: str
     fault: str | None
     latency: float
+    fault_error: str | None = None  # a failed run's error text, when the fault names one
+    workflow_id: str = ""  # the published version that runs it; the app's current one unless asked otherwise
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: int = field(default_factory=_unix_now)
+    logged_at: float = field(default_factory=time.time)  # its workflow_app_logs row, written as the run starts
+    log_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started: float = field(default_factory=time.monotonic)
     status: str = "running"
     outputs: dict = field(default_factory=dict)
@@ -235,6 +320,10 @@ class _Run:
     finished_at: int | None = None
     usage: dict = field(default_factory=dict)
     task: asyncio.Task | None = None
+    workflow_version: str = PUBLISHED_VERSION
+
+    def __post_init__(self) -> None:
+        self.workflow_id = self.workflow_id or self.app.workflow_id
 
     @property
     def ids(self) -> dict[str, str]:
@@ -244,7 +333,7 @@ class _Run:
     def variable_pool(self) -> dict:
         """Inputs as Dify shows them in events: the user's plus the system variables."""
         return {**self.inputs, "sys.files": [], "sys.user_id": self.user, "sys.app_id": self.app.app_id,
-                "sys.workflow_id": self.app.workflow_id, "sys.workflow_run_id": self.id}
+                "sys.workflow_id": self.workflow_id, "sys.workflow_run_id": self.id}
 
     @property
     def total_steps(self) -> int:
@@ -253,19 +342,54 @@ class _Run:
 
     def finished_data(self) -> dict:
         """The `data` of a blocking response (keys as in the captured blocking.json)."""
-        return {"id": self.id, "workflow_id": self.app.workflow_id, "status": self.status, "outputs": self.outputs,
+        return {"id": self.id, "workflow_id": self.workflow_id, "status": self.status, "outputs": self.outputs,
                 "error": self.error, "elapsed_time": self.elapsed_time,
                 "total_tokens": self.usage.get("total_tokens", 0), "total_steps": self.total_steps,
                 "created_at": self.created_at, "finished_at": self.finished_at}
 
 
-class _TransportAwareStarlette(Starlette):
-    """Starlette that keeps each connection's transport in the scope, so a fault can cut the connection."""
+class _ConnectionAwareStarlette(Starlette):
+    """Starlette that behaves on the connection as Dify's gunicorn worker does.
+
+    It keeps each connection's transport in the scope (so a fault can cut it); reads a request whose client
+    already left from what arrived on the socket, as gevent does with a connection accepted late from the
+    backlog (uvicorn would only report the disconnect); closes the connection after a streamed answer; and
+    reports each run's answer as delivered or abandoned to `on_exchange_done`.
+    """
+
+    def __init__(self, *args, accept_gate: AcceptGate, on_exchange_done: Callable[[dict, bool], None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.accept_gate, self._on_exchange_done = accept_gate, on_exchange_done
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":  # uvicorn's `send` is a method of the request cycle that owns the transport
-            scope[_TRANSPORT] = getattr(getattr(send, "__self__", None), "transport", None)
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        cycle = getattr(send, "__self__", None)  # uvicorn's `send` is a method of the cycle owning the transport
+        transport = scope[_TRANSPORT] = getattr(cycle, "transport", None)
+        exchange = scope[_EXCHANGE] = {"run": None, "streamed": False}
+        await super().__call__(scope, _receive_left_request(cycle, receive), send)
+        if cycle is not None and hasattr(cycle, "response_complete"):
+            self._on_exchange_done(exchange, cycle.response_complete and not cycle.disconnected)
+        if exchange["streamed"] and transport is not None and not transport.is_closing():
+            transport.close()  # after the final event, as observed from Dify: waiting connections get their turn
+
+
+def _receive_left_request(cycle, receive):
+    """`receive`, except that a request fully received before its client left is still handed to the app."""
+    handed = False
+
+    async def receive_request() -> dict:
+        nonlocal handed
+        if not handed and getattr(cycle, "disconnected", False) and getattr(cycle, "more_body", True) is False:
+            handed = True
+            return {"type": "http.request", "body": bytes(cycle.body), "more_body": False}
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body"):
+            handed = True
+        return message
+
+    return receive_request
 
 
 async def _cut_connection(request: Request) -> None:
@@ -306,11 +430,16 @@ class DifyEmulator:
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task] = set()  # running runs; a reference keeps them from being collected
         self._active_by_app: collections.Counter[str] = collections.Counter()
+        self._database_in_use = 0
+        self._gate = AcceptGate(lambda: self._config.server_worker_connections,
+                                lambda: self._config.server_keep_alive_seconds)
         self._clear_records()
         self._restart_randomness()
         routes = [
             self._dify_route("/v1/workflows/run", self._workflow_run, "POST"),
             self._dify_route("/v1/workflows/run/{workflow_run_id}", self._workflow_run_detail, "GET"),
+            self._dify_route("/v1/workflows/logs", self._workflow_logs, "GET"),
+            self._dify_route("/v1/workflows/{workflow_id}/run", self._workflow_version_run, "POST"),
             self._dify_route("/v1/completion-messages", self._completion_message, "POST"),
             self._dify_route("/v1/parameters", self._parameters, "GET"),
             self._dify_route("/v1/info", self._info, "GET"),
@@ -320,8 +449,9 @@ class DifyEmulator:
             Route("/_emulator/config", self._post_config, methods=["POST"]),
             Route("/_emulator/reset", self._post_reset, methods=["POST"]),
         ]
-        self.app: Starlette = _TransportAwareStarlette(
-            routes=routes, exception_handlers={404: self._not_found, 405: self._method_not_allowed}
+        self.app: Starlette = _ConnectionAwareStarlette(
+            routes=routes, exception_handlers={404: self._not_found, 405: self._method_not_allowed},
+            accept_gate=self._gate, on_exchange_done=self._exchange_done,
         )
 
     # ---- control -------------------------------------------------------------------------------------
@@ -345,17 +475,32 @@ class DifyEmulator:
             self._runs = {run_id: run for run_id, run in self._runs.items() if run.status == "running"}
 
     def stats(self) -> dict:
-        """Counters since the last reset. `run_arrivals` are time.monotonic() seconds of accepted runs."""
+        """Counters since the last reset. `run_arrivals` are time.monotonic() seconds of accepted runs.
+
+        Every run created is paid (`paid_runs`), failed ones too (`failed_runs`); `abandoned_runs` are those
+        whose answer never reached its client (it left while the request waited in the backlog or the run
+        worked, or the connection was cut). `runs_by_input` counts runs per distinct inputs (compact JSON),
+        `end_users` the distinct `user` values seen (each one an end-user row in Dify). The connection
+        figures come from the accept gate: `accept_queue` is how many connections wait unaccepted right now.
+        """
+        connections = self._gate.stats()
         with self._lock:
             return {
+                **connections,
                 "requests_total": sum(self._by_path.values()),
                 "requests_by_path": dict(self._by_path),
                 "requests_by_status": dict(self._by_status),
                 "paid_runs": self._paid_runs,
+                "failed_runs": self._failed_runs,
+                "abandoned_runs": self._abandoned_runs,
+                "distinct_inputs": len(self._runs_by_input),
+                "runs_by_input": dict(self._runs_by_input),
+                "end_users": len(self._end_users),
                 "active_runs": sum(self._active_by_app.values()),
                 "max_active_runs": self._max_active,
                 "rejected_concurrency": self._rejected_concurrency,
                 "rejected_rate_limit": self._rejected_rate_limit,
+                "rejected_database": self._rejected_database,
                 "faults_injected": dict(self._faults_injected),
                 "run_arrivals": list(self._run_arrivals),
             }
@@ -372,6 +517,10 @@ class DifyEmulator:
         self._by_status: collections.Counter[str] = collections.Counter()
         self._faults_injected: collections.Counter[str] = collections.Counter()
         self._paid_runs = self._rejected_concurrency = self._rejected_rate_limit = 0
+        self._failed_runs = self._abandoned_runs = self._rejected_database = 0
+        self._runs_by_input: collections.Counter[str] = collections.Counter()
+        self._end_users: set[str] = set()
+        self._gate.reset()
         self._max_active = sum(self._active_by_app.values())
         self._run_arrivals: list[float] = []
         self._rate_window: collections.deque[float] = collections.deque()
@@ -384,6 +533,13 @@ class DifyEmulator:
         self._fault_attempts: collections.defaultdict[int, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
         )
+
+    def _exchange_done(self, exchange: dict, delivered: bool) -> None:
+        """The connection layer's word on a finished exchange: did the run's answer reach its client?"""
+        run = exchange["run"]
+        if run is not None and not delivered:
+            with self._lock:
+                self._abandoned_runs += 1
 
     async def _get_stats(self, _: Request) -> Response:
         return JSONResponse(self.stats())
@@ -421,15 +577,51 @@ class DifyEmulator:
             with self._lock:
                 self._records.append(record)
                 self._by_path[path] += 1
+            streamed = False
+            try:
+                await self._check_out_database_connection()
+            except DifyError as error:
+                self._close_record(record, error.status)
+                return error.response()
             try:
                 response = await handler(request, record)
+                if isinstance(response, StreamingResponse):  # the request keeps its connection while it streams
+                    response.body_iterator, streamed = self._returning_connection(response.body_iterator), True
             except DifyError as error:
                 response = error.response()
+            finally:
+                if not streamed:
+                    self._return_database_connection()
             if record["answered_at"] is None:
                 self._close_record(record, response.status_code)
             return response
 
         return Route(path, endpoint, methods=[method])
+
+    async def _check_out_database_connection(self) -> None:
+        """Take a connection from the emulated database pool, waiting up to its timeout, else a 500."""
+        deadline = time.monotonic() + self._config.database_pool_timeout
+        while True:
+            with self._lock:
+                size = self._config.database_pool_size
+                if size is None or self._database_in_use < size:
+                    self._database_in_use += 1
+                    return
+                if time.monotonic() >= deadline:
+                    self._rejected_database += 1
+                    raise DifyError(500, "unknown", "Internal Server Error")
+            await asyncio.sleep(0.01)
+
+    def _return_database_connection(self) -> None:
+        with self._lock:
+            self._database_in_use -= 1
+
+    async def _returning_connection(self, frames: AsyncIterator) -> AsyncIterator:
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            self._return_database_connection()
 
     def _close_record(self, record: dict, status: int | None) -> None:
         """Note the answer to a request; None means the connection was cut without one."""
@@ -461,11 +653,16 @@ class DifyEmulator:
     async def _workflow_run(self, request: Request, record: dict) -> Response:
         return await self._run_request(request, record, "workflow")
 
+    async def _workflow_version_run(self, request: Request, record: dict) -> Response:
+        return await self._run_request(request, record, "workflow", request.path_params["workflow_id"])
+
     async def _completion_message(self, request: Request, record: dict) -> Response:
         return await self._run_request(request, record, "completion")
 
-    async def _run_request(self, request: Request, record: dict, endpoint_mode: str) -> Response:
-        """Dify's order: key, `user`, app mode, concurrency and rate limits, inputs; then faults, then the run."""
+    async def _run_request(self, request: Request, record: dict, endpoint_mode: str,
+                           workflow_id: str | None = None) -> Response:
+        """Dify's order: key, `user`, app mode, concurrency and rate limits, the asked workflow version, inputs;
+        then faults, then the run."""
         app = self._authenticate(request)
         try:
             payload = json.loads(await request.body())
@@ -476,6 +673,8 @@ class DifyEmulator:
         user = payload.get("user")
         if not user:
             raise DifyError(400, "invalid_param", "Arg user must be provided.")
+        with self._lock:  # Dify creates the end user while checking the key, before anything else can fail
+            self._end_users.add(str(user))
         if app.mode != endpoint_mode:
             if endpoint_mode == "workflow":
                 raise DifyError(400, "not_workflow_app", "Please check if your app mode matches the right API route.")
@@ -485,14 +684,21 @@ class DifyEmulator:
             raise DifyError(400, "invalid_param", "inputs must be a JSON object.")
         streaming = payload.get("response_mode") == "streaming"  # anything else is blocking, as in Dify
         self._check_limits(app)
+        if workflow_id is not None:
+            if not _is_uuid(workflow_id):
+                raise DifyError(400, "bad_request", f"Invalid workflow_id format: '{workflow_id}'. ")
+            if workflow_id not in (app.workflow_id, *app.published_workflow_ids):
+                raise DifyError(404, "not_found", f"Workflow not found with id: {workflow_id}")
         inputs = validate_inputs(app.user_input_form, raw_inputs)
         fault = self._pick_fault(raw_inputs, streaming)
         record["fault"] = fault.kind if fault else None
         if fault and fault.kind in PRE_RUN_FAULTS:
             return await self._answer_fault(request, record, fault, streaming)
-        run = self._start_run(app, inputs, str(user), fault.kind if fault else None)
+        run = self._start_run(app, inputs, str(user), fault, workflow_id)
         record["workflow_run_id"] = run.id
+        request.scope[_EXCHANGE]["run"] = run
         if streaming:
+            request.scope[_EXCHANGE]["streamed"] = True
             frames = self._workflow_frames if endpoint_mode == "workflow" else self._completion_frames
             return _event_stream(frames(run, request))
         return await (self._workflow_blocking(run) if endpoint_mode == "workflow" else self._completion_blocking(run))
@@ -567,13 +773,16 @@ class DifyEmulator:
                 await _cut_connection(request)
                 return Response(status_code=204)  # never sent: the connection is gone
 
-    def _start_run(self, app: DifyApp, inputs: dict, user: str, fault: str | None) -> _Run:
+    def _start_run(self, app: DifyApp, inputs: dict, user: str, fault: Fault | None,
+                   workflow_id: str | None = None) -> _Run:
         with self._lock:
             median = self._config.latency_ms / 1000.0
             latency = median * math.exp(self._config.latency_sigma * self._latency_rng.gauss(0.0, 1.0))
-            run = _Run(app=app.model_copy(), inputs=inputs, user=user, fault=fault, latency=latency)
+            run = _Run(app=app.model_copy(), inputs=inputs, user=user, fault=fault.kind if fault else None,
+                       latency=latency, fault_error=fault.error if fault else None, workflow_id=workflow_id or "")
             self._runs[run.id] = run
             self._paid_runs += 1
+            self._runs_by_input[_compact(dict(sorted(inputs.items())))] += 1
             self._run_arrivals.append(run.started)
             self._rate_window.append(run.started)
             self._active_by_app[app.app_id] += 1
@@ -594,8 +803,9 @@ class DifyEmulator:
                 run.usage = usage_for(ticket_text(run.inputs), run.answer, round(run.latency, 6))
                 run.elapsed_time = round(time.monotonic() - run.started, 6)
                 run.finished_at = _unix_now()
-                if run.fault == "failed_run":
-                    run.status, run.error = "failed", FAILED_RUN_ERROR
+                if run.fault in FAILED_RUN_ERRORS:
+                    run.status, run.error = "failed", run.fault_error or FAILED_RUN_ERRORS[run.fault]
+                    self._failed_runs += 1
                 else:
                     run.status, run.outputs = "succeeded", workflow_outputs(answer, run.app.output_style)
                 self._active_by_app[run.app.app_id] -= 1
@@ -618,7 +828,7 @@ class DifyEmulator:
 
     async def _workflow_frames(self, run: _Run, request: Request) -> AsyncIterator[str]:
         yield _sse({"event": "workflow_started", **run.ids, "data": {
-            "id": run.id, "workflow_id": run.app.workflow_id, "inputs": run.variable_pool,
+            "id": run.id, "workflow_id": run.workflow_id, "inputs": run.variable_pool,
             "created_at": run.created_at, "reason": "initial"}})
         if run.fault == "drop_mid_stream":
             await _cut_connection(request)
@@ -665,16 +875,44 @@ class DifyEmulator:
         app = self._authenticate(request)
         if app.mode != "workflow":
             raise DifyError(400, "not_workflow_app", "Please check if your app mode matches the right API route.")
+        run_id = request.path_params["workflow_run_id"]
+        if not _is_uuid(run_id):  # PostgreSQL refuses to compare a uuid column with it
+            raise DifyError(500, "unknown", "Internal Server Error")
         with self._lock:
-            run = self._runs.get(request.path_params["workflow_run_id"])
-            if run is None or run.app.app_id != app.app_id:
-                raise DifyError(404, "not_found", "Workflow run not found.")
-            detail = {"id": run.id, "workflow_id": run.app.workflow_id, "status": run.status,
-                      "inputs": json.dumps(run.variable_pool, ensure_ascii=False), "outputs": run.outputs,
-                      "error": run.error, "total_steps": run.total_steps,
-                      "total_tokens": run.usage.get("total_tokens", 0), "created_at": run.created_at,
-                      "finished_at": run.finished_at, "elapsed_time": run.elapsed_time}
+            run = self._runs.get(run_id)
+            if run is None or run.app.app_id != app.app_id:  # Dify marshals the missing row: every field null
+                detail = dict.fromkeys(("id", "workflow_id", "status", "inputs", "outputs", "error", "total_steps",
+                                        "total_tokens", "created_at", "finished_at", "elapsed_time"))
+            else:  # as stored: inputs and outputs are JSON text with non-ASCII \u-escaped, null when empty
+                detail = {"id": run.id, "workflow_id": run.workflow_id, "status": run.status,
+                          "inputs": json.dumps(run.variable_pool), "outputs": json.dumps(run.outputs) if run.outputs
+                          else None, "error": run.error, "total_steps": run.total_steps,
+                          "total_tokens": run.usage.get("total_tokens", 0), "created_at": run.created_at,
+                          "finished_at": run.finished_at, "elapsed_time": run.elapsed_time}
         return _json_response(json.dumps(detail, ensure_ascii=False))
+
+    async def _workflow_logs(self, request: Request, record: dict) -> Response:
+        """GET /workflows/logs as Dify 1.11.4's WorkflowAppService: the app's log rows, newest first.
+
+        A run has its row from its start (written when its workflow_started event is handled), so a running
+        run is listed with status "running"; the `status` filter only takes succeeded, failed or stopped.
+        """
+        app = self._authenticate(request)
+        try:
+            query = WorkflowLogQuery.model_validate(dict(request.query_params))
+            before = _parse_iso(query.created_at__before)
+            after = _parse_iso(query.created_at__after)
+        except ValueError as error:  # pydantic's ValidationError too: Dify answers every ValueError this way
+            raise DifyError(400, "invalid_param", str(error)) from None
+        with self._lock:
+            runs = [run for run in self._runs.values() if run.app.app_id == app.app_id and run.app.mode == "workflow"]
+            runs = [run for run in runs if _log_matches(run, query, before, after)]
+            runs.sort(key=lambda run: run.logged_at, reverse=True)
+            page = runs[(query.page - 1) * query.limit: query.page * query.limit]
+            items = [_log_item(run) for run in page]
+        body = {"page": query.page, "limit": query.limit, "total": len(runs),
+                "has_more": len(runs) > query.page * query.limit, "data": items}
+        return _json_response(json.dumps(body, ensure_ascii=False))
 
     # ---- completion answers --------------------------------------------------------------------------
 

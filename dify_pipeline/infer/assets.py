@@ -33,6 +33,7 @@ from dify_pipeline.partitions import daily_partitions
 from dify_pipeline.publish.preflight import check_sinks_before_paying
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource, DifyResult
 from dify_pipeline.resources.result_cache import CachedResult, CacheWriteError, ResultCache, ResultCacheSession
+from dify_pipeline.resources.run_journal import RunJournal
 from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import ENRICHMENT_FIELDS, with_fields
@@ -93,6 +94,8 @@ def enriched_tickets(
                             settings.cache_version)
 
     cache = result_cache.open()
+    journal = RunJournal.open(result_cache.url) if result_cache.enabled else None
+    answered: set[str] = set()
     try:
         # First pass, one shard at a time: the distinct inputs no earlier run or day answered.
         pending_inputs: dict[str, dict] = {}
@@ -108,7 +111,7 @@ def enriched_tickets(
             pending_inputs.update((key, inputs) for key, inputs in new.items() if key not in known)
         distinct = len(seen)
         del seen
-        started_runs = cache.started_runs(pending_inputs)  # interrupted earlier: fetch, don't pay again
+        started_runs = journal.pending(list(pending_inputs)) if journal else {}  # sent earlier: look up, don't pay again
         pending = [DifyRequest(key, inputs, started_runs.get(key)) for key, inputs in pending_inputs.items()]
         pending_keys = set(pending_inputs)
         del pending_inputs
@@ -125,10 +128,9 @@ def enriched_tickets(
             outcome = _from_call(result, settings.categories)
             if result.succeeded:  # what Dify answered, kept whatever the contract says: judged when rows are built
                 cache.store(result.record_key, app_identity, settings.cache_version, _cacheable(outcome))
-            else:
-                cache.forget_run(result.record_key)
             if not result.succeeded or not cache.enabled:
                 uncached[result.record_key] = outcome
+            answered.add(result.record_key)
             if result.latency_ms is not None and result.attempts:  # not a run fetched after a crash: nothing sent
                 fresh_latencies.append(result.latency_ms)
             line = progress.record(outcome.succeeded)
@@ -136,7 +138,7 @@ def enriched_tickets(
                 context.log.info(line)
 
         try:
-            call_counters = dify.run_all(pending, on_result, on_run_started=cache.note_run_started) if pending else {}
+            call_counters = dify.run_all(pending, on_result, journal=journal) if pending else {}
             cache.flush()
         except (DifyFatalError, CacheWriteError) as error:
             raise dg.Failure(
@@ -172,7 +174,13 @@ def enriched_tickets(
             written.append(path)
         stage_storage.remove(p for p in stage_storage.list_files(output_folder) if p not in written)
     finally:
-        cache.close()
+        try:
+            cache.close()  # commits the last group
+            if journal is not None:  # once the answers are durable, their attempts need no looking up any more
+                journal.forget(answered)
+        finally:
+            if journal is not None:
+                journal.close()
 
     sent = len(pending_keys) - call_counters.get("resumed_runs", 0)  # runs started before a crash were fetched
     metadata = _metadata(figures, sent, call_counters, fresh_latencies, stage_storage.uri(output_folder))

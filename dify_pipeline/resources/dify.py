@@ -12,6 +12,7 @@ the run; every other failure becomes a result with its error code.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import random
@@ -27,18 +28,20 @@ from pydantic import Field, PrivateAttr
 
 from dify_pipeline.infer.errors import (
     DifyCallError,
+    FailureBreaker,
     classify_failed_run,
     classify_http_error,
     classify_stream_error,
 )
 from dify_pipeline.infer.request_gate import RequestGate
+from dify_pipeline.resources.run_journal import Attempt, RunJournal
 
 
 @dataclass(frozen=True)
 class DifyRequest:
     record_key: str
     inputs: dict[str, Any]
-    resume_run_id: str | None = None  # a run an interrupted earlier attempt started: fetch it before paying again
+    earlier: Attempt | None = None  # an attempt of an interrupted earlier run: look its run up before paying again
 
 
 @dataclass
@@ -59,6 +62,10 @@ class DifyResult:
 
 
 THROTTLED_ATTEMPTS_FACTOR = 4
+# How long a run that may exist is looked for before the record is sent again: at least this, or twice as
+# long as its request waited (a request that waited in the server's backlog may still be accepted and run).
+LOOKUP_PATIENCE_SECONDS = 5.0
+SUSTAINED_TROUBLE = 5  # answers in a row that are 429/5xx/timeouts: the server is in trouble, pause everyone
 
 
 class DifyFatalError(RuntimeError):
@@ -72,9 +79,19 @@ class _Counters:
     throttled: int = 0
     recovered_runs: int = 0
     resumed_runs: int = 0
+    lookups: int = 0  # GET /workflows/logs and /workflows/run/{id} calls made to find a run again
     fatal: DifyCallError | None = None
+    stop_reason: str | None = None  # why the day stopped early (breaker, outage), for DifyFatalError
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    consecutive_throttles: int = 0
+    consecutive_trouble: int = 0  # 429/5xx/timeouts in a row, with no other answer in between
+    trouble_since: float | None = None  # when the server began answering nothing but 429/5xx/timeouts
+    last_trouble: DifyCallError | None = None
+    finished: collections.deque = field(default_factory=collections.deque)  # when records became final
+    breaker: FailureBreaker = field(default_factory=FailureBreaker)
+
+    def halt(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+        self.stop.set()
 
 
 class DifyResource(dg.ConfigurableResource):
@@ -93,6 +110,11 @@ class DifyResource(dg.ConfigurableResource):
     backoff_max_seconds: float = Field(default=60.0, ge=0)
     request_timeout_seconds: float = Field(default=120.0, gt=0, description="Blocking calls; Dify Cloud cuts at 100 s.")
     stream_idle_timeout_seconds: float = Field(default=45.0, gt=0, description="Streams ping every 10 s.")
+    max_outage_seconds: float = Field(
+        default=300.0, gt=0, description="Nothing but 429/5xx/timeouts for longer than this ends the step.")
+    keep_alive: bool = Field(default=False, description=(
+        "Reuse connections between runs. Off by default: Dify's gevent worker serves a fixed number of "
+        "connections and leaves the rest unaccepted, so reused connections starve the waiting ones."))
     verify_tls: bool = True
     ca_file: str | None = Field(default=None, description="CA bundle for a private certificate authority.")
 
@@ -113,7 +135,7 @@ class DifyResource(dg.ConfigurableResource):
         return True if self.verify_tls else False
 
     def _session(self, limit: int, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=limit, ssl=self._ssl())
+        connector = aiohttp.TCPConnector(limit=limit, ssl=self._ssl(), force_close=not self.keep_alive)
         return aiohttp.ClientSession(headers=self._headers(), timeout=timeout, connector=connector)
 
     def _url(self, path: str) -> str:
@@ -148,27 +170,43 @@ class DifyResource(dg.ConfigurableResource):
         self,
         requests: Iterable[DifyRequest],
         on_result: Callable[[DifyResult], None],
-        on_run_started: Callable[[str, str], None] | None = None,
+        journal: RunJournal | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> dict[str, int]:
         """Send every request, calling `on_result` once per record as soon as it is final.
 
         Returns counters (HTTP attempts, retries, throttled answers, recovered runs). Raises
-        DifyFatalError after the in-flight calls settle when the server says no record can succeed.
+        DifyFatalError after the in-flight calls settle when the server says no record can succeed, when
+        recent answers fail the same way (a broken app), or when the server answered nothing but 429/5xx
+        for `max_outage_seconds`. `log` gets a line now and then while the server is in trouble.
+
+        With a `journal`, every attempt is committed there before it is sent, under a `user` that names the
+        record; a workflow run whose outcome is unknown (timeout, cut body, broken stream, 502/504) or that an
+        interrupted earlier run sent (`DifyRequest.earlier`) is looked up in Dify and its answer used.
         """
-        counters = _run(self._run_all(list(requests), on_result, on_run_started))
+        log = log or dg.get_dagster_logger().info
+        counters = _run(self._run_all(list(requests), on_result, journal, log))
         if counters.fatal is not None:
             raise DifyFatalError(f"Dify refused the run: {counters.fatal}")
+        if counters.stop_reason is not None:
+            raise DifyFatalError(counters.stop_reason)
         return {
             "http_attempts": counters.http_attempts,
             "retries": counters.retries,
             "throttled": counters.throttled,
             "recovered_runs": counters.recovered_runs,
             "resumed_runs": counters.resumed_runs,
+            "lookups": counters.lookups,
         }
 
-    async def _run_all(self, requests, on_result, on_run_started) -> _Counters:
+    async def _run_all(self, requests, on_result, journal, log) -> _Counters:
         counters = _Counters()
-        gate = RequestGate(self.max_concurrency, self.requests_per_minute, adaptive=self.adaptive_concurrency)
+
+        async def nap(seconds: float) -> None:  # every wait ends early when the day stops
+            await _sleep_unless(counters.stop, seconds)
+
+        gate = RequestGate(self.max_concurrency, self.requests_per_minute, adaptive=self.adaptive_concurrency,
+                           sleep=nap)
         queue: asyncio.Queue[DifyRequest] = asyncio.Queue()
         for request in requests:
             queue.put_nowait(request)
@@ -181,38 +219,94 @@ class DifyResource(dg.ConfigurableResource):
                         request = queue.get_nowait()
                     except asyncio.QueueEmpty:
                         return
-                    result = await self._call_with_retries(client, gate, counters, request, on_run_started)
+                    result = await self._call_with_retries(client, gate, counters, request, journal)
                     if result is not None:
+                        counters.finished.append(time.monotonic())
                         on_result(result)
 
             # More workers than slots: a worker sleeping out a backoff must not idle a slot.
             workers = min(queue.qsize(), self.max_concurrency * 2)
-            await asyncio.gather(*(worker() for _ in range(workers)))
+            watch = asyncio.create_task(self._watch_outage(counters, log))
+            try:
+                await asyncio.gather(*(worker() for _ in range(workers)))
+            finally:
+                watch.cancel()
         return counters
 
-    async def _call_with_retries(self, client, gate, counters, request, on_run_started) -> DifyResult | None:
-        if request.resume_run_id and self.app_mode == "workflow":
-            resumed = await self._resume(client, request)
-            if resumed is not None:
+    async def _watch_outage(self, counters: _Counters, log: Callable[[str], None]) -> None:
+        """While the server answers nothing but 429/5xx: a line now and then, and the end after the bound."""
+        interval = min(30.0, max(0.05, self.max_outage_seconds / 10))
+        next_line = time.monotonic() + min(30.0, self.max_outage_seconds / 3)
+        while not counters.stop.is_set():
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            while counters.finished and counters.finished[0] < now - 60:
+                counters.finished.popleft()
+            if counters.trouble_since is None:
+                next_line = now + min(30.0, self.max_outage_seconds / 3)
+                continue
+            troubled = now - counters.trouble_since
+            if troubled > self.max_outage_seconds:
+                counters.halt(
+                    f"Dify answered nothing but throttling, server errors or timeouts for {troubled:.0f} s "
+                    f"(last: {counters.last_trouble}), longer than DIFY_MAX_OUTAGE_SECONDS="
+                    f"{self.max_outage_seconds:g}; the day stopped. Check the server, then materialize the day again")
+            elif now >= next_line:
+                log(f"Dify throttled or failing for {troubled:.0f} s (last: {counters.last_trouble.code}), "
+                    f"{len(counters.finished)} done in the last minute; the step ends after "
+                    f"{self.max_outage_seconds:g} s of this (DIFY_MAX_OUTAGE_SECONDS)")
+                next_line = now + min(30.0, self.max_outage_seconds / 3)
+
+    async def _call_with_retries(self, client, gate, counters, request, journal) -> DifyResult | None:
+        if request.earlier is not None and self.app_mode == "workflow":
+            found = await self._find_run(client, counters, request, request.earlier.run_id, LOOKUP_PATIENCE_SECONDS)
+            if isinstance(found, DifyResult):  # answered before the crash: nothing to send
                 counters.resumed_runs += 1
-                return resumed
+                found.attempts, found.recovered = 0, True
+                return found
+            # no run, or one that failed: this materialization retries it as any failed record
         attempts = throttled = 0
         while True:
             if counters.stop.is_set():
                 return None  # left for the next materialization
             attempts += 1
             await gate.acquire()
-            counters.http_attempts += 1
+            if counters.stop.is_set():  # stopped while we waited for a slot or a pause: send nothing more
+                await gate.release()
+                return None
             error: DifyCallError | None = None
             started = time.perf_counter()  # latency of this attempt: the server's time, not our queueing
             try:
-                result = await self._call_once(client, request, counters, on_run_started)
+                if journal is not None:  # written down before it leaves: a crash right after still finds it
+                    await journal.sending(request.record_key, self._user(request))
+                counters.http_attempts += 1
+                result = await self._call_once(client, request, counters, journal)
             except DifyCallError as call_error:
                 error = call_error
+            except BaseException:
+                await gate.release()
+                raise
+            unknown = error is not None and error.outcome_unknown
+            # A timeout says we asked for more than the server serves: lower the limit as a throttle would.
+            slow = error is not None and (error.throttled or error.code == "timeout")
+            try:
+                if unknown and self.app_mode == "workflow":
+                    # The run may exist (finished, running, or waiting in the server's backlog): find it, still
+                    # holding the slot, since the request may still hold a place on the server.
+                    patience = max(LOOKUP_PATIENCE_SECONDS, 2 * (time.perf_counter() - started))
+                    found = await self._find_run(client, counters, request, error.run_id, patience)
+                    if isinstance(found, DifyResult):
+                        counters.recovered_runs += 1
+                        result, error = found, None
+                        result.recovered = True
+                    elif isinstance(found, DifyCallError):
+                        error = found  # it ran and failed: a paid attempt, judged as such
             finally:
-                await gate.release(throttled=error is not None and error.throttled, succeeded=error is None)
+                await gate.release(throttled=slow, succeeded=error is None and not unknown)
+            if error is None or not error.server_trouble:  # the server answered about the record itself
+                counters.consecutive_trouble, counters.trouble_since = 0, None
             if error is None:
-                counters.consecutive_throttles = 0
+                counters.breaker.record(request.record_key, None)
                 result.attempts = attempts
                 result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
                 return result
@@ -222,19 +316,30 @@ class DifyResource(dg.ConfigurableResource):
                 return None
             if error.throttled:
                 counters.throttled += 1
-                throttled += 1
+            if error.server_trouble:
+                counters.consecutive_trouble += 1
+                counters.trouble_since = counters.trouble_since or time.monotonic()
+                counters.last_trouble = error
                 self._cool_down(gate, counters, error)
-            # "Slow down" is not a failure of the record: it gets a longer budget than real errors.
+            # "Slow down", or a server in trouble for everyone, is not a failure of the record: a longer budget.
+            if error.throttled or counters.consecutive_trouble >= SUSTAINED_TROUBLE:
+                throttled += 1
+            broken = counters.breaker.record(request.record_key, error)
+            if broken:
+                counters.halt(counters.breaker.message())
+                if error.server_trouble:
+                    return None  # nothing was paid for this one: left for the next materialization
             out_of_attempts = (attempts - throttled >= self.max_attempts
-                               or throttled >= self.max_attempts * THROTTLED_ATTEMPTS_FACTOR)
-            if not error.retryable or out_of_attempts:
+                               or throttled >= self.max_attempts * THROTTLED_ATTEMPTS_FACTOR
+                               or (error.attempts_cap is not None and attempts >= error.attempts_cap))
+            if not error.retryable or out_of_attempts or broken:
                 return DifyResult(
                     record_key=request.record_key, succeeded=False, attempts=attempts,
                     latency_ms=round((time.perf_counter() - started) * 1000, 1),
                     error_code=error.code, error_message=error.message,
                 )
             counters.retries += 1
-            await asyncio.sleep(self._backoff(attempts, error))
+            await _sleep_unless(counters.stop, self._backoff(attempts, error))
 
     def _backoff(self, attempts: int, error: DifyCallError) -> float:
         """Exponential backoff with jitter; a server's Retry-After is a floor."""
@@ -245,34 +350,53 @@ class DifyResource(dg.ConfigurableResource):
         return delay
 
     def _cool_down(self, gate: RequestGate, counters: _Counters, error: DifyCallError) -> None:
-        """Rate limits (429/503) pause every new request; Dify's concurrency 400 only lowers the limit."""
+        """Pause every new request when the server says so (Retry-After) or when its trouble is sustained.
+
+        A rare 429/5xx retries that record alone (after its own backoff); Dify's concurrency 400 only lowers
+        the limit.
+        """
         if error.retry_after is not None:
             gate.pause(error.retry_after)
-        elif error.http_status != 400:
-            counters.consecutive_throttles += 1
-            ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (counters.consecutive_throttles - 1))
+        elif error.http_status != 400 and counters.consecutive_trouble >= SUSTAINED_TROUBLE:
+            steps = counters.consecutive_trouble - SUSTAINED_TROUBLE
+            ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** min(steps, 30))
             gate.pause(self._rng.uniform(ceiling / 2, ceiling))
 
     # -- one HTTP attempt -----------------------------------------------------------------------------
-    def _payload(self, inputs: dict) -> dict:
-        return {"inputs": inputs, "response_mode": self.response_mode, "user": self.user}
+    def _user(self, request: DifyRequest) -> str:
+        """One Dify end user per record (workflow apps): its runs are found again by this session id alone.
+
+        Completion apps keep one shared user: Dify offers no way to look their messages up by user.
+        """
+        return f"{self.user}:{request.record_key}" if self.app_mode == "workflow" else self.user
+
+    def _payload(self, request: DifyRequest) -> dict:
+        return {"inputs": request.inputs, "response_mode": self.response_mode, "user": self._user(request)}
 
     def _endpoint(self) -> str:
         return "/workflows/run" if self.app_mode == "workflow" else "/completion-messages"
 
-    async def _call_once(self, client: aiohttp.ClientSession, request: DifyRequest, counters, on_run_started) -> DifyResult:
+    async def _call_once(self, client: aiohttp.ClientSession, request: DifyRequest, counters, journal) -> DifyResult:
         try:
             if self.response_mode == "blocking":
-                async with client.post(self._url(self._endpoint()), json=self._payload(request.inputs)) as response:
+                async with client.post(self._url(self._endpoint()), json=self._payload(request)) as response:
                     text = await response.text()
                     if response.status != 200:
                         raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
-                return self._parse_blocking(request.record_key, _json_or_error(text))
-            return await self._call_streaming(client, request, counters, on_run_started)
+                try:
+                    body = _json_or_error(text)
+                except DifyCallError as cut:  # a 200 whose body was cut: the run finished in Dify
+                    cut.outcome_unknown = True
+                    raise
+                return self._parse_blocking(request.record_key, body)
+            return await self._call_streaming(client, request, counters, journal)
         except asyncio.TimeoutError:
-            raise DifyCallError("timeout", "no answer within the request timeout", True) from None
+            raise DifyCallError("timeout", "no answer within the request timeout", True, outcome_unknown=True) from None
+        except aiohttp.ClientConnectorError as error:  # never connected: nothing was sent
+            raise DifyCallError("connection_error", f"{type(error).__name__}: connection failed", True) from None
         except aiohttp.ClientError as error:
-            raise DifyCallError("connection_error", f"{type(error).__name__}: connection failed or dropped", True) from None
+            raise DifyCallError("connection_error", f"{type(error).__name__}: connection failed or dropped", True,
+                                outcome_unknown=True) from None
 
     def _parse_blocking(self, record_key: str, body: dict) -> DifyResult:
         if self.app_mode == "workflow":
@@ -280,12 +404,12 @@ class DifyResource(dg.ConfigurableResource):
         usage = (body.get("metadata") or {}).get("usage") or {}
         return _completion_result(record_key, body.get("message_id") or body.get("id"), body.get("answer"), usage)
 
-    async def _call_streaming(self, client: aiohttp.ClientSession, request: DifyRequest, counters, on_run_started) -> DifyResult:
+    async def _call_streaming(self, client: aiohttp.ClientSession, request: DifyRequest, counters, journal) -> DifyResult:
         run_id: str | None = None
         answer: list[str] = []
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=self.stream_idle_timeout_seconds)
         try:
-            async with client.post(self._url(self._endpoint()), json=self._payload(request.inputs), timeout=timeout) as response:
+            async with client.post(self._url(self._endpoint()), json=self._payload(request), timeout=timeout) as response:
                 if response.status != 200:
                     text = await response.text()
                     raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
@@ -293,8 +417,8 @@ class DifyResource(dg.ConfigurableResource):
                     kind = event.get("event")
                     if kind == "workflow_started":
                         run_id = event.get("workflow_run_id")
-                        if on_run_started and run_id:
-                            on_run_started(request.record_key, run_id)
+                        if journal is not None and run_id:
+                            await journal.run_started(request.record_key, run_id)
                     elif kind == "workflow_finished":
                         return _workflow_result(request.record_key, event.get("data") or {}, event.get("workflow_run_id"))
                     elif kind == "message":
@@ -306,46 +430,86 @@ class DifyResource(dg.ConfigurableResource):
                         raise classify_stream_error(event)
         except (aiohttp.ClientError, asyncio.TimeoutError, DifyCallError) as error:
             broken_stream = not isinstance(error, DifyCallError) or error.code == "malformed_response"
-            if run_id is None or not broken_stream:
+            if not broken_stream:
                 raise
-        if run_id is None:
-            raise DifyCallError("stream_incomplete", "stream ended before a terminal event", True)
-        # The run goes on inside Dify after the stream broke: fetch its result instead of paying again.
-        counters.recovered_runs += 1
-        return await self._recover_run(client, request.record_key, run_id)
+            if run_id is None:  # broken before the run announced itself: it may exist all the same
+                if isinstance(error, DifyCallError):
+                    error.outcome_unknown = True
+                raise
+            # The run goes on inside Dify after the stream broke: fetch its result instead of paying again.
+            raise DifyCallError("stream_broken", f"stream of run {run_id} broke", True, outcome_unknown=True,
+                                run_id=run_id) from None
+        raise DifyCallError("stream_incomplete", "stream ended before a terminal event", True,
+                            outcome_unknown=True, run_id=run_id)
 
-    async def _resume(self, client: aiohttp.ClientSession, request: DifyRequest) -> DifyResult | None:
-        """The answer of a run started before a crash, or None when it must be sent again (failed, unknown)."""
-        started = time.perf_counter()
-        try:
-            result = await self._recover_run(client, request.record_key, request.resume_run_id)
-        except DifyCallError:
-            return None
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return None
-        result.attempts, result.recovered = 0, True  # nothing was sent for it this time
-        result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        return result
+    async def _find_run(self, client: aiohttp.ClientSession, counters: _Counters, request: DifyRequest,
+                        run_id: str | None, patience: float) -> DifyResult | DifyCallError | None:
+        """The run Dify made for `request`: its result, its failure, or None when none showed up in `patience` s.
 
-    async def _recover_run(self, client: aiohttp.ClientSession, record_key: str, run_id: str) -> DifyResult:
-        delay = 0.5
-        deadline = time.monotonic() + self.request_timeout_seconds * 10
+        Without a run id, the record's runs are listed by its end user (GET /workflows/logs); a run still
+        running is waited for (up to 10 × the request timeout), not sent again.
+        """
+        user = self._user(request)
+        now = time.monotonic()
+        deadline, run_deadline = now + patience, now + self.request_timeout_seconds * 10
+        delay, failure = 0.25, None
         while True:
-            async with client.get(self._url(f"/workflows/run/{run_id}")) as response:
-                text = await response.text()
-                if response.status == 404:  # the run is unknown after all: sending again is the only way
-                    raise DifyCallError("run_not_found", f"run {run_id} not found after its stream broke", True)
-                if response.status != 200:
-                    raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
-            detail = _json_or_error(text)
-            if detail.get("status") not in ("running", "paused"):
-                result = _workflow_result(record_key, detail, run_id)
-                result.recovered = True
-                return result
-            if time.monotonic() > deadline:
-                raise DifyCallError("timeout", f"run {run_id} still running after the stream broke", True)
+            try:
+                if run_id is None:
+                    run_id, failure = await self._run_of_user(client, counters, user)
+                if run_id is not None:
+                    detail = await self._get_json(client, counters, f"/workflows/run/{run_id}")
+                    status = detail.get("status")
+                    if status in ("running", "paused"):
+                        deadline = max(deadline, min(run_deadline, time.monotonic() + 2 * delay))
+                    elif status is not None:
+                        try:
+                            return _workflow_result(request.record_key, detail, run_id)
+                        except DifyCallError as failed:
+                            return failed
+                    else:
+                        run_id = None  # Dify answers an unknown run id with a 200 of nulls
+                elif failure is not None:
+                    return failure
+            except (DifyCallError, aiohttp.ClientError, asyncio.TimeoutError):
+                pass  # the lookup failed this time; try again until the deadline
+            if time.monotonic() > deadline or counters.stop.is_set():
+                return None
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 1.5, 5.0)
+
+    async def _run_of_user(self, client, counters: _Counters, user: str) -> tuple[str | None, DifyCallError | None]:
+        """(id of the user's best run, or None; its failure when every run failed). Newest first: succeeded
+        beats running beats failed."""
+        query = aiohttp.helpers.quote(user, safe="")
+        body = await self._get_json(client, counters, f"/workflows/logs?created_by_end_user_session_id={query}&limit=20")
+        runs = [item.get("workflow_run") or {} for item in body.get("data") or []]
+        for wanted in (("succeeded",), ("running", "paused")):
+            for run in runs:
+                if run.get("status") in wanted and run.get("id"):
+                    return run["id"], None
+        failed = [run for run in runs if run.get("status") in ("failed", "stopped", "partial-succeeded")]
+        if failed:
+            return None, classify_failed_run(failed[0].get("error"), failed[0].get("status"))
+        return None, None
+
+    async def _get_json(self, client, counters: _Counters, path: str) -> dict:
+        counters.lookups += 1
+        async with client.get(self._url(path)) as response:
+            text = await response.text()
+            if response.status != 200:
+                raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
+        return _json_or_error(text)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
+    if seconds <= 0 or stop.is_set():
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
 
 
 def _run(coroutine):

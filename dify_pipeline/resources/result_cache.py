@@ -45,15 +45,7 @@ RESULTS = sa.Table(
     sa.Column("prompt_tokens", sa.BigInteger),  # added later: _add_missing_columns gives older tables them
     sa.Column("completion_tokens", sa.BigInteger),
 )
-# Runs Dify started whose answer we have not stored yet (streaming workflows announce their run id first).
-# After a crash, the next run fetches these with GET /workflows/run/{id} instead of paying for them again.
-STARTED_RUNS = sa.Table(
-    "dify_started_runs",
-    _metadata,
-    sa.Column("cache_key", sa.String(64), primary_key=True),
-    sa.Column("run_id", sa.String(64), nullable=False),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-)
+# The attempts of records without an answer yet live in resources/run_journal.py (table dify_attempts).
 
 
 @dataclass(frozen=True)
@@ -174,27 +166,6 @@ class ResultCacheSession:
         """Answers committed by this session so far (acknowledged: they survive a kill -9)."""
         return self._writer.committed if self._writer is not None else 0
 
-    def note_run_started(self, key: str, run_id: str) -> None:
-        """Remember that Dify is working on `key` as run `run_id` (committed at once: we may die next)."""
-        if not self.enabled:
-            return
-        with self._engine.begin() as connection:
-            connection.execute(sa.delete(STARTED_RUNS).where(STARTED_RUNS.c.cache_key == key))
-            connection.execute(sa.insert(STARTED_RUNS).values(
-                cache_key=key, run_id=run_id, started_at=datetime.now(timezone.utc)))
-
-    def forget_run(self, key: str) -> None:
-        """The run for `key` ended without an answer worth keeping: the next run sends it again."""
-        if self.enabled:
-            with self._engine.begin() as connection:
-                connection.execute(sa.delete(STARTED_RUNS).where(STARTED_RUNS.c.cache_key == key))
-
-    def started_runs(self, keys: Iterable[str]) -> dict[str, str]:
-        """Run ids of `keys` started by an earlier, interrupted run and never answered."""
-        if not self.enabled:
-            return {}
-        return {row.cache_key: row.run_id for row in self._rows([STARTED_RUNS.c.cache_key, STARTED_RUNS.c.run_id], keys)}
-
     def close(self) -> None:
         """Commit what is queued, stop the writer, release the connections."""
         try:
@@ -280,7 +251,6 @@ class _GroupWriter:
                 return
 
     def _commit(self, group: list[dict]) -> None:
-        keys = [values["cache_key"] for values in group]
         with self._engine.begin() as connection:
             if self._insert is not None:
                 _execute_many(connection, self._insert, group)
@@ -291,8 +261,6 @@ class _GroupWriter:
                             connection.execute(sa.insert(RESULTS).values(**values))
                     except sa.exc.IntegrityError:
                         pass
-            for start in range(0, len(keys), 900):
-                connection.execute(sa.delete(STARTED_RUNS).where(STARTED_RUNS.c.cache_key.in_(keys[start:start + 900])))
 
 
 _COLUMNS = [column.name for column in RESULTS.c]

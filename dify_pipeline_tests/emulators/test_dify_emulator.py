@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -235,6 +239,151 @@ def test_rate_limit_per_minute_refuses_runs_beyond_it_with_retry_after(serve: Se
     assert stats["rejected_rate_limit"] == 2 and max_runs_in_window(stats["run_arrivals"]) == 3
 
 
+# ---- connections: the gevent worker's cap, the backlog, keep-alive --------------------------------------
+
+
+def raw_run_request(url: str, mode: str = "blocking", user: str = "tester") -> bytes:
+    """A keep-alive HTTP/1.1 run request as bytes, for clients on bare sockets."""
+    body = json.dumps(run_body(mode, user=user)).encode()
+    host = url.split("//", 1)[1].split("/", 1)[0]
+    return (f"POST /v1/workflows/run HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One Content-Length response from a keep-alive connection: (status, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    length = int(next(line.split(":", 1)[1] for line in lines if line.lower().startswith("content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), body
+
+
+def answered(sockets: list[socket.socket], wait: float) -> list[socket.socket]:
+    """The sockets with an answer to read, waiting up to `wait` seconds for all of them."""
+    deadline, readable = time.monotonic() + wait, []
+    while len(readable) < len(sockets) and (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select(sockets, [], [], left)
+        if readable and len(readable) < len(sockets):
+            time.sleep(0.02)
+            readable, _, _ = select.select(sockets, [], [], 0)
+    return readable
+
+
+def test_connections_beyond_the_worker_cap_wait_unaccepted_while_served_ones_stay_alive(serve: Serve) -> None:
+    emulator, url = serve(server_worker_connections=10, server_keep_alive_seconds=2.0)
+    clients = [connect(url) for _ in range(16)]  # every connect succeeds: the kernel does the handshake
+    for client in clients:
+        client.sendall(raw_run_request(url))
+    time.sleep(0.5)
+    served = answered(clients, 0.5)
+    waiting = [client for client in clients if client not in served]
+    assert (len(served), len(waiting)) == (10, 6)
+    stats = emulator.stats()
+    assert (stats["open_connections"], stats["accept_queue"], stats["paid_runs"]) == (10, 6, 10)
+    for round_ in range(3):  # a pooling client reuses its served connections: the waiting six starve
+        for client in served:
+            assert read_response(client)[0] == 200
+            client.sendall(raw_run_request(url))
+        assert answered(waiting, 0.3) == []
+    for client in served:
+        read_response(client)
+    for client in served[:6]:
+        client.close()  # ... until served connections close
+    assert sorted(map(id, answered(waiting, 2.0))) == sorted(map(id, waiting))
+    assert all(read_response(client)[0] == 200 for client in waiting)
+    stats = emulator.stats()
+    assert (stats["max_open_connections"], stats["max_accept_queue"], stats["paid_runs"]) == (10, 6, 46)
+    for client in clients:
+        client.close()
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time(serve: Serve) -> None:
+    emulator, url = serve(server_worker_connections=1, server_keep_alive_seconds=0.5)
+    first, second = connect(url), connect(url)
+    first.sendall(raw_run_request(url))
+    assert read_response(first)[0] == 200
+    second.sendall(raw_run_request(url))
+    assert answered([second], 0.3) == []  # first still holds the only slot
+    started = time.monotonic()
+    assert answered([second], 2.0) == [second] and read_response(second)[0] == 200
+    assert 0.1 < time.monotonic() - started < 1.0
+    assert first.recv(1) == b""  # the server closed the idle one
+    assert emulator.stats()["connections_accepted"] == 2
+
+
+def test_a_streamed_answer_closes_its_connection_after_the_final_event(serve: Serve) -> None:
+    emulator, url = serve(server_worker_connections=1)
+    streaming, waiting = connect(url), connect(url)
+    streaming.sendall(raw_run_request(url, "streaming"))
+    waiting.sendall(raw_run_request(url))
+    received = b""
+    while chunk := streaming.recv(65536):  # ends: the server closes after workflow_finished
+        received += chunk
+    assert b"\"event\":\"workflow_finished\"" in received and b"connection: close" not in received.lower()
+    assert answered([waiting], 2.0) == [waiting] and read_response(waiting)[0] == 200
+
+
+# ---- requests whose client has gone ---------------------------------------------------------------------
+
+
+def test_a_request_abandoned_in_the_backlog_is_still_run_and_paid(serve: Serve) -> None:
+    emulator, url = serve(server_worker_connections=1)
+    holder = connect(url)
+    holder.sendall(raw_run_request(url))
+    assert read_response(holder)[0] == 200
+    gone = connect(url)
+    gone.sendall(raw_run_request(url, user="gone"))
+    time.sleep(0.2)
+    gone.close()  # the client gives up (a timeout, a kill -9) while its request waits unaccepted
+    assert emulator.stats()["paid_runs"] == 1
+    holder.close()
+    time.sleep(0.5)
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["abandoned_runs"], stats["end_users"]) == (2, 1, 2)
+    (late,) = [record for record in emulator.requests() if record["body"]["user"] == "gone"]
+    assert late["workflow_run_id"] is not None
+
+
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_a_client_that_hangs_up_mid_run_still_gets_a_finished_paid_run(serve: Serve, mode: str) -> None:
+    emulator, url = serve(latency_ms=300)
+    client = connect(url)
+    client.sendall(raw_run_request(url, mode))
+    time.sleep(0.1)
+    client.close()
+    time.sleep(0.4)
+    (record,) = emulator.requests()
+    detail = httpx.get(f"{url}/workflows/run/{record['workflow_run_id']}", headers=AUTH).json()
+    assert detail["status"] == "succeeded"
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["abandoned_runs"], stats["runs_by_input"]) == (
+        1, 1, {json.dumps(dict(sorted(TICKET.items())), ensure_ascii=False, separators=(",", ":")): 1})
+
+
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_an_exhausted_database_pool_answers_500_after_its_timeout_without_a_run(serve: Serve, mode: str) -> None:
+    emulator, url = serve(latency_ms=600, database_pool_size=2, database_pool_timeout=0.2)
+    results = asyncio.run(_concurrent_runs(url, 4, mode))
+    failed = [(response, took) for response, took in results if response.status_code == 500]
+    assert sum(response.status_code == 200 for response, _ in results) == 2 and len(failed) == 2
+    for response, took in failed:
+        assert 0.2 <= took < 0.5
+        assert error_body(response) == {"message": "Internal Server Error", "code": "unknown", "status": 500}
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["rejected_database"]) == (2, 2)
+    assert httpx.post(f"{url}/workflows/run", json=run_body(mode), headers=AUTH).status_code == 200  # returned
+
+
 # ---- faults ---------------------------------------------------------------------------------------------
 
 
@@ -294,7 +443,7 @@ def test_drop_mid_stream_cuts_after_workflow_started_and_the_run_still_succeeds(
     assert httpx.get(run_url, headers=AUTH).json()["status"] == "running"
     time.sleep(0.4)
     detail = httpx.get(run_url, headers=AUTH).json()
-    assert detail["status"] == "succeeded" and detail["outputs"] == answer_for(TICKET)
+    assert detail["status"] == "succeeded" and json.loads(detail["outputs"]) == answer_for(TICKET)
     assert json.loads(detail["inputs"])["subject"] == TICKET["subject"]
     assert emulator.stats()["paid_runs"] == 1
 
@@ -322,6 +471,31 @@ def test_failed_run_reports_status_failed_with_empty_outputs(serve: Serve) -> No
     assert httpx.get(f"{url}/workflows/run/{data['id']}", headers=AUTH).json()["status"] == "failed"
     finished = events_of(httpx.post(f"{url}/workflows/run", json=run_body("streaming"), headers=AUTH).text)[-1]
     assert (finished["event"], finished["data"]["status"]) == ("workflow_finished", "failed")
+
+
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_a_run_whose_sandbox_is_unreachable_fails_inside_a_200_and_is_paid(serve: Serve, mode: str) -> None:
+    emulator, url = serve(faults=[Fault(kind="failed_run_sandbox")])
+    response = httpx.post(f"{url}/workflows/run", json=run_body(mode), headers=AUTH)
+    assert response.status_code == 200
+    if mode == "blocking":
+        data = response.json()["data"]
+    else:
+        events = events_of(response.text)
+        assert "error" not in [event["event"] for event in events]  # no error event: the run ended, failed
+        data = events[-1]["data"]
+        assert events[-1]["event"] == "workflow_finished"
+    assert (data["status"], data["outputs"], data["error"]) == ("failed", {}, (
+        "Failed to execute code, which is likely a network issue, please check if the sandbox service is running. "
+        "( Error: [Errno 111] Connection refused )"))
+    stats = emulator.stats()
+    assert (stats["paid_runs"], stats["failed_runs"]) == (1, 1)
+
+
+def test_a_failed_run_can_carry_any_error_text(serve: Serve) -> None:
+    _, url = serve(faults=[Fault(kind="failed_run", error="Node LLM run failed: Request timed out.")])
+    data = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]
+    assert (data["status"], data["error"]) == ("failed", "Node LLM run failed: Request timed out.")
 
 
 def test_failed_completion_is_a_400_or_an_error_event(serve: Serve) -> None:
@@ -374,13 +548,84 @@ def test_fault_probability_is_seeded(serve: Serve) -> None:
 # ---- runs, answers, control -----------------------------------------------------------------------------
 
 
-def test_run_detail_answers_404_for_unknown_runs_and_400_for_completion_apps(serve: Serve) -> None:
+def test_run_detail_of_an_unknown_run_is_a_200_of_nulls_and_a_500_for_a_non_uuid(serve: Serve) -> None:
     _, url = serve(apps=[DifyApp(api_key=KEY), DifyApp(api_key="app-completion", mode="completion")])
-    missing = httpx.get(f"{url}/workflows/run/nope", headers=AUTH)
-    assert (missing.status_code, missing.json()) == (
-        404, {"code": "not_found", "message": "Workflow run not found.", "status": 404})
+    missing = httpx.get(f"{url}/workflows/run/{uuid.uuid4()}", headers=AUTH)  # Dify marshals the None it found
+    assert missing.status_code == 200 and set(missing.json().values()) == {None}
+    assert list(missing.json()) == ["id", "workflow_id", "status", "inputs", "outputs", "error", "total_steps",
+                                    "total_tokens", "created_at", "finished_at", "elapsed_time"]
+    not_a_uuid = httpx.get(f"{url}/workflows/run/nope", headers=AUTH)
+    assert (not_a_uuid.status_code, not_a_uuid.json()) == (
+        500, {"code": "unknown", "message": "Internal Server Error", "status": 500})
     wrong_app = httpx.get(f"{url}/workflows/run/nope", headers={"Authorization": "Bearer app-completion"})
     assert wrong_app.json()["code"] == "not_workflow_app"
+
+
+def test_run_detail_gives_inputs_and_outputs_as_ascii_escaped_json_text(serve: Serve) -> None:
+    _, url = serve(latency_ms=200)
+    run_id = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["workflow_run_id"]
+    detail = httpx.get(f"{url}/workflows/run/{run_id}", headers=AUTH).json()
+    assert list(detail) == ["id", "workflow_id", "status", "inputs", "outputs", "error", "total_steps",
+                            "total_tokens", "created_at", "finished_at", "elapsed_time"]
+    assert detail["inputs"].isascii() and "\\u5feb\\u9012" in detail["inputs"]  # 快递, as stored
+    assert json.loads(detail["inputs"])["subject"] == TICKET["subject"]
+    assert detail["outputs"].isascii() and json.loads(detail["outputs"]) == answer_for(TICKET)
+    assert detail["status"] == "succeeded" and detail["total_tokens"] > 0 and detail["elapsed_time"] >= 0.2
+    assert detail["finished_at"] >= detail["created_at"] and detail["error"] is None
+
+
+def test_workflow_logs_list_runs_newest_first_from_their_start_with_difys_filters(serve: Serve) -> None:
+    emulator, url = serve(faults=[Fault(kind="failed_run_sandbox", match="broken")])
+    for index in range(5):
+        httpx.post(f"{url}/workflows/run", json=run_body(user=f"record-{index % 2}", inputs={
+            "subject": f"ticket {index}", "body": "broken" if index == 4 else "fine"}), headers=AUTH)
+    logs = httpx.get(f"{url}/workflows/logs", headers=AUTH).json()
+    assert (logs["page"], logs["limit"], logs["total"], logs["has_more"]) == (1, 20, 5, False)
+    assert [item["workflow_run"]["status"] for item in logs["data"]] == ["failed"] + ["succeeded"] * 4
+    runs = [record["workflow_run_id"] for record in emulator.requests() if record["method"] == "POST"]
+    assert [item["workflow_run"]["id"] for item in logs["data"]] == runs[::-1]  # newest first
+    item = logs["data"][0]
+    assert set(item) == {"id", "workflow_run", "details", "created_from", "created_by_role", "created_by_account",
+                         "created_by_end_user", "created_at"}
+    assert item["created_by_end_user"]["session_id"] == "record-0" and item["created_from"] == "service-api"
+    assert set(item["workflow_run"]) == {"id", "version", "status", "triggered_from", "error", "elapsed_time",
+                                         "total_tokens", "total_steps", "created_at", "finished_at",
+                                         "exceptions_count"}
+
+    def query(**params) -> dict:
+        return httpx.get(f"{url}/workflows/logs", params=params, headers=AUTH).json()
+
+    assert query(created_by_end_user_session_id="record-1")["total"] == 2
+    assert query(created_by_end_user_session_id="record-0", status="succeeded")["total"] == 2
+    assert query(status="failed")["data"][0]["workflow_run"]["error"].startswith("Failed to execute code")
+    assert query(keyword="ticket 3")["total"] == 1 and query(keyword=runs[2])["total"] == 1
+    assert query(keyword="快递")["total"] == 0  # inputs are stored \u-escaped: a CJK keyword never matches them
+    page_two = query(limit=2, page=2)
+    assert (page_two["has_more"], [item["workflow_run"]["id"] for item in page_two["data"]]) == (True, runs[2:0:-1])
+    now = datetime.now(UTC)
+    assert query(created_at__after=(now - timedelta(minutes=1)).isoformat())["total"] == 5
+    assert query(created_at__before=(now - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S"))["total"] == 0
+    for bad in ({"limit": 101}, {"limit": 0}, {"page": 0}, {"status": "running"}, {"created_at__after": "soon"}):
+        response = httpx.get(f"{url}/workflows/logs", params=bad, headers=AUTH)
+        assert (response.status_code, response.json()["code"]) == (400, "invalid_param")
+
+
+def test_a_running_run_is_already_in_the_logs(serve: Serve) -> None:
+    emulator, url = serve(latency_ms=600)
+
+    async def run_and_look() -> tuple[dict, httpx.Response]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            run = asyncio.create_task(client.post(f"{url}/workflows/run", json=run_body(user="r-1"), headers=AUTH))
+            await asyncio.sleep(0.2)
+            logs = (await client.get(f"{url}/workflows/logs", params={
+                "created_by_end_user_session_id": "r-1"}, headers=AUTH)).json()
+            return logs, await run
+
+    logs, answer = asyncio.run(run_and_look())
+    (item,) = logs["data"]
+    assert item["workflow_run"]["status"] == "running" and item["workflow_run"]["finished_at"] is None
+    assert item["workflow_run"]["id"] == answer.json()["workflow_run_id"]
+    assert emulator.stats()["end_users"] == 1
 
 
 def test_republishing_changes_the_workflow_id_of_new_runs(serve: Serve) -> None:
@@ -388,6 +633,25 @@ def test_republishing_changes_the_workflow_id_of_new_runs(serve: Serve) -> None:
     assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["workflow_id"] == "v1"
     emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=KEY, workflow_id="v2")], latency_ms=1))
     assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["workflow_id"] == "v2"
+
+
+def test_a_published_version_runs_by_its_id_and_each_answer_names_the_version(serve: Serve) -> None:
+    old, current = str(uuid.uuid4()), str(uuid.uuid4())
+    _, url = serve(apps=[DifyApp(api_key=KEY, workflow_id=current, published_workflow_ids=[old])])
+    blocking = httpx.post(f"{url}/workflows/{old}/run", json=run_body(), headers=AUTH).json()
+    assert (blocking["data"]["workflow_id"], blocking["data"]["status"]) == (old, "succeeded")
+    events = events_of(httpx.post(f"{url}/workflows/{old}/run", json=run_body("streaming"), headers=AUTH).text)
+    assert events[0]["data"]["workflow_id"] == events[-1]["data"]["workflow_id"] == old
+    detail = httpx.get(f"{url}/workflows/run/{blocking['workflow_run_id']}", headers=AUTH).json()
+    assert detail["workflow_id"] == old
+    default = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()
+    assert default["data"]["workflow_id"] == current
+    unknown = httpx.post(f"{url}/workflows/{uuid.uuid4()}/run", json=run_body(), headers=AUTH)
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+    assert unknown.json()["message"].startswith("Workflow not found with id: ")
+    malformed = httpx.post(f"{url}/workflows/v1/run", json=run_body(), headers=AUTH)
+    assert (malformed.status_code, malformed.json()) == (
+        400, {"code": "bad_request", "message": "Invalid workflow_id format: 'v1'. ", "status": 400})
 
 
 @pytest.mark.parametrize(("subject", "body", "category"), [

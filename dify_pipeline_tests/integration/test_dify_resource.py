@@ -74,7 +74,18 @@ def test_retry_after_pauses_every_new_request_not_just_the_throttled_one(dify_em
     assert len(arrivals) == 12
 
 
-@pytest.mark.parametrize("kind", ["http_500", "http_502_html", "http_503", "malformed_json", "drop"])
+def test_a_200_whose_body_was_cut_is_looked_up_not_paid_again(dify_emulator):
+    """141 of 3,100 cut bodies were paid twice (issue 10): the run finished, so its answer is fetched."""
+    configure(dify_emulator, faults=[Fault(kind="malformed_json", times_per_input=1)])
+    requests = requests_for(6)
+    results, counters = run(client(dify_emulator), requests)
+    assert all(r.succeeded and r.recovered and r.attempts == 1 for r in results.values())
+    assert results["ticket-0"].outputs == answer_for(requests[0].inputs)
+    stats = dify_emulator.stats()
+    assert counters["recovered_runs"] == 6 and stats["paid_runs"] == stats["distinct_inputs"] == 6
+
+
+@pytest.mark.parametrize("kind", ["http_500", "http_502_html", "http_503", "drop"])
 def test_transient_failures_are_retried_until_success(dify_emulator, kind):
     configure(dify_emulator, faults=[Fault(kind=kind, times_per_input=1)])
     results, counters = run(client(dify_emulator), requests_for(6))
@@ -181,3 +192,85 @@ def test_being_throttled_longer_than_the_error_budget_does_not_fail_the_record(d
     results, counters = run(client(dify_emulator, max_attempts=3, max_concurrency=2), requests_for(2))
     assert all(r.succeeded and r.attempts == 7 for r in results.values())
     assert counters["throttled"] == 12
+
+
+@pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
+def test_an_app_whose_every_run_fails_stops_the_day_after_few_paid_runs(dify_emulator, response_mode):
+    """Every run ends 200 + status failed with the sandbox error of a real 1.11.4 run: 2,005 runs for 401 records."""
+    configure(dify_emulator, faults=[Fault(kind="failed_run_sandbox")])
+    received = {}
+    with pytest.raises(DifyFatalError) as raised:
+        client(dify_emulator, response_mode=response_mode).run_all(
+            requests_for(400), lambda r: received.__setitem__(r.record_key, r))
+    message = str(raised.value)
+    assert "run_failed" in message and "Connection refused" in message and "ticket-" in message
+    assert dify_emulator.stats()["paid_runs"] <= 50
+    assert received and all(r.error_code == "run_failed" for r in received.values())  # what was paid is kept
+
+
+def test_a_failed_run_blaming_the_sandbox_connection_is_retried_at_most_once(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="failed_run_sandbox", match="ticket 0:")])
+    results, _ = run(client(dify_emulator), requests_for(3))
+    assert results["ticket-0"].error_code == "run_failed" and results["ticket-0"].attempts <= 2
+    assert dify_emulator.stats()["paid_runs"] <= 4
+
+
+def test_a_breaker_ignores_a_few_failures_among_many_successes(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="failed_run_sandbox", probability=0.1)])
+    results, _ = run(client(dify_emulator), requests_for(200))
+    assert len(results) == 200 and sum(r.succeeded for r in results.values()) >= 150
+
+
+def test_a_rare_5xx_retries_that_record_alone_and_does_not_pause_everyone(dify_emulator):
+    """2% of answers 500/502/503/504 without Retry-After: no global pause (it cost 97% of the rate, issue 10)."""
+    kinds = ["http_500", "http_502_html", "http_503", "http_504_html"]
+    configure(dify_emulator, latency_ms=20, seed=3, faults=[Fault(kind=k, probability=0.005) for k in kinds])
+    resource = client(dify_emulator, max_concurrency=16, backoff_initial_seconds=1.0, backoff_max_seconds=60.0)
+    results, counters = run(resource, requests_for(600))
+    assert all(r.succeeded for r in results.values()) and counters["retries"] >= 2
+    arrivals = sorted(dify_emulator.stats()["run_arrivals"])
+    body = arrivals[: int(len(arrivals) * 0.9)]  # the retried records arrive last, after their own backoff
+    assert max(b - a for a, b in zip(body, body[1:])) < 0.3
+
+
+@pytest.mark.parametrize("kind", ["http_503", "http_429"])
+def test_a_server_answering_nothing_but_errors_ends_the_step_after_the_outage_bound(dify_emulator, kind):
+    configure(dify_emulator, faults=[Fault(kind=kind)])
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(DifyFatalError) as raised:
+        client(dify_emulator, max_outage_seconds=1.5).run_all(requests_for(50), lambda r: None, log=lines.append)
+    assert 1.5 <= time.monotonic() - started < 8
+    assert "DIFY_MAX_OUTAGE_SECONDS" in str(raised.value)
+    assert any("done in the last minute" in line for line in lines), lines
+
+
+def test_the_outage_clock_restarts_when_the_server_answers_again(dify_emulator):
+    configure(dify_emulator, faults=[Fault(kind="http_503", first_n=30)])
+    results, _ = run(client(dify_emulator, max_outage_seconds=3, max_concurrency=4), requests_for(40))
+    assert len(results) == 40 and all(r.succeeded for r in results.values())
+
+
+@pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
+def test_default_settings_against_a_server_capped_at_ten_connections_neither_starve_nor_pay_twice(
+        dify_emulator, response_mode):
+    """Dify's gevent worker serves 10 connections; 16 in flight kept 6 unaccepted behind reused ones (issue 10)."""
+    configure(dify_emulator, latency_ms=100, server_worker_connections=10, server_keep_alive_seconds=2.0)
+    results, counters = run(client(dify_emulator, response_mode=response_mode, request_timeout_seconds=3.0),
+                            requests_for(250))
+    assert all(r.succeeded for r in results.values()), {r.error_code for r in results.values()}
+    stats = dify_emulator.stats()
+    assert counters["http_attempts"] == 250 and stats["paid_runs"] == stats["distinct_inputs"] == 250
+
+
+@pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
+def test_requests_that_time_out_in_the_servers_backlog_are_found_again_not_paid_twice(dify_emulator, response_mode):
+    """A request the client gave up on while it waited unaccepted is still run: look it up, don't resend it."""
+    configure(dify_emulator, latency_ms=400, server_worker_connections=2, ping_interval=0.1)
+    resource = client(dify_emulator, response_mode=response_mode, max_concurrency=8, request_timeout_seconds=1.0,
+                      stream_idle_timeout_seconds=1.0, adaptive_concurrency=False)
+    results, counters = run(resource, requests_for(24))
+    assert all(r.succeeded for r in results.values()), {r.error_code for r in results.values()}
+    stats = dify_emulator.stats()
+    assert counters["recovered_runs"] > 0  # some did time out in the backlog
+    assert stats["paid_runs"] == stats["distinct_inputs"] == 24, stats["runs_by_input"]

@@ -5,6 +5,7 @@ from email.utils import format_datetime
 import pytest
 
 from dify_pipeline.infer.errors import (
+    FailureBreaker,
     classify_failed_run,
     classify_http_error,
     classify_stream_error,
@@ -112,8 +113,10 @@ def test_500_keeps_difys_own_error_code_and_message():
     assert error.retryable
 
 
-def test_only_503_among_server_errors_asks_us_to_slow_down():
-    assert classify_http_error(503, GATEWAY_HTML).throttled
+def test_only_503_with_a_retry_after_among_server_errors_asks_us_to_slow_down():
+    """A rare 503 is one record's trouble; pausing everyone for it cost 97% of the rate (issue 10)."""
+    assert classify_http_error(503, GATEWAY_HTML, "3").throttled
+    assert not classify_http_error(503, GATEWAY_HTML).throttled
     assert not classify_http_error(502, GATEWAY_HTML).throttled
     assert not classify_http_error(500, GATEWAY_HTML).throttled
 
@@ -201,6 +204,28 @@ def test_failed_run_with_a_problem_in_the_record_or_app_is_not_retried(message):
     assert not error.retryable and not error.fatal
 
 
+SANDBOX_DOWN = ("Failed to execute code, which is likely a network issue, please check if the sandbox service is "
+                "running. ( Error: [Errno 111] Connection refused )")
+
+
+def test_a_node_that_cannot_reach_its_sandbox_is_not_our_network_and_is_not_retried():
+    """Seen on a real Dify 1.11.4: every record was paid five times because 'Connection refused' looked transient."""
+    error = classify_failed_run(SANDBOX_DOWN)
+    assert not error.retryable and not error.server_trouble
+
+
+@pytest.mark.parametrize("message", ["Request timed out.", "Connection error.", "Service temporarily unavailable"])
+def test_a_failed_run_that_may_have_been_a_hiccup_is_retried_once_only(message):
+    error = classify_failed_run(message)
+    assert error.retryable and error.attempts_cap == 2 and not error.server_trouble
+
+
+@pytest.mark.parametrize("message", ["[openai] Rate limit reached for gpt-4o", "Error code: 503 - model overloaded"])
+def test_a_failed_run_throttled_at_the_model_provider_keeps_the_full_budget(message):
+    error = classify_failed_run(message)
+    assert error.retryable and error.attempts_cap is None
+
+
 def test_failed_run_without_an_error_text_says_which_status_it_ended_in():
     error = classify_failed_run(None, status="stopped")
     assert error.code == "run_stopped"
@@ -210,6 +235,34 @@ def test_failed_run_without_an_error_text_says_which_status_it_ended_in():
 
 def test_failed_run_status_with_a_dash_becomes_a_valid_code():
     assert classify_failed_run("x", status="partial-succeeded").code == "run_partial_succeeded"
+
+
+# -- the breaker ----------------------------------------------------------------------------------
+
+
+def test_the_breaker_trips_when_half_of_the_last_twenty_answers_fail_the_same_way():
+    breaker = FailureBreaker(window=20, threshold=10)
+    sandbox = classify_failed_run(SANDBOX_DOWN)
+    tripped = [breaker.record(f"r{i}", sandbox if i % 2 else None) for i in range(19)]
+    assert not any(tripped)
+    assert breaker.record("r19", sandbox)
+    message = breaker.message()
+    assert "10 of the last 20" in message and "Connection refused" in message and "r1" in message
+
+
+def test_the_breaker_ignores_different_failures_and_server_trouble():
+    breaker = FailureBreaker(window=20, threshold=10)
+    for i in range(40):
+        assert not breaker.record(f"r{i}", classify_failed_run(f"Variable #{i}# is required"))
+        assert not breaker.record(f"s{i}", classify_http_error(502, GATEWAY_HTML))
+    assert breaker.tripped is None
+
+
+def test_successes_dilute_the_breakers_window():
+    breaker = FailureBreaker(window=20, threshold=10)
+    refused = classify_http_error(400, dify_body("invalid_param", "body in input form must be less than 4000"))
+    for i in range(200):
+        assert not breaker.record(f"r{i}", refused if i % 3 == 0 else None)
 
 
 # -- stream error events ---------------------------------------------------------------------------
