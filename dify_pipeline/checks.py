@@ -8,6 +8,7 @@ passing with a warning nobody reads.
 import dagster as dg
 import pyarrow.compute as pc
 
+from dify_pipeline.partitions import daily_partitions
 from dify_pipeline.publish.documents import MAPPING_VERSION, day_query
 from dify_pipeline.publish.elasticsearch_assets import day_lease
 from dify_pipeline.resources.search import LeaseUnavailable, SearchCluster, SearchClusterError
@@ -19,7 +20,8 @@ def _parquet_rows(storage: ObjectStorage, partition_key: str) -> int:
     return storage.parquet_metadata(storage.path(f"dt={partition_key}", DAY_FILE_NAME)).num_rows  # footer only
 
 
-@dg.asset_check(asset="tickets_parquet", blocking=True, description="One row per enriched record, no duplicate keys.")
+@dg.asset_check(asset="tickets_parquet", blocking=True, partitions_def=daily_partitions,
+                description="One row per enriched record, no duplicate keys.")
 def parquet_matches_enriched(
     context: dg.AssetCheckExecutionContext, stage_storage: ObjectStorage, parquet_output: ObjectStorage
 ) -> dg.AssetCheckResult:
@@ -39,6 +41,7 @@ def parquet_matches_enriched(
 
 
 @dg.asset_check(asset="tickets_elasticsearch", additional_deps=["tickets_parquet"], blocking=True,
+                partitions_def=daily_partitions,
                 description="The day's document count in the search index equals its Parquet row count.")
 def elasticsearch_matches_parquet(
     context: dg.AssetCheckExecutionContext, elasticsearch: SearchCluster, parquet_output: ObjectStorage

@@ -16,7 +16,7 @@ EVERY_ROW_HAS_A_DAY = "every_source_row_has_a_day"
 @dg.asset(
     partitions_def=daily_partitions, group_name="tickets", kinds={"sql", "parquet"},
     check_specs=[dg.AssetCheckSpec(
-        EVERY_ROW_HAS_A_DAY, asset="raw_tickets",
+        EVERY_ROW_HAS_A_DAY, asset="raw_tickets", partitions_def=daily_partitions,
         description="No row of the source table lacks the timestamp that decides its day (such rows are never exported).",
     )],
 )

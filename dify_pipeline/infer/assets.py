@@ -36,10 +36,11 @@ from dify_pipeline.stages import day_folder, shard_file
     check_specs=[
         dg.AssetCheckSpec(
             "failure_rate_below_threshold", asset="enriched_tickets", blocking=True,
+            partitions_def=daily_partitions,
             description="Records Dify could not enrich stay under settings.max_failure_rate; a worse day is not published.",
         ),
         dg.AssetCheckSpec(
-            "single_app_version", asset="enriched_tickets",
+            "single_app_version", asset="enriched_tickets", partitions_def=daily_partitions,
             description="All answers of the day come from one published version of the app (one workflow_id).",
         ),
     ],

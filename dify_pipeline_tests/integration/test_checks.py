@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow as pa
 import sqlalchemy as sa
 from dagster._core.loader import LoadingContextForTest
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as RecordStatus
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus as Status
 
 from dify_pipeline.definitions import build_definitions
@@ -46,8 +47,8 @@ def recorded_checks(instance, run_id: str) -> dict[str, tuple[Status, str | None
     found = {}
     for key in build_definitions().resolve_asset_graph().asset_check_keys:
         for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=20):
-            if record.run_id == run_id:
-                evaluation = record.evaluation
+            if record.run_id == run_id and key.name not in found:  # the newest record of the run
+                evaluation = record.evaluation if record.status != RecordStatus.PLANNED else None
                 found[key.name] = (asyncio.run(record.resolve_status(context)), record.partition,
                                    evaluation.partition if evaluation else None)
     return found
