@@ -77,6 +77,7 @@ def clean_tickets(
         metadata={
             "raw_rows": raw.num_rows,
             "rows": len(result.clean),
+            "dagster/row_count": len(result.clean),
             "quarantined": len(result.quarantine),
             "duplicates_removed": result.duplicates_removed,
             "quarantine_reasons": dg.MetadataValue.json(result.quarantine_reasons),

@@ -39,6 +39,7 @@ def raw_tickets(
     return dg.MaterializeResult(
         metadata={
             "rows": dg.MetadataValue.int(rows),
+            "dagster/row_count": dg.MetadataValue.int(rows),
             "window_start": window_start.isoformat(),
             "window_end": window_end.isoformat(),
             "source": f"{source_database.safe_url()} table {source_database.table}",

@@ -224,6 +224,7 @@ def _metadata(tables: list[pa.Table], sent: int, call_counters: dict, fresh_late
     categories = Counter(c for c in enrichment.column("category").to_pylist() if c)
     return {
         "rows": rows,
+        "dagster/row_count": rows,
         "succeeded": rows - failed,
         "failed": failed,
         "failure_rate": round(failed / rows, 4) if rows else 0.0,
