@@ -1,9 +1,11 @@
-"""Checks that read what was published, independently of the steps that published it.
+"""Checks that read what was published, independently of the steps that published it, and whether it was.
 
-Both are blocking: a day whose published outputs do not match its records fails its run, in red, instead of
-passing with a warning nobody reads.
+The count checks are blocking: a day whose published outputs do not match its records fails its run, in red,
+instead of passing with a warning nobody reads. The freshness check fails when yesterday is not published by
+PUBLISHED_BY_HOUR, whatever the reason (a blocked day, a failed or missing run, the schedule off).
 """
 
+import warnings
 
 import dagster as dg
 import pyarrow.compute as pc
@@ -64,3 +66,21 @@ def elasticsearch_matches_parquet(
 
 
 publish_checks = [parquet_matches_enriched, elasticsearch_matches_parquet]
+
+PUBLISHED_ASSETS = ["tickets_parquet", "tickets_elasticsearch"]
+
+
+def build_freshness_checks(published_by_hour: int, timezone: str) -> tuple[list, dg.SensorDefinition]:
+    """`freshness_check` on each published asset, and the sensor that runs them (on by default: they cost nothing).
+
+    From `published_by_hour`:00 in `timezone` on, the day before must be materialized; earlier, the day before
+    that. Dagster's own factory, which it marks superseded by FreshnessPolicy; kept because a policy judges when
+    the asset last materialized (any day: a backfill of last month would count as fresh), this check which day.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.SupersessionWarning)
+        checks = list(dg.build_time_partition_freshness_checks(
+            assets=PUBLISHED_ASSETS, deadline_cron=f"0 {published_by_hour} * * *", timezone=timezone))
+        sensor = dg.build_sensor_for_freshness_checks(
+            freshness_checks=checks, name="published_by_deadline", default_status=dg.DefaultSensorStatus.RUNNING)
+    return checks, sensor
