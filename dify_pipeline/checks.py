@@ -68,6 +68,7 @@ def elasticsearch_matches_parquet(
 publish_checks = [parquet_matches_enriched, elasticsearch_matches_parquet]
 
 PUBLISHED_ASSETS = ["tickets_parquet", "tickets_elasticsearch"]
+FRESHNESS_CHECK_KEYS = [dg.AssetCheckKey(dg.AssetKey(asset), "freshness_check") for asset in PUBLISHED_ASSETS]
 
 
 def build_freshness_checks(published_by_hour: int, timezone: str) -> tuple[list, dg.SensorDefinition]:

@@ -64,3 +64,12 @@ def test_the_sensor_that_runs_the_checks_is_on_by_default():
     checks, sensor = build_freshness_checks(published_by_hour=8, timezone=ZONE)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert {key.name for c in checks for key in c.check_keys} == {"freshness_check"}
+
+
+def test_a_deadline_not_after_the_nightly_run_is_refused_at_load():
+    from dify_pipeline.environment import ConfigurationError, read_environment
+
+    with pytest.raises(ConfigurationError) as raised:
+        read_environment({"SCHEDULE_HOUR": "9", "PUBLISHED_BY_HOUR": "8"}, require=False)
+    assert "PUBLISHED_BY_HOUR=8 is not after SCHEDULE_HOUR=9" in str(raised.value)
+    assert read_environment({}, require=False).published_by_hour == 8
