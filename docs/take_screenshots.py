@@ -29,12 +29,30 @@ from websockets.sync.client import connect
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-PAGES = {  # file name → page of the UI
-    "enriched_tickets_overview": "/assets/enriched_tickets?view=overview",
-    "enriched_tickets_checks": "/assets/enriched_tickets?view=checks",
-    "enriched_tickets_plots": "/assets/enriched_tickets?view=plots",
-    "tickets_parquet_overview": "/assets/tickets_parquet?view=overview",
+# file name → (page of the UI, what to click there in order, the heading to scroll to)
+PAGES = {
+    "enriched_tickets_overview": ("/assets/enriched_tickets?view=overview", [], None),
+    "enriched_tickets_plots": ("/assets/enriched_tickets?view=overview", ["Plots"], "Metadata"),
+    "enriched_tickets_checks": ("/assets/enriched_tickets?view=checks", ["failure_rate_below_threshold"], None),
+    "enriched_tickets_check_partitions": (
+        "/assets/enriched_tickets?view=checks", ["failure_rate_below_threshold", "Partitions"], None),
+    "tickets_parquet_checks": ("/assets/tickets_parquet?view=checks", ["parquet_matches_enriched"], None),
+    "tickets_parquet_partitions": ("/assets/tickets_parquet?view=partitions", [], None),
 }
+# Clicks the innermost element showing exactly `text` (the last one: a page's own controls come after its tabs).
+CLICK = """(text => {
+  const all = [...document.querySelectorAll('body *')].filter(e => e.textContent.trim() === text && e.offsetParent);
+  const inner = all.filter(e => ![...e.children].some(c => c.textContent.trim() === text));
+  if (!inner.length) return false;
+  inner[inner.length - 1].click();
+  return true;
+})"""
+SCROLL = """(text => {
+  const all = [...document.querySelectorAll('body *')].filter(e => e.textContent.trim() === text && e.offsetParent);
+  if (!all.length) return false;
+  all[all.length - 1].scrollIntoView({block: 'start'});
+  return true;
+})"""
 
 
 def free_port() -> int:
@@ -86,16 +104,31 @@ class Browser:
     def evaluate(self, expression: str):
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
-    def screenshot(self, url: str, path: Path, settle_seconds: float) -> None:
-        self.call("Page.navigate", url=url)
+    def settle(self, seconds: float) -> None:
+        """Until the document is complete and no spinner is left (the UI fetches its data after loading)."""
         deadline = time.monotonic() + 60
-        # Loaded: the document is complete and no spinner is left (the UI fetches its data after the page loads).
         while time.monotonic() < deadline:
             time.sleep(1)
             if self.evaluate("document.readyState") == "complete" and not self.evaluate(
                     "document.querySelectorAll('[role=progressbar], .bp5-spinner, [data-testid=spinner]').length"):
                 break
-        time.sleep(settle_seconds)  # charts animate in
+        time.sleep(seconds)  # charts animate in
+
+    def click(self, text: str) -> None:
+        if not self.evaluate(f"{CLICK}({json.dumps(text)})"):
+            raise RuntimeError(f"nothing shows {text!r} on {self.evaluate('location.href')}")
+        self.settle(1)
+
+    def screenshot(self, url: str, clicks: list[str], scroll_to: str | None, path: Path) -> None:
+        self.call("Page.navigate", url=url)
+        self.settle(2)
+        if self.evaluate(f"{CLICK}('Skip')"):  # the community dialog of a new browser profile
+            self.settle(1)
+        for text in clicks:
+            self.click(text)
+        if scroll_to:
+            self.evaluate(f"{SCROLL}({json.dumps(scroll_to)})")
+            self.settle(2)
         data = self.call("Page.captureScreenshot", format="png")["data"]
         path.write_bytes(base64.b64decode(data))
 
@@ -117,8 +150,9 @@ def main() -> int:
     output, demo = Path(args.output), Path(args.demo)
     output.mkdir(parents=True, exist_ok=True)
 
-    subprocess.run([str(BIN / "python"), "-m", "dify_pipeline.demo", "--days", "3", "--tickets", str(args.tickets),
-                    "--output", str(demo)], cwd=REPO, check=True)
+    # The second day's app fails the refund tickets: that day is blocked, the others published.
+    subprocess.run([str(BIN / "python"), "-m", "dify_pipeline.demo", "--days", "3", "--block-day", "2",
+                    "--tickets", str(args.tickets), "--output", str(demo)], cwd=REPO)
     env = {**os.environ, **dict(line.split("=", 1) for line in (demo / "demo.env").read_text().splitlines())}
     port = free_port()
     webserver = subprocess.Popen(
@@ -128,9 +162,9 @@ def main() -> int:
     try:
         wait_for(f"http://127.0.0.1:{port}/server_info", 120)
         browser = Browser(args.width, args.height)
-        for name, page in PAGES.items():
+        for name, (page, clicks, scroll_to) in PAGES.items():
             path = output / f"{name}.png"
-            browser.screenshot(f"http://127.0.0.1:{port}{page}", path, settle_seconds=3)
+            browser.screenshot(f"http://127.0.0.1:{port}{page}", clicks, scroll_to, path)
             print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     finally:
         if browser:

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="demo_output", help="folder for the source, outputs and instance")
     parser.add_argument("--latency-ms", type=float, default=40.0, help="median latency of the emulated Dify app")
     parser.add_argument("--days", type=int, default=1, help="days to run, one run each, ending yesterday")
+    parser.add_argument("--block-day", type=int, default=0, metavar="N",
+                        help="make the app fail the refund tickets of the Nth day, so its failure-rate check "
+                             "blocks it (0: none)")
     args = parser.parse_args(argv)
 
     # The partitions' time zone is read when the definitions are imported: set it first.
@@ -62,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     engine.dispose()
 
     # A realistic app: some latency spread, a few throttles and flaky gateway answers to retry through.
-    dify = DifyEmulator(DifyEmulatorConfig(
-        apps=[DifyApp(api_key=DEMO_KEY)], latency_ms=args.latency_ms, latency_sigma=0.4,
-        faults=[Fault(kind="http_429", first_n=3, retry_after=1), Fault(kind="http_502_html", probability=0.005)],
-    ))
+    def app(*more_faults: Fault) -> DifyEmulatorConfig:
+        return DifyEmulatorConfig(
+            apps=[DifyApp(api_key=DEMO_KEY)], latency_ms=args.latency_ms, latency_sigma=0.4,
+            faults=[Fault(kind="http_429", first_n=3, retry_after=1), Fault(kind="http_502_html", probability=0.005),
+                    *more_faults])
+
+    dify = DifyEmulator(app())
     es = ElasticsearchEmulator()
     with serve_in_thread(dify.app) as dify_server, serve_in_thread(es.app) as es_server:
         demo_environment = {
@@ -89,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             {"progress": LoggerDefinition(_progress_logger, description="steps as they end, and their messages")})
         succeeded = True
         with DagsterInstance.get() as instance:
-            for day in days:
+            for number, day in enumerate(days, start=1):
+                dify.configure(app(Fault(kind="failed_run", match="退款")) if number == args.block_day else app())
                 print(f"Materializing partition {day} ...")
                 started = time.monotonic()
                 result = job.execute_in_process(partition_key=day.isoformat(), instance=instance,
