@@ -87,7 +87,7 @@ class Browser:
         wait_for(f"http://127.0.0.1:{self.port}/json/version", 30)
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list") as response:
             [tab] = [t for t in json.load(response) if t["type"] == "page"]
-        self.socket = connect(tab["webSocketDebuggerUrl"], max_size=None)
+        self.socket = connect(tab["webSocketDebuggerUrl"], max_size=None).__enter__()  # closed in close()
         self.ids = itertools.count(1)
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
 

@@ -33,8 +33,12 @@ def main(argv: list[str] | None = None) -> int:
                              "blocks it (0: none)")
     args = parser.parse_args(argv)
 
-    # The partitions' time zone is read when the definitions are imported: set it first.
+    yesterday = datetime.now(ZoneInfo(DEMO_TIMEZONE)).date() - timedelta(days=1)
+    days = [yesterday - timedelta(days=n) for n in reversed(range(args.days))]
+    # The partitions (zone, first day) are read when the definitions are imported: set them first. The first
+    # partition is the demo's first day, so the UI's partition bars and plots show the demo's days only.
     os.environ["PIPELINE_TIMEZONE"] = DEMO_TIMEZONE
+    os.environ["PIPELINE_START_DATE"] = days[0].isoformat()
     from dagster import DagsterInstance, LoggerDefinition
 
     from dify_pipeline.definitions import build_definitions
@@ -51,9 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(output)
     (output / "dagster_home").mkdir(parents=True)
     (output / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # local SQLite storage
-    yesterday = datetime.now(ZoneInfo(DEMO_TIMEZONE)).date() - timedelta(days=1)
-    days = [yesterday - timedelta(days=n) for n in reversed(range(args.days))]
-
     source = output / "source.db"
     engine = sa.create_engine(f"sqlite:///{source}")
     create_source_table(engine, "tickets")
@@ -65,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     engine.dispose()
 
     # A realistic app: some latency spread, a few throttles and flaky gateway answers to retry through.
+    demo_app = DifyApp(api_key=DEMO_KEY)  # one published version of the app (workflow_id) for every day
+
     def app(*more_faults: Fault) -> DifyEmulatorConfig:
         return DifyEmulatorConfig(
-            apps=[DifyApp(api_key=DEMO_KEY)], latency_ms=args.latency_ms, latency_sigma=0.4,
+            apps=[demo_app], latency_ms=args.latency_ms, latency_sigma=0.4,
             faults=[Fault(kind="http_429", first_n=3, retry_after=1), Fault(kind="http_502_html", probability=0.005),
                     *more_faults])
 
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     with serve_in_thread(dify.app) as dify_server, serve_in_thread(es.app) as es_server:
         demo_environment = {
             "PIPELINE_TIMEZONE": DEMO_TIMEZONE,
+            "PIPELINE_START_DATE": days[0].isoformat(),
             "DAGSTER_HOME": str(output / "dagster_home"),
             "SOURCE_DATABASE_URL": f"sqlite:///{source}",
             "SOURCE_TIMEZONE": DEMO_TIMEZONE,

@@ -42,8 +42,9 @@ BLOCKED_TAG = "dify_pipeline/blocked_by"  # on a run whose day a check stopped: 
             # Blocks the day by skipping the publishing steps rather than failing the run (blocking=True would),
             # so the checks that never run show as skipped, not failed: see the README's "A blocked day".
             "failure_rate_below_threshold", asset="enriched_tickets", partitions_def=daily_partitions,
-            description="Records Dify could not enrich stay under settings.max_failure_rate; a worse day is not "
-                        "published: the steps after this one are skipped.",
+            description="Records Dify could not enrich stay under settings.max_failure_rate. A worse day is not "
+                        "published: enriched_tickets then withholds its output and the publishing steps are skipped "
+                        "(the UI calls the check non-blocking because it does not fail the run).",
         ),
         dg.AssetCheckSpec(
             "single_app_version", asset="enriched_tickets", partitions_def=daily_partitions,
