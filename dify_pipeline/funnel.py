@@ -15,7 +15,7 @@ FUNNEL_STEPS = [
     ("clean", "clean_tickets", "rows", "one per record key, masked: the records the day holds"),
     ("quarantined", "clean_tickets", "quarantined", "rows without a key, a timestamp or any text"),
     ("duplicates removed", "clean_tickets", "duplicates_removed", "older versions of a record key"),
-    ("sent", "enriched_tickets", "requests_sent", "distinct inputs this run paid Dify for (the rest: cache, duplicates)"),
+    ("sent", "enriched_tickets", "requests_sent", "distinct inputs this run paid for (others: cache, duplicates)"),
     ("answered", "enriched_tickets", "succeeded", "records with an answer, from this run or the cache"),
 ]
 FUNNEL_SCHEMA = dg.TableSchema(columns=[

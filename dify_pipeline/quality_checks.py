@@ -18,10 +18,10 @@ from dify_pipeline.stages import day_file, day_folder
         dg.AssetCheckSpec("enriched_reconciles_with_clean", asset="enriched_tickets", partitions_def=daily_partitions,
                           additional_deps=["clean_tickets"], blocking=True,
                           description="One enriched row per clean record: none lost, none added."),
-        dg.AssetCheckSpec("unique_record_keys", asset="enriched_tickets", blocking=True, partitions_def=daily_partitions,
-                          description="No record key appears twice in the day."),
-        dg.AssetCheckSpec("categories_allowed", asset="enriched_tickets", blocking=True, partitions_def=daily_partitions,
-                          description="Every category is one of settings.categories."),
+        dg.AssetCheckSpec("unique_record_keys", asset="enriched_tickets", blocking=True,
+                          partitions_def=daily_partitions, description="No record key appears twice in the day."),
+        dg.AssetCheckSpec("categories_allowed", asset="enriched_tickets", blocking=True,
+                          partitions_def=daily_partitions, description="Every category is one of settings.categories."),
     ],
 )
 def enriched_day_checks(context: dg.AssetCheckExecutionContext, stage_storage: ObjectStorage, settings: PipelineSettings):
