@@ -20,9 +20,10 @@ from dify_pipeline.stages import day_file
     deps=["raw_tickets"],
     kinds={"pandas", "parquet"},
     check_specs=[
-        dg.AssetCheckSpec("counts_reconcile", asset="clean_tickets", blocking=True,
+        dg.AssetCheckSpec("counts_reconcile", asset="clean_tickets", blocking=True, partitions_def=daily_partitions,
                           description="raw rows = clean + quarantined + duplicates removed"),
         dg.AssetCheckSpec("no_personal_data_outgoing", asset="clean_tickets", blocking=True,
+                          partitions_def=daily_partitions,
                           description="An independent detector finds no e-mail, phone, ID or card number in the "
                                       "columns the Dify inputs are mapped from; any find stops the day here."),
     ],
@@ -76,6 +77,7 @@ def clean_tickets(
         metadata={
             "raw_rows": raw.num_rows,
             "rows": len(result.clean),
+            "dagster/row_count": len(result.clean),
             "quarantined": len(result.quarantine),
             "duplicates_removed": result.duplicates_removed,
             "quarantine_reasons": dg.MetadataValue.json(result.quarantine_reasons),

@@ -39,6 +39,7 @@ def ticket_shards(
     return dg.MaterializeResult(
         metadata={
             "rows": clean.num_rows,
+            "dagster/row_count": clean.num_rows,
             "shards": len(sizes),
             "largest_shard_rows": max(sizes, default=0),
             "max_shard_rows": settings.max_shard_rows,

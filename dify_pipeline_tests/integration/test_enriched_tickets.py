@@ -54,7 +54,7 @@ def test_a_bad_day_is_not_published_and_the_next_run_retries_only_the_failed_rec
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5,
                                                faults=[Fault(kind="failed_run", match="退款")]))
     bad = run_day(dagster_instance)
-    assert not bad.success
+    assert dagster_instance.get_run_by_id(bad.run_id).tags["dify_pipeline/blocked_by"] == "failure_rate_below_threshold"
     assert check_results(bad)["failure_rate_below_threshold"] is False
     enriched = materialization_metadata(bad, "enriched_tickets")
     assert enriched["failed"] > 0 and enriched["failures_by_code"] == {"run_failed": enriched["failed"]}
@@ -95,11 +95,6 @@ def test_an_input_mapping_the_app_does_not_declare_fails_before_any_paid_call(
     assert dify_emulator.stats()["paid_runs"] == 0
 
 
-def step_failure_message(result, step: str = "enriched_tickets") -> str:
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and e.step_key == step]
-    return failure.event_specific_data.user_failure_data.description
-
-
 def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rejudges_it_from_the_cache(
     pipeline_env, source_tickets, dagster_instance, dify_emulator
 ):
@@ -129,20 +124,20 @@ def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rej
     assert accepted["categories"][INVALID_CATEGORY] == judged["failed"]
 
 
-def test_a_blocked_day_says_why_in_the_steps_own_error(pipeline_env, source_tickets, dagster_instance, dify_emulator):
+def test_a_blocked_day_says_why_in_its_check_with_samples(pipeline_env, source_tickets, dagster_instance, dify_emulator):
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5,
                                                faults=[Fault(kind="failed_run", match="退款")]))
     bad = run_day(dagster_instance)
     enriched = materialization_metadata(bad, "enriched_tickets")
-    message = step_failure_message(bad)
+    [check] = [e.event_specific_data for e in bad.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+               and e.event_specific_data.check_name == "failure_rate_below_threshold"]
+    message = check.description
     assert f"{enriched['failed']} of {enriched['rows']} records failed" in message
     assert "threshold 2.0%" in message and "run_failed ×" in message
     samples = enriched["failure_samples"]["run_failed"]
     assert samples["count"] == enriched["failed"] and len(samples["records"]) == 5
     assert all(str(key) in message for key in samples["records"]) and samples["example"][:40] in message
     assert "what to do" in message
-    [check] = [e.event_specific_data for e in bad.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
-               and e.event_specific_data.check_name == "failure_rate_below_threshold"]
     assert check.metadata["failure_samples"].value["run_failed"]["records"] == samples["records"]
 
 
