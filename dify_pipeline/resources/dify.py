@@ -62,9 +62,12 @@ class DifyResult:
 
 
 THROTTLED_ATTEMPTS_FACTOR = 4
-# How long a run that may exist is looked for before the record is sent again: at least this, or twice as
-# long as its request waited (a request that waited in the server's backlog may still be accepted and run).
+# How long a run that may exist is looked for before the record is sent again. A request that timed out may
+# still wait unaccepted in the server's backlog: at least 5 s, or twice as long as it waited. Any other unknown
+# outcome (cut body, dropped connection, gateway 502/504) was read by the server, so its run, if any, is
+# listed within moments.
 LOOKUP_PATIENCE_SECONDS = 5.0
+LOOKUP_PATIENCE_AFTER_AN_ANSWER = 1.5
 SUSTAINED_TROUBLE = 5  # answers in a row that are 429/5xx/timeouts: the server is in trouble, pause everyone
 
 
@@ -224,8 +227,8 @@ class DifyResource(dg.ConfigurableResource):
                         counters.finished.append(time.monotonic())
                         on_result(result)
 
-            # More workers than slots: a worker sleeping out a backoff must not idle a slot.
-            workers = min(queue.qsize(), self.max_concurrency * 2)
+            # More workers than slots: a worker sleeping out a backoff or looking a run up must not idle a slot.
+            workers = min(queue.qsize(), self.max_concurrency * 4)
             watch = asyncio.create_task(self._watch_outage(counters, log))
             try:
                 await asyncio.gather(*(worker() for _ in range(workers)))
@@ -270,6 +273,8 @@ class DifyResource(dg.ConfigurableResource):
             if counters.stop.is_set():
                 return None  # left for the next materialization
             attempts += 1
+            if journal is not None:  # written down before it leaves (a crash right after still finds it), and
+                await journal.sending(request.record_key, self._user(request))  # before taking a slot: no idle slot
             await gate.acquire()
             if counters.stop.is_set():  # stopped while we waited for a slot or a pause: send nothing more
                 await gate.release()
@@ -277,8 +282,6 @@ class DifyResource(dg.ConfigurableResource):
             error: DifyCallError | None = None
             started = time.perf_counter()  # latency of this attempt: the server's time, not our queueing
             try:
-                if journal is not None:  # written down before it leaves: a crash right after still finds it
-                    await journal.sending(request.record_key, self._user(request))
                 counters.http_attempts += 1
                 result = await self._call_once(client, request, counters, journal)
             except DifyCallError as call_error:
@@ -289,11 +292,13 @@ class DifyResource(dg.ConfigurableResource):
             unknown = error is not None and error.outcome_unknown
             # A timeout says we asked for more than the server serves: lower the limit as a throttle would.
             slow = error is not None and (error.throttled or error.code == "timeout")
+            if not slow:  # only a timed-out request may still hold a place on the server: keep its slot
+                await gate.release(throttled=False, succeeded=error is None)
             try:
                 if unknown and self.app_mode == "workflow":
-                    # The run may exist (finished, running, or waiting in the server's backlog): find it, still
-                    # holding the slot, since the request may still hold a place on the server.
-                    patience = max(LOOKUP_PATIENCE_SECONDS, 2 * (time.perf_counter() - started))
+                    # The run may exist (finished, running, or waiting in the server's backlog): find it.
+                    patience = (max(LOOKUP_PATIENCE_SECONDS, 2 * (time.perf_counter() - started)) if slow
+                                else LOOKUP_PATIENCE_AFTER_AN_ANSWER)
                     found = await self._find_run(client, counters, request, error.run_id, patience)
                     if isinstance(found, DifyResult):
                         counters.recovered_runs += 1
@@ -302,7 +307,8 @@ class DifyResource(dg.ConfigurableResource):
                     elif isinstance(found, DifyCallError):
                         error = found  # it ran and failed: a paid attempt, judged as such
             finally:
-                await gate.release(throttled=slow, succeeded=error is None and not unknown)
+                if slow:
+                    await gate.release(throttled=True)
             if error is None or not error.server_trouble:  # the server answered about the record itself
                 counters.consecutive_trouble, counters.trouble_since = 0, None
             if error is None:
