@@ -82,6 +82,7 @@ class _Counters:
     throttled: int = 0
     recovered_runs: int = 0
     resumed_runs: int = 0
+    failed_runs: int = 0  # runs that ended `status: failed`: executed, so paid for, with nothing to show
     lookups: int = 0  # GET /workflows/logs and /workflows/run/{id} calls made to find a run again
     fatal: DifyCallError | None = None
     stop_reason: str | None = None  # why the day stopped early (breaker, outage), for DifyFatalError
@@ -200,6 +201,7 @@ class DifyResource(dg.ConfigurableResource):
             "recovered_runs": counters.recovered_runs,
             "resumed_runs": counters.resumed_runs,
             "lookups": counters.lookups,
+            "failed_runs": counters.failed_runs,
         }
 
     async def _run_all(self, requests, on_result, journal, log) -> _Counters:
@@ -316,6 +318,8 @@ class DifyResource(dg.ConfigurableResource):
                 result.attempts = attempts
                 result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
                 return result
+            if error.code.startswith("run_"):
+                counters.failed_runs += 1
             if error.fatal:
                 counters.fatal = counters.fatal or error
                 counters.stop.set()
