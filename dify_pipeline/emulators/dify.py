@@ -637,6 +637,13 @@ class DifyEmulator:
         return DifyError(405, "method_not_allowed", "The method is not allowed for the requested URL.").response()
 
     def _authenticate(self, request: Request) -> DifyApp:
+        try:
+            return self._app_of_key(request)
+        except DifyError as error:  # Dify's handler adds the challenge to every 401
+            error.headers["WWW-Authenticate"] = 'Bearer realm="api"'
+            raise
+
+    def _app_of_key(self, request: Request) -> DifyApp:
         header = request.headers.get("Authorization")
         if header is None or " " not in header.strip():
             raise DifyError(401, "unauthorized", "Authorization header must be provided and start with 'Bearer'")

@@ -158,6 +158,7 @@ def test_bad_credentials_answer_401_with_difys_bodies(serve: Serve, headers: dic
     response = httpx.post(f"{url}/workflows/run", json=run_body(), headers=headers)
     assert response.status_code == 401
     assert error_body(response) == {"code": "unauthorized", "message": message, "status": 401}
+    assert response.headers["www-authenticate"] == 'Bearer realm="api"'
     assert emulator.stats()["paid_runs"] == 0
 
 
@@ -174,6 +175,33 @@ def test_invalid_requests_answer_400_invalid_param(serve: Serve, body: dict, cod
     response = httpx.post(f"{url}/workflows/run", json=body, headers=AUTH)
     assert (response.status_code, error_body(response)) == (400, {"code": code, "message": message, "status": 400})
     assert emulator.stats()["paid_runs"] == 0
+
+
+def test_a_null_required_input_is_missing_but_an_empty_string_passes(serve: Serve) -> None:
+    emulator, url = serve()
+    null = httpx.post(f"{url}/workflows/run", json=run_body(inputs={"subject": None, "body": "b"}), headers=AUTH)
+    assert (null.status_code, null.json()["message"]) == (400, "subject is required in input form")
+    empty = httpx.post(f"{url}/workflows/run", json=run_body(inputs={"subject": "", "body": "b"}), headers=AUTH)
+    assert (empty.status_code, empty.json()["data"]["status"]) == (200, "succeeded")
+    assert emulator.stats()["paid_runs"] == 1
+
+
+def test_max_length_counts_characters_not_bytes(serve: Serve) -> None:
+    _, url = serve()
+    exactly = httpx.post(f"{url}/workflows/run", json=run_body(inputs={"subject": "s", "body": "退" * 4000}),
+                         headers=AUTH)
+    assert exactly.status_code == 200  # 12,000 bytes of UTF-8, 4,000 characters
+    over = httpx.post(f"{url}/workflows/run", json=run_body(inputs={"subject": "s", "body": "退" * 4001}),
+                      headers=AUTH)
+    assert (over.status_code, over.json()["message"]) == (400, "body in input form must be less than 4000 characters")
+
+
+def test_an_input_the_form_does_not_declare_is_dropped_silently(serve: Serve) -> None:
+    _, url = serve()
+    body = run_body(inputs={**TICKET, "priority": "high"})
+    run_id = httpx.post(f"{url}/workflows/run", json=body, headers=AUTH).json()["workflow_run_id"]
+    stored = json.loads(httpx.get(f"{url}/workflows/run/{run_id}", headers=AUTH).json()["inputs"])
+    assert "priority" not in stored and stored["subject"] == TICKET["subject"]
 
 
 def test_select_value_outside_options_is_refused(serve: Serve) -> None:
