@@ -151,7 +151,7 @@ GATEWAY_PAGES = {
 WORKFLOW_NODES = {"start": ("start", "Start"), "llm": ("llm", "Enrich ticket"), "end": ("end", "End")}
 PUBLISHED_VERSION = "2026-01-01 00:00:00.000000"  # a published workflow's `version`: when it was published
 _TRANSPORT = "dify_emulator.transport"  # scope key: the connection's transport, for faults that cut it
-_EXCHANGE = "dify_emulator.exchange"  # scope key: what the handler tells the connection layer (run, streamed)
+_EXCHANGE = "dify_emulator.exchange"  # scope key: the run a request started, for the connection layer
 
 
 class DifyError(Exception):
@@ -351,10 +351,10 @@ class _Run:
 class _ConnectionAwareStarlette(Starlette):
     """Starlette that behaves on the connection as Dify's gunicorn worker does.
 
-    It keeps each connection's transport in the scope (so a fault can cut it); reads a request whose client
-    already left from what arrived on the socket, as gevent does with a connection accepted late from the
-    backlog (uvicorn would only report the disconnect); closes the connection after a streamed answer; and
-    reports each run's answer as delivered or abandoned to `on_exchange_done`.
+    It keeps each connection's transport in the scope (so a fault can cut it), closes the connection after a
+    streamed answer, and reports each run's answer as delivered or abandoned to `on_exchange_done`. A request
+    whose client left while it waited in the backlog is read and run like any other: uvicorn parses the bytes
+    that arrived before it sees the end of the connection, as gevent does.
     """
 
     def __init__(self, *args, accept_gate: AcceptGate, on_exchange_done: Callable[[dict, bool], None], **kwargs):
@@ -367,29 +367,21 @@ class _ConnectionAwareStarlette(Starlette):
             return
         cycle = getattr(send, "__self__", None)  # uvicorn's `send` is a method of the cycle owning the transport
         transport = scope[_TRANSPORT] = getattr(cycle, "transport", None)
-        exchange = scope[_EXCHANGE] = {"run": None, "streamed": False}
-        await super().__call__(scope, _receive_left_request(cycle, receive), send)
+        exchange = scope[_EXCHANGE] = {"run": None}
+        streamed = False
+
+        async def noting_send(message: dict) -> None:
+            nonlocal streamed
+            if message["type"] == "http.response.start":
+                streamed = any(name == b"content-type" and value.startswith(b"text/event-stream")
+                               for name, value in message.get("headers", []))
+            await send(message)
+
+        await super().__call__(scope, receive, noting_send)
         if cycle is not None and hasattr(cycle, "response_complete"):
             self._on_exchange_done(exchange, cycle.response_complete and not cycle.disconnected)
-        if exchange["streamed"] and transport is not None and not transport.is_closing():
+        if streamed and transport is not None and not transport.is_closing():
             transport.close()  # after the final event, as observed from Dify: waiting connections get their turn
-
-
-def _receive_left_request(cycle, receive):
-    """`receive`, except that a request fully received before its client left is still handed to the app."""
-    handed = False
-
-    async def receive_request() -> dict:
-        nonlocal handed
-        if not handed and getattr(cycle, "disconnected", False) and getattr(cycle, "more_body", True) is False:
-            handed = True
-            return {"type": "http.request", "body": bytes(cycle.body), "more_body": False}
-        message = await receive()
-        if message["type"] == "http.request" and not message.get("more_body"):
-            handed = True
-        return message
-
-    return receive_request
 
 
 async def _cut_connection(request: Request) -> None:
@@ -705,7 +697,6 @@ class DifyEmulator:
         record["workflow_run_id"] = run.id
         request.scope[_EXCHANGE]["run"] = run
         if streaming:
-            request.scope[_EXCHANGE]["streamed"] = True
             frames = self._workflow_frames if endpoint_mode == "workflow" else self._completion_frames
             return _event_stream(frames(run, request))
         return await (self._workflow_blocking(run) if endpoint_mode == "workflow" else self._completion_blocking(run))
