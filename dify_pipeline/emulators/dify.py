@@ -106,8 +106,8 @@ class DifyEmulatorConfig(BaseModel):
     rate_limit_retry_after: float | None = None
     concurrency_limit_status: Literal[400, 429] = 400  # real Dify answers 400; its spec documents 429
     # gunicorn's gevent worker `--worker-connections` (the official image: 10): connections accepted at a time;
-    # the rest wait unaccepted in the listen backlog. None accepts every connection.
-    server_worker_connections: int | None = Field(default=None, ge=1)
+    # the rest wait unaccepted in the listen backlog. None accepts every connection (no real server does).
+    server_worker_connections: int | None = Field(default=10, ge=1)
     server_keep_alive_seconds: float = Field(default=2.0, gt=0)  # gunicorn's `--keep-alive` default
     # Dify's SQLAlchemy pool: each request holds a connection until its answer ends (a stream: its last event).
     # Beyond SQLALCHEMY_POOL_SIZE + SQLALCHEMY_MAX_OVERFLOW (30 + 10 in the image) a request waits up to
