@@ -109,6 +109,11 @@ class DifyEmulatorConfig(BaseModel):
     # the rest wait unaccepted in the listen backlog. None accepts every connection (no real server does).
     server_worker_connections: int | None = Field(default=10, ge=1)
     server_keep_alive_seconds: float = Field(default=2.0, gt=0)  # gunicorn's `--keep-alive` default
+    # gunicorn keeps a streamed (chunked, "Connection: keep-alive") answer's connection open like any other.
+    # Seen from Dify, streams did free their connection: clients that stop reading at the final event and
+    # leave the chunked body's end unread (aiohttp then closes the connection) free it themselves. True makes
+    # the emulator close it after the last event whatever the client does.
+    close_connection_after_stream: bool = False
     # Dify's SQLAlchemy pool: each request holds a connection until its answer ends (a stream: its last event).
     # Beyond SQLALCHEMY_POOL_SIZE + SQLALCHEMY_MAX_OVERFLOW (30 + 10 in the image) a request waits up to
     # SQLALCHEMY_POOL_TIMEOUT (30 s) for one, then answers 500 without a run. None: a pool that never runs out.
@@ -352,14 +357,15 @@ class _ConnectionAwareStarlette(Starlette):
     """Starlette that behaves on the connection as Dify's gunicorn worker does.
 
     It keeps each connection's transport in the scope (so a fault can cut it), closes the connection after a
-    streamed answer, and reports each run's answer as delivered or abandoned to `on_exchange_done`. A request
+    streamed answer when `closes_streams()` says so, and reports each run's answer as delivered or abandoned to `on_exchange_done`. A request
     whose client left while it waited in the backlog is read and run like any other: uvicorn parses the bytes
     that arrived before it sees the end of the connection, as gevent does.
     """
 
-    def __init__(self, *args, accept_gate: AcceptGate, on_exchange_done: Callable[[dict, bool], None], **kwargs):
+    def __init__(self, *args, accept_gate: AcceptGate, on_exchange_done: Callable[[dict, bool], None],
+                 closes_streams: Callable[[], bool], **kwargs):
         super().__init__(*args, **kwargs)
-        self.accept_gate, self._on_exchange_done = accept_gate, on_exchange_done
+        self.accept_gate, self._on_exchange_done, self._closes_streams = accept_gate, on_exchange_done, closes_streams
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -380,8 +386,8 @@ class _ConnectionAwareStarlette(Starlette):
         await super().__call__(scope, receive, noting_send)
         if cycle is not None and hasattr(cycle, "response_complete"):
             self._on_exchange_done(exchange, cycle.response_complete and not cycle.disconnected)
-        if streamed and transport is not None and not transport.is_closing():
-            transport.close()  # after the final event, as observed from Dify: waiting connections get their turn
+        if streamed and self._closes_streams() and transport is not None and not transport.is_closing():
+            transport.close()
 
 
 async def _cut_connection(request: Request) -> None:
@@ -444,6 +450,7 @@ class DifyEmulator:
         self.app: Starlette = _ConnectionAwareStarlette(
             routes=routes, exception_handlers={404: self._not_found, 405: self._method_not_allowed},
             accept_gate=self._gate, on_exchange_done=self._exchange_done,
+            closes_streams=lambda: self._config.close_connection_after_stream,
         )
 
     # ---- control -------------------------------------------------------------------------------------

@@ -349,16 +349,36 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time(serve
     assert emulator.stats()["connections_accepted"] == 2
 
 
-def test_a_streamed_answer_closes_its_connection_after_the_final_event(serve: Serve) -> None:
-    emulator, url = serve(server_worker_connections=1)
+def read_stream_until(sock: socket.socket, end: bytes) -> bytes:
+    received = b""
+    while end not in received and (chunk := sock.recv(65536)):
+        received += chunk
+    return received
+
+
+def test_a_stream_read_to_its_end_keeps_its_connection_like_any_keep_alive_answer(serve: Serve) -> None:
+    _, url = serve(server_worker_connections=1, server_keep_alive_seconds=1.0)
     streaming, waiting = connect(url), connect(url)
     streaming.sendall(raw_run_request(url, "streaming"))
     waiting.sendall(raw_run_request(url))
-    received = b""
-    while chunk := streaming.recv(65536):  # ends: the server closes after workflow_finished
-        received += chunk
-    assert b"\"event\":\"workflow_finished\"" in received and b"connection: close" not in received.lower()
-    assert answered([waiting], 2.0) == [waiting] and read_response(waiting)[0] == 200
+    assert b'"event":"workflow_finished"' in read_stream_until(streaming, b"\r\n0\r\n\r\n")  # the chunked end
+    assert answered([waiting], 0.5) == []  # gunicorn keeps the connection: the waiting one still waits
+    assert answered([waiting], 2.0) == [waiting] and read_response(waiting)[0] == 200  # ... until keep-alive ends
+
+
+@pytest.mark.parametrize("closes", [False, True])
+def test_a_stream_left_at_its_final_event_frees_the_connection_slot(serve: Serve, closes: bool) -> None:
+    _, url = serve(server_worker_connections=1, server_keep_alive_seconds=5.0, close_connection_after_stream=closes)
+    streaming, waiting = connect(url), connect(url)
+    streaming.sendall(raw_run_request(url, "streaming"))
+    waiting.sendall(raw_run_request(url))
+    assert b'"event":"workflow_finished"' in read_stream_until(streaming, b'"event":"workflow_finished"')
+    if closes:  # the server closes after the last event
+        streaming.settimeout(1.0)
+        read_stream_until(streaming, b"never")  # returns at the end of the connection, raises at a timeout
+    else:  # the client leaves the rest unread and closes, as aiohttp does with a body it did not read to the end
+        streaming.close()
+    assert answered([waiting], 1.0) == [waiting] and read_response(waiting)[0] == 200
 
 
 # ---- requests whose client has gone ---------------------------------------------------------------------
