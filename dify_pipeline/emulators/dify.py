@@ -110,9 +110,9 @@ class DifyEmulatorConfig(BaseModel):
     server_worker_connections: int | None = Field(default=10, ge=1)
     server_keep_alive_seconds: float = Field(default=2.0, gt=0)  # gunicorn's `--keep-alive` default
     # gunicorn keeps a streamed (chunked, "Connection: keep-alive") answer's connection open like any other.
-    # Seen from Dify, streams did free their connection: clients that stop reading at the final event and
-    # leave the chunked body's end unread (aiohttp then closes the connection) free it themselves. True makes
-    # the emulator close it after the last event whatever the client does.
+    # Seen from Dify, streams did free their connection: the chunked end follows the final event in a later
+    # write (STREAM_END_GAP), so a client that stops at the final event leaves it unread and its HTTP library
+    # (aiohttp) closes the connection. True makes the emulator close it whatever the client does.
     close_connection_after_stream: bool = False
     # Dify's SQLAlchemy pool: each request holds a connection until its answer ends (a stream: its last event).
     # Beyond SQLALCHEMY_POOL_SIZE + SQLALCHEMY_MAX_OVERFLOW (30 + 10 in the image) a request waits up to
@@ -155,6 +155,9 @@ GATEWAY_PAGES = {
 # The emulated app's graph: node id -> (node type, title). The LLM node is where a run spends its latency.
 WORKFLOW_NODES = {"start": ("start", "Start"), "llm": ("llm", "Enrich ticket"), "end": ("end", "End")}
 PUBLISHED_VERSION = "2026-01-01 00:00:00.000000"  # a published workflow's `version`: when it was published
+# After a stream's final event, Dify's generator waits on its queue for the end marker, then gunicorn writes the
+# chunked end: a separate, later write. A client returning at the final event has not read it yet.
+STREAM_END_GAP = 0.005
 _TRANSPORT = "dify_emulator.transport"  # scope key: the connection's transport, for faults that cut it
 _EXCHANGE = "dify_emulator.exchange"  # scope key: the run a request started, for the connection layer
 
@@ -852,6 +855,7 @@ class DifyEmulator:
         finished = {"event": "workflow_finished", **run.ids, "data": {
             **run.finished_data(), "created_by": end_user, "exceptions_count": 0, "files": []}}
         yield _truncated_sse(finished) if run.fault == "malformed_json" else _sse(finished)
+        await asyncio.sleep(STREAM_END_GAP)
 
     @staticmethod
     def _node(run: _Run, node_id: str) -> dict:
@@ -945,6 +949,7 @@ class DifyEmulator:
                 return
         end = {"event": "message_end", **ids, "id": run.message_id, "metadata": {"usage": run.usage}}
         yield _truncated_sse(end) if run.fault == "malformed_json" else _sse(end)
+        await asyncio.sleep(STREAM_END_GAP)
 
     # ---- app description -----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 
@@ -379,6 +380,40 @@ def test_a_stream_left_at_its_final_event_frees_the_connection_slot(serve: Serve
     else:  # the client leaves the rest unread and closes, as aiohttp does with a body it did not read to the end
         streaming.close()
     assert answered([waiting], 1.0) == [waiting] and read_response(waiting)[0] == 200
+
+
+async def _pooled_runs(url: str, mode: str, count: int, in_flight: int) -> tuple[list[float], float]:
+    """`count` runs through one aiohttp pool of `in_flight` connections, each worker returning at the final
+    event as the pipeline's client does: (latencies, wall time)."""
+    latencies: list[float] = []
+    pending = list(range(count))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight), headers=AUTH) as session:
+        async def worker() -> None:
+            while pending:
+                body, started = run_body(mode, user=f"record-{pending.pop()}"), time.monotonic()
+                async with session.post(f"{url}/workflows/run", json=body) as response:
+                    if mode == "blocking":
+                        await response.read()
+                    else:
+                        async for line in response.content:
+                            if b'"event":"workflow_finished"' in line:
+                                break
+                latencies.append(time.monotonic() - started)
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return latencies, time.monotonic() - started
+
+
+def test_a_pooling_client_starves_its_extra_blocking_calls_but_streams_free_their_connections(serve: Serve) -> None:
+    emulator, url = serve(latency_ms=100, server_worker_connections=10)
+    latencies, wall = asyncio.run(_pooled_runs(url, "blocking", 96, 16))
+    assert max(latencies) > 0.8 * wall  # six calls waited in the backlog for the whole batch
+    assert emulator.stats()["connections_accepted"] == 16 and emulator.stats()["max_accept_queue"] == 6
+    emulator.reset()
+    latencies, wall = asyncio.run(_pooled_runs(url, "streaming", 96, 16))
+    assert max(latencies) < 0.5 * wall  # each stream's client left the chunked end unread and closed
+    assert emulator.stats()["connections_accepted"] > 16
 
 
 # ---- requests whose client has gone ---------------------------------------------------------------------
