@@ -105,7 +105,9 @@ class DifyResource(dg.ConfigurableResource):
     api_key: str = Field(description="The app's API key (from the DIFY_API_KEY environment variable).")
     app_mode: Literal["workflow", "completion"] = "workflow"
     response_mode: Literal["blocking", "streaming"] = "blocking"
-    user: str = Field(default="dify-pipeline", description="Dify end-user identifier sent with every run.")
+    user: str = Field(default="dify-pipeline", description=(
+        "Prefix of the Dify end user sent with each run: `<user>:<record>` for workflow apps, so a run can be "
+        "found again; completion apps send it as is."))
     max_concurrency: int = Field(default=16, ge=1, le=1000)
     requests_per_minute: int | None = Field(default=None, ge=1, description="Pace of new runs; unlimited when unset.")
     adaptive_concurrency: bool = Field(default=True, description="Lower concurrency when the server throttles.")
