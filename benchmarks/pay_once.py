@@ -42,8 +42,11 @@ def run(url: str, requests: list[DifyRequest], **client) -> tuple[dict, dict | N
         counters, fatal = None, None
         with measured() as usage:
             try:
-                counters = resource.run_all(requests, lambda r: outcomes.__setitem__(
-                    r.error_code or "ok", outcomes.get(r.error_code or "ok", 0) + 1), journal=journal, log=lambda _: None)
+                def count(result) -> None:
+                    code = result.error_code or "ok"
+                    outcomes[code] = outcomes.get(code, 0) + 1
+
+                counters = resource.run_all(requests, count, journal=journal, log=lambda _: None)
             except DifyFatalError as error:
                 fatal = str(error)
         journal.close()

@@ -416,12 +416,14 @@ class DifyResource(dg.ConfigurableResource):
         usage = (body.get("metadata") or {}).get("usage") or {}
         return _completion_result(record_key, body.get("message_id") or body.get("id"), body.get("answer"), usage)
 
-    async def _call_streaming(self, client: aiohttp.ClientSession, request: DifyRequest, counters, journal) -> DifyResult:
+    async def _call_streaming(self, client: aiohttp.ClientSession, request: DifyRequest, counters,
+                              journal) -> DifyResult:
         run_id: str | None = None
         answer: list[str] = []
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=self.stream_idle_timeout_seconds)
         try:
-            async with client.post(self._url(self._endpoint()), json=self._payload(request), timeout=timeout) as response:
+            url = self._url(self._endpoint())
+            async with client.post(url, json=self._payload(request), timeout=timeout) as response:
                 if response.status != 200:
                     text = await response.text()
                     raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
@@ -494,7 +496,8 @@ class DifyResource(dg.ConfigurableResource):
         """(id of the user's best run, or None; its failure when every run failed). Newest first: succeeded
         beats running beats failed."""
         query = aiohttp.helpers.quote(user, safe="")
-        body = await self._get_json(client, counters, f"/workflows/logs?created_by_end_user_session_id={query}&limit=20")
+        path = f"/workflows/logs?created_by_end_user_session_id={query}&limit=20"
+        body = await self._get_json(client, counters, path)
         runs = [item.get("workflow_run") or {} for item in body.get("data") or []]
         for wanted in (("succeeded",), ("running", "paused")):
             for run in runs:
