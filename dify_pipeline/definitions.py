@@ -60,7 +60,8 @@ def build_resources(environment: PipelineEnvironment | None = None) -> dict:
             api_key=dg.EnvVar("DIFY_API_KEY"),
             **_given(app_mode=env.dify_app_mode, response_mode=env.dify_response_mode,
                      max_concurrency=env.dify_max_concurrency, requests_per_minute=env.dify_requests_per_minute,
-                     max_outage_seconds=env.dify_max_outage_seconds, ca_file=env.dify_ca_file),
+                     max_outage_seconds=env.dify_max_outage_seconds, keep_alive=env.dify_keep_alive,
+                     ca_file=env.dify_ca_file),
         ),
         "result_cache": ResultCache(
             url=dg.EnvVar("RESULT_CACHE_URL") if env.result_cache_url

@@ -190,6 +190,7 @@ class PipelineEnvironment(BaseModel):
         "DIFY_REQUESTS_PER_MINUTE", "600 (or empty: unlimited)")
     dify_max_outage_seconds: _like(DifyResource, "max_outage_seconds") | None = variable(
         "DIFY_MAX_OUTAGE_SECONDS", "300")
+    dify_keep_alive: bool | None = variable("DIFY_KEEP_ALIVE", "false")
     dify_ca_file: ExistingFile | None = variable("DIFY_CA_FILE", "/etc/ssl/private-ca.pem")
     # -- outputs
     output_parquet_url: StorageUrl | None = variable(

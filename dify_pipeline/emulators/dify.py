@@ -106,9 +106,14 @@ class DifyEmulatorConfig(BaseModel):
     rate_limit_retry_after: float | None = None
     concurrency_limit_status: Literal[400, 429] = 400  # real Dify answers 400; its spec documents 429
     # gunicorn's gevent worker `--worker-connections` (the official image: 10): connections accepted at a time;
-    # the rest wait unaccepted in the listen backlog. None accepts every connection.
-    server_worker_connections: int | None = Field(default=None, ge=1)
+    # the rest wait unaccepted in the listen backlog. None accepts every connection (no real server does).
+    server_worker_connections: int | None = Field(default=10, ge=1)
     server_keep_alive_seconds: float = Field(default=2.0, gt=0)  # gunicorn's `--keep-alive` default
+    # gunicorn keeps a streamed (chunked, "Connection: keep-alive") answer's connection open like any other.
+    # Seen from Dify, streams did free their connection: the chunked end follows the final event in a later
+    # write (STREAM_END_GAP), so a client that stops at the final event leaves it unread and its HTTP library
+    # (aiohttp) closes the connection. True makes the emulator close it whatever the client does.
+    close_connection_after_stream: bool = False
     # Dify's SQLAlchemy pool: each request holds a connection until its answer ends (a stream: its last event).
     # Beyond SQLALCHEMY_POOL_SIZE + SQLALCHEMY_MAX_OVERFLOW (30 + 10 in the image) a request waits up to
     # SQLALCHEMY_POOL_TIMEOUT (30 s) for one, then answers 500 without a run. None: a pool that never runs out.
@@ -150,8 +155,11 @@ GATEWAY_PAGES = {
 # The emulated app's graph: node id -> (node type, title). The LLM node is where a run spends its latency.
 WORKFLOW_NODES = {"start": ("start", "Start"), "llm": ("llm", "Enrich ticket"), "end": ("end", "End")}
 PUBLISHED_VERSION = "2026-01-01 00:00:00.000000"  # a published workflow's `version`: when it was published
+# After a stream's final event, Dify's generator waits on its queue for the end marker, then gunicorn writes the
+# chunked end: a separate, later write. A client returning at the final event has not read it yet.
+STREAM_END_GAP = 0.005
 _TRANSPORT = "dify_emulator.transport"  # scope key: the connection's transport, for faults that cut it
-_EXCHANGE = "dify_emulator.exchange"  # scope key: what the handler tells the connection layer (run, streamed)
+_EXCHANGE = "dify_emulator.exchange"  # scope key: the run a request started, for the connection layer
 
 
 class DifyError(Exception):
@@ -351,15 +359,16 @@ class _Run:
 class _ConnectionAwareStarlette(Starlette):
     """Starlette that behaves on the connection as Dify's gunicorn worker does.
 
-    It keeps each connection's transport in the scope (so a fault can cut it); reads a request whose client
-    already left from what arrived on the socket, as gevent does with a connection accepted late from the
-    backlog (uvicorn would only report the disconnect); closes the connection after a streamed answer; and
-    reports each run's answer as delivered or abandoned to `on_exchange_done`.
+    It keeps each connection's transport in the scope (so a fault can cut it), closes the connection after a
+    streamed answer when `closes_streams()` says so, and reports each run's answer as delivered or abandoned to `on_exchange_done`. A request
+    whose client left while it waited in the backlog is read and run like any other: uvicorn parses the bytes
+    that arrived before it sees the end of the connection, as gevent does.
     """
 
-    def __init__(self, *args, accept_gate: AcceptGate, on_exchange_done: Callable[[dict, bool], None], **kwargs):
+    def __init__(self, *args, accept_gate: AcceptGate, on_exchange_done: Callable[[dict, bool], None],
+                 closes_streams: Callable[[], bool], **kwargs):
         super().__init__(*args, **kwargs)
-        self.accept_gate, self._on_exchange_done = accept_gate, on_exchange_done
+        self.accept_gate, self._on_exchange_done, self._closes_streams = accept_gate, on_exchange_done, closes_streams
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -367,29 +376,21 @@ class _ConnectionAwareStarlette(Starlette):
             return
         cycle = getattr(send, "__self__", None)  # uvicorn's `send` is a method of the cycle owning the transport
         transport = scope[_TRANSPORT] = getattr(cycle, "transport", None)
-        exchange = scope[_EXCHANGE] = {"run": None, "streamed": False}
-        await super().__call__(scope, _receive_left_request(cycle, receive), send)
+        exchange = scope[_EXCHANGE] = {"run": None}
+        streamed = False
+
+        async def noting_send(message: dict) -> None:
+            nonlocal streamed
+            if message["type"] == "http.response.start":
+                streamed = any(name == b"content-type" and value.startswith(b"text/event-stream")
+                               for name, value in message.get("headers", []))
+            await send(message)
+
+        await super().__call__(scope, receive, noting_send)
         if cycle is not None and hasattr(cycle, "response_complete"):
             self._on_exchange_done(exchange, cycle.response_complete and not cycle.disconnected)
-        if exchange["streamed"] and transport is not None and not transport.is_closing():
-            transport.close()  # after the final event, as observed from Dify: waiting connections get their turn
-
-
-def _receive_left_request(cycle, receive):
-    """`receive`, except that a request fully received before its client left is still handed to the app."""
-    handed = False
-
-    async def receive_request() -> dict:
-        nonlocal handed
-        if not handed and getattr(cycle, "disconnected", False) and getattr(cycle, "more_body", True) is False:
-            handed = True
-            return {"type": "http.request", "body": bytes(cycle.body), "more_body": False}
-        message = await receive()
-        if message["type"] == "http.request" and not message.get("more_body"):
-            handed = True
-        return message
-
-    return receive_request
+        if streamed and self._closes_streams() and transport is not None and not transport.is_closing():
+            transport.close()
 
 
 async def _cut_connection(request: Request) -> None:
@@ -452,6 +453,7 @@ class DifyEmulator:
         self.app: Starlette = _ConnectionAwareStarlette(
             routes=routes, exception_handlers={404: self._not_found, 405: self._method_not_allowed},
             accept_gate=self._gate, on_exchange_done=self._exchange_done,
+            closes_streams=lambda: self._config.close_connection_after_stream,
         )
 
     # ---- control -------------------------------------------------------------------------------------
@@ -637,6 +639,13 @@ class DifyEmulator:
         return DifyError(405, "method_not_allowed", "The method is not allowed for the requested URL.").response()
 
     def _authenticate(self, request: Request) -> DifyApp:
+        try:
+            return self._app_of_key(request)
+        except DifyError as error:  # Dify's handler adds the challenge to every 401
+            error.headers["WWW-Authenticate"] = 'Bearer realm="api"'
+            raise
+
+    def _app_of_key(self, request: Request) -> DifyApp:
         header = request.headers.get("Authorization")
         if header is None or " " not in header.strip():
             raise DifyError(401, "unauthorized", "Authorization header must be provided and start with 'Bearer'")
@@ -698,7 +707,6 @@ class DifyEmulator:
         record["workflow_run_id"] = run.id
         request.scope[_EXCHANGE]["run"] = run
         if streaming:
-            request.scope[_EXCHANGE]["streamed"] = True
             frames = self._workflow_frames if endpoint_mode == "workflow" else self._completion_frames
             return _event_stream(frames(run, request))
         return await (self._workflow_blocking(run) if endpoint_mode == "workflow" else self._completion_blocking(run))
@@ -847,6 +855,7 @@ class DifyEmulator:
         finished = {"event": "workflow_finished", **run.ids, "data": {
             **run.finished_data(), "created_by": end_user, "exceptions_count": 0, "files": []}}
         yield _truncated_sse(finished) if run.fault == "malformed_json" else _sse(finished)
+        await asyncio.sleep(STREAM_END_GAP)
 
     @staticmethod
     def _node(run: _Run, node_id: str) -> dict:
@@ -940,6 +949,7 @@ class DifyEmulator:
                 return
         end = {"event": "message_end", **ids, "id": run.message_id, "metadata": {"usage": run.usage}}
         yield _truncated_sse(end) if run.fault == "malformed_json" else _sse(end)
+        await asyncio.sleep(STREAM_END_GAP)
 
     # ---- app description -----------------------------------------------------------------------------
 

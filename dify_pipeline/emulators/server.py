@@ -79,7 +79,11 @@ class AcceptGate:
                         await asyncio.wait_for(self._slot_freed.wait(), 0.05)
                     except TimeoutError:
                         pass
-                connection, _ = await loop.sock_accept(listener)
+                try:
+                    connection, _ = await loop.sock_accept(listener)
+                except OSError:  # e.g. out of file descriptors, or a connection reset before accept: go on
+                    await asyncio.sleep(0.01)
+                    continue
                 with self._lock:
                     self.open += 1
                     self.accepted += 1

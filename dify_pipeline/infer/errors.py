@@ -103,7 +103,7 @@ def classify_http_error(status: int, body: str, retry_after_header: str | None =
 
 
 def classify_failed_run(error: str | None, status: str = "failed") -> DifyCallError:
-    """A 200 answer whose run did not succeed: provider throttling is retried, a maybe-passing error once, the rest not."""
+    """A 200 whose run did not succeed: provider throttling is retried, a maybe-passing error once, the rest not."""
     text = (error or f"run ended with status {status!r}").strip()
     code, text = f"run_{status.replace('-', '_')}", text[:500]
     if _PROVIDER_THROTTLED.search(text):

@@ -7,11 +7,15 @@ concurrency limit *and* can pause everyone, and the pace must hold across pauses
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
 
 
 MAX_PATIENCE = 64
+# The server counts arrivals, not our starts: network delays that vary by up to this much cannot squeeze more
+# than the limit into its 60 s (it costs 1/61 of the rate).
+WINDOW_MARGIN_SECONDS = 1.0
 
 
 class RequestGate:
@@ -22,7 +26,9 @@ class RequestGate:
       `limit × patience` successes in a row, up to `max_concurrency`, so we find the limit again when the
       server frees up. A throttle doubles `patience` (a probe that failed is not repeated at once: each
       costs a rejected attempt), a probe that holds halves it;
-    - starts are paced `60 / requests_per_minute` seconds apart, so no 60 s window holds more than the limit;
+    - starts are paced `60 / requests_per_minute` seconds apart, and no `60 + WINDOW_MARGIN_SECONDS` window of
+      actual starts holds more than the limit (a late timer must not let the next starts catch up), so no 60 s
+      window at the server holds more either;
     - `pause(seconds)` holds every new start until the cool-down ends (Retry-After, gateway 429s).
     """
 
@@ -40,6 +46,7 @@ class RequestGate:
         self.limit = max_concurrency
         self.adaptive = adaptive
         self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
+        self._recent_starts: collections.deque[float] = collections.deque(maxlen=int(requests_per_minute or 0))
         self._clock = clock
         self._sleep = sleep
         self._active = 0
@@ -78,15 +85,25 @@ class RequestGate:
             if now < self._paused_until:
                 await self._sleep(self._paused_until - now)
                 continue
-            start = max(now, self._next_start)
+            start = max(now, self._next_start, self._window_opens())
             if start > now:
                 self._next_start = start + self.interval  # reserve the slot before sleeping: waiters queue up
                 await self._sleep(start - now)
                 if self._clock() < self._paused_until:  # a pause began while we waited: do not send
                     continue
+                if self._clock() < self._window_opens():  # others took the window's last starts meanwhile
+                    continue
             else:
                 self._next_start = now + self.interval
+            if self._recent_starts.maxlen:
+                self._recent_starts.append(self._clock())
             return
+
+    def _window_opens(self) -> float:
+        """When the window of the last `requests_per_minute` actual starts lets one more in."""
+        if not self._recent_starts.maxlen or len(self._recent_starts) < self._recent_starts.maxlen:
+            return 0.0
+        return self._recent_starts[0] + 60.0 + WINDOW_MARGIN_SECONDS
 
     async def release(self, throttled: bool = False, succeeded: bool = False) -> None:
         if self.adaptive:

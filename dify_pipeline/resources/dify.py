@@ -62,9 +62,12 @@ class DifyResult:
 
 
 THROTTLED_ATTEMPTS_FACTOR = 4
-# How long a run that may exist is looked for before the record is sent again: at least this, or twice as
-# long as its request waited (a request that waited in the server's backlog may still be accepted and run).
+# How long a run that may exist is looked for before the record is sent again. A request that timed out may
+# still wait unaccepted in the server's backlog: at least 5 s, or twice as long as it waited. Any other unknown
+# outcome (cut body, dropped connection, gateway 502/504) was read by the server, so its run, if any, is
+# listed within moments.
 LOOKUP_PATIENCE_SECONDS = 5.0
+LOOKUP_PATIENCE_AFTER_AN_ANSWER = 1.5
 SUSTAINED_TROUBLE = 5  # answers in a row that are 429/5xx/timeouts: the server is in trouble, pause everyone
 
 
@@ -79,6 +82,7 @@ class _Counters:
     throttled: int = 0
     recovered_runs: int = 0
     resumed_runs: int = 0
+    failed_runs: int = 0  # runs that ended `status: failed`: executed, so paid for, with nothing to show
     lookups: int = 0  # GET /workflows/logs and /workflows/run/{id} calls made to find a run again
     fatal: DifyCallError | None = None
     stop_reason: str | None = None  # why the day stopped early (breaker, outage), for DifyFatalError
@@ -101,7 +105,9 @@ class DifyResource(dg.ConfigurableResource):
     api_key: str = Field(description="The app's API key (from the DIFY_API_KEY environment variable).")
     app_mode: Literal["workflow", "completion"] = "workflow"
     response_mode: Literal["blocking", "streaming"] = "blocking"
-    user: str = Field(default="dify-pipeline", description="Dify end-user identifier sent with every run.")
+    user: str = Field(default="dify-pipeline", description=(
+        "Prefix of the Dify end user sent with each run: `<user>:<record>` for workflow apps, so a run can be "
+        "found again; completion apps send it as is."))
     max_concurrency: int = Field(default=16, ge=1, le=1000)
     requests_per_minute: int | None = Field(default=None, ge=1, description="Pace of new runs; unlimited when unset.")
     adaptive_concurrency: bool = Field(default=True, description="Lower concurrency when the server throttles.")
@@ -197,6 +203,7 @@ class DifyResource(dg.ConfigurableResource):
             "recovered_runs": counters.recovered_runs,
             "resumed_runs": counters.resumed_runs,
             "lookups": counters.lookups,
+            "failed_runs": counters.failed_runs,
         }
 
     async def _run_all(self, requests, on_result, journal, log) -> _Counters:
@@ -224,8 +231,8 @@ class DifyResource(dg.ConfigurableResource):
                         counters.finished.append(time.monotonic())
                         on_result(result)
 
-            # More workers than slots: a worker sleeping out a backoff must not idle a slot.
-            workers = min(queue.qsize(), self.max_concurrency * 2)
+            # More workers than slots: a worker sleeping out a backoff or looking a run up must not idle a slot.
+            workers = min(queue.qsize(), self.max_concurrency * 4)
             watch = asyncio.create_task(self._watch_outage(counters, log))
             try:
                 await asyncio.gather(*(worker() for _ in range(workers)))
@@ -270,6 +277,8 @@ class DifyResource(dg.ConfigurableResource):
             if counters.stop.is_set():
                 return None  # left for the next materialization
             attempts += 1
+            if journal is not None:  # written down before it leaves (a crash right after still finds it), and
+                await journal.sending(request.record_key, self._user(request))  # before taking a slot: no idle slot
             await gate.acquire()
             if counters.stop.is_set():  # stopped while we waited for a slot or a pause: send nothing more
                 await gate.release()
@@ -277,8 +286,6 @@ class DifyResource(dg.ConfigurableResource):
             error: DifyCallError | None = None
             started = time.perf_counter()  # latency of this attempt: the server's time, not our queueing
             try:
-                if journal is not None:  # written down before it leaves: a crash right after still finds it
-                    await journal.sending(request.record_key, self._user(request))
                 counters.http_attempts += 1
                 result = await self._call_once(client, request, counters, journal)
             except DifyCallError as call_error:
@@ -289,11 +296,13 @@ class DifyResource(dg.ConfigurableResource):
             unknown = error is not None and error.outcome_unknown
             # A timeout says we asked for more than the server serves: lower the limit as a throttle would.
             slow = error is not None and (error.throttled or error.code == "timeout")
+            if not slow:  # only a timed-out request may still hold a place on the server: keep its slot
+                await gate.release(throttled=False, succeeded=error is None)
             try:
                 if unknown and self.app_mode == "workflow":
-                    # The run may exist (finished, running, or waiting in the server's backlog): find it, still
-                    # holding the slot, since the request may still hold a place on the server.
-                    patience = max(LOOKUP_PATIENCE_SECONDS, 2 * (time.perf_counter() - started))
+                    # The run may exist (finished, running, or waiting in the server's backlog): find it.
+                    patience = (max(LOOKUP_PATIENCE_SECONDS, 2 * (time.perf_counter() - started)) if slow
+                                else LOOKUP_PATIENCE_AFTER_AN_ANSWER)
                     found = await self._find_run(client, counters, request, error.run_id, patience)
                     if isinstance(found, DifyResult):
                         counters.recovered_runs += 1
@@ -302,7 +311,8 @@ class DifyResource(dg.ConfigurableResource):
                     elif isinstance(found, DifyCallError):
                         error = found  # it ran and failed: a paid attempt, judged as such
             finally:
-                await gate.release(throttled=slow, succeeded=error is None and not unknown)
+                if slow:
+                    await gate.release(throttled=True)
             if error is None or not error.server_trouble:  # the server answered about the record itself
                 counters.consecutive_trouble, counters.trouble_since = 0, None
             if error is None:
@@ -310,6 +320,8 @@ class DifyResource(dg.ConfigurableResource):
                 result.attempts = attempts
                 result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
                 return result
+            if error.code.startswith("run_"):
+                counters.failed_runs += 1
             if error.fatal:
                 counters.fatal = counters.fatal or error
                 counters.stop.set()
@@ -404,12 +416,14 @@ class DifyResource(dg.ConfigurableResource):
         usage = (body.get("metadata") or {}).get("usage") or {}
         return _completion_result(record_key, body.get("message_id") or body.get("id"), body.get("answer"), usage)
 
-    async def _call_streaming(self, client: aiohttp.ClientSession, request: DifyRequest, counters, journal) -> DifyResult:
+    async def _call_streaming(self, client: aiohttp.ClientSession, request: DifyRequest, counters,
+                              journal) -> DifyResult:
         run_id: str | None = None
         answer: list[str] = []
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=self.stream_idle_timeout_seconds)
         try:
-            async with client.post(self._url(self._endpoint()), json=self._payload(request), timeout=timeout) as response:
+            url = self._url(self._endpoint())
+            async with client.post(url, json=self._payload(request), timeout=timeout) as response:
                 if response.status != 200:
                     text = await response.text()
                     raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
@@ -482,7 +496,8 @@ class DifyResource(dg.ConfigurableResource):
         """(id of the user's best run, or None; its failure when every run failed). Newest first: succeeded
         beats running beats failed."""
         query = aiohttp.helpers.quote(user, safe="")
-        body = await self._get_json(client, counters, f"/workflows/logs?created_by_end_user_session_id={query}&limit=20")
+        path = f"/workflows/logs?created_by_end_user_session_id={query}&limit=20"
+        body = await self._get_json(client, counters, path)
         runs = [item.get("workflow_run") or {} for item in body.get("data") or []]
         for wanted in (("succeeded",), ("running", "paused")):
             for run in runs:

@@ -210,9 +210,10 @@ def test_an_app_whose_every_run_fails_stops_the_day_after_few_paid_runs(dify_emu
 
 def test_a_failed_run_blaming_the_sandbox_connection_is_retried_at_most_once(dify_emulator):
     configure(dify_emulator, faults=[Fault(kind="failed_run_sandbox", match="ticket 0:")])
-    results, _ = run(client(dify_emulator), requests_for(3))
+    results, counters = run(client(dify_emulator), requests_for(3))
     assert results["ticket-0"].error_code == "run_failed" and results["ticket-0"].attempts <= 2
     assert dify_emulator.stats()["paid_runs"] <= 4
+    assert counters["failed_runs"] == dify_emulator.stats()["failed_runs"]  # paid for: counted
 
 
 def test_a_breaker_ignores_a_few_failures_among_many_successes(dify_emulator):

@@ -1,0 +1,51 @@
+"""The attempt journal: committed before a request leaves, read back by the next run, forgotten once answered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import sqlalchemy as sa
+
+from dify_pipeline.resources.run_journal import RunJournal
+
+
+def test_an_attempt_is_committed_when_sending_returns_and_seen_by_another_connection(tmp_path):
+    url = f"sqlite:///{tmp_path / 'journal.sqlite'}"
+    journal = RunJournal.open(url)
+    asyncio.run(journal.sending("k1", "dify-pipeline:k1"))
+    other = sa.create_engine(url)  # as the next process would read it after a kill -9
+    with other.connect() as connection:
+        assert connection.execute(sa.text("SELECT user FROM dify_attempts WHERE cache_key='k1'")).scalar() == (
+            "dify-pipeline:k1")
+    other.dispose()
+    journal.close()
+
+
+def test_attempts_started_together_share_commits_and_each_waits_for_its_own(tmp_path):
+    journal = RunJournal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    commits = []
+    original = journal._commit
+    journal._commit = lambda batch: (commits.append(len(batch)), original(batch))
+
+    async def many():
+        await asyncio.gather(*(journal.sending(f"k{i}", f"u{i}") for i in range(50)))
+
+    asyncio.run(many())
+    assert sum(commits) == 50 and len(commits) < 50
+    assert set(journal.pending(f"k{i}" for i in range(60))) == {f"k{i}" for i in range(50)}
+    journal.close()
+
+
+def test_a_run_id_announced_later_is_kept_and_forget_drops_the_attempt(tmp_path):
+    journal = RunJournal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+
+    async def attempt():
+        await journal.sending("k", "u")
+        await journal.run_started("k", "run-1")
+
+    asyncio.run(attempt())
+    (entry,) = journal.pending(["k"]).values()
+    assert (entry.user, entry.run_id) == ("u", "run-1")
+    journal.forget(["k"])
+    assert journal.pending(["k"]) == {}
+    journal.close()
