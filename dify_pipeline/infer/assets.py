@@ -219,6 +219,39 @@ def enriched_tickets(
     yield dg.AssetMaterialization(asset_key=context.asset_key, partition=context.partition_key, metadata=metadata)
     yield from check_results
 
+def _judge(plans: list[RecordPlan], cache: ResultCacheSession, uncached: dict[str, Outcome], sent_keys: set[str],
+           categories) -> dict[str, Outcome]:
+    """The outcome of each distinct input of a shard: refused inputs, this run's uncached failures, and every
+    stored answer judged against `categories` now (a contract failure stored earlier is judged again, free)."""
+    outcomes: dict[str, Outcome] = {}
+    stored = cache.lookup(p.cache_key for p in plans if not p.input_problem and p.cache_key not in uncached)
+    for plan in plans:
+        key = plan.cache_key
+        if key in outcomes:
+            continue
+        if plan.input_problem:
+            outcomes[key] = refused_inputs_outcome(plan)
+        elif key in uncached:
+            outcomes[key] = uncached[key]
+        elif key in stored:
+            outcomes[key] = _from_cache(stored[key], categories, from_cache=key not in sent_keys)
+        else:  # the run stopped before it was answered
+            outcomes[key] = Outcome(False, error_code="not_answered", error_message="not answered by this run")
+    return outcomes
+
+
+def _token_prices(settings: PipelineSettings) -> TokenPrices | None:
+    if settings.price_per_1k_input_tokens is None and settings.price_per_1k_output_tokens is None:
+        return None
+    return TokenPrices(settings.price_per_1k_input_tokens or 0.0, settings.price_per_1k_output_tokens or 0.0,
+                       settings.price_currency)
+
+
+def _masker(settings: PipelineSettings):
+    """Masks personal data in the error messages shown as failure samples (they may echo an answer)."""
+    masker = PiiMasker(extra_patterns=settings.extra_pii_patterns)
+    return lambda text: masker.mask(text)[0]
+
 
 def _from_call(result: DifyResult, categories) -> Outcome:
     call = dict(attempts=result.attempts, latency_ms=result.latency_ms, total_tokens=result.total_tokens,
