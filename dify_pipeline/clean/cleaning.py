@@ -114,12 +114,14 @@ class _PiiTally:
         return len(kinds)
 
 
-def _check_columns(raw: pd.DataFrame, config: CleaningConfig) -> None:
+def check_columns(columns: Sequence[str], config: CleaningConfig) -> None:
+    """Raw tickets with these `columns` hold every configured column and none of those cleaning adds."""
+    columns = list(columns)
     needed = [config.key_column, config.timestamp_column, config.updated_at_column, *config.text_columns]
-    missing = [column for column in needed if column not in raw.columns]
+    missing = [column for column in needed if column not in columns]
     if missing:
-        raise ValueError(f"raw tickets lack the configured columns {missing}; they have {list(raw.columns)}")
-    clashing = [column for column in ADDED_COLUMNS if column in raw.columns]
+        raise ValueError(f"raw tickets lack the configured columns {missing}; they have {columns}")
+    clashing = [column for column in ADDED_COLUMNS if column in columns]
     if clashing:
         raise ValueError(f"raw tickets already have columns that cleaning adds: {clashing}")
 
@@ -356,7 +358,7 @@ def clean_tickets(raw: pd.DataFrame, config: CleaningConfig, chunk_rows: int | N
     The same rules as the step's, which plans the day (`plan_day`) and cleans it a chunk at a time
     (`ChunkCleaner`); `chunk_rows` cuts `raw` the same way (the result does not depend on it).
     """
-    _check_columns(raw, config)
+    check_columns(raw.columns, config)
     rows = raw.reset_index(drop=True)
     size = chunk_rows or max(len(rows), 1)
     chunks = [rows.iloc[start : start + size] for start in range(0, len(rows), size)] or [rows]
