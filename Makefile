@@ -45,7 +45,7 @@ test-minimum:
 	$(PYTHON) -m venv $(MINIMUM_VENV)
 	$(MINIMUM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MINIMUM_VENV)/bin/python -m pip install --quiet -c $(MINIMUM) -e '.[test,mysql]'
-	$(MINIMUM_VENV)/bin/python -m pytest
+	OVERLAPPING_RUN_ROUNDS=3 $(MINIMUM_VENV)/bin/python -m pytest
 
 # The runtime requirements alone, unconstrained, in a fresh virtualenv: they resolve next to the newest dagster
 # 1.13 release and the code location loads without any extra. Unpinned on purpose: it fails when a new release

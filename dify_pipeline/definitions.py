@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dify_pipeline.checks import publish_checks
+from dify_pipeline.checks import build_freshness_checks, publish_checks
 from dify_pipeline.clean.assets import clean_tickets
 from dify_pipeline.environment import PipelineEnvironment, read_environment
 from dify_pipeline.extract.assets import raw_tickets
@@ -94,11 +94,14 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
     Raises ConfigurationError, naming every variable to fix, when the environment cannot run the pipeline.
     """
     environment = read_environment()
+    freshness_checks, freshness_sensor = build_freshness_checks(environment.published_by_hour,
+                                                                environment.pipeline_timezone)
     return dg.Definitions(
         assets=[raw_tickets, clean_tickets, ticket_shards, enriched_tickets, tickets_parquet, tickets_elasticsearch],
-        asset_checks=[*publish_checks, enriched_day_checks],
+        asset_checks=[*publish_checks, enriched_day_checks, *freshness_checks],
         jobs=[daily_enrichment_job],
         schedules=[daily_schedule],
+        sensors=[freshness_sensor],
         resources={**build_resources(environment), **resource_overrides},
         executor=step_processes,
     )

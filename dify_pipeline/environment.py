@@ -178,6 +178,7 @@ class PipelineEnvironment(BaseModel):
         "PIPELINE_START_DATE", "2026-01-01", "2026-01-01")
     schedule_hour: int = variable("SCHEDULE_HOUR", "2", 2, ge=0, le=23)
     schedule_minute: int = variable("SCHEDULE_MINUTE", "0", 0, ge=0, le=59)
+    published_by_hour: int = variable("PUBLISHED_BY_HOUR", "8", 8, ge=1, le=23)
     # -- Dify
     dify_base_url: Annotated[str, AfterValidator(_dify_api_url)] | None = variable(
         "DIFY_BASE_URL", "https://api.dify.ai/v1", required=True)
@@ -264,6 +265,10 @@ def _missing(environment: PipelineEnvironment | None, present: Mapping[str, str]
 
 def _inconsistencies(environment: PipelineEnvironment) -> list[str]:
     problems = []
+    if environment.published_by_hour <= environment.schedule_hour:
+        problems.append(f"PUBLISHED_BY_HOUR={environment.published_by_hour} is not after SCHEDULE_HOUR="
+                        f"{environment.schedule_hour}: yesterday would be due before its run starts; "
+                        f"e.g. PUBLISHED_BY_HOUR={min(environment.schedule_hour + 6, 23)}")
     if bool(environment.aws_access_key_id) != bool(environment.aws_secret_access_key):
         problems.append("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together: set both, or neither "
                         "(then a profile or an instance role gives the credentials)")

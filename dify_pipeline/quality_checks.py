@@ -6,6 +6,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dify_pipeline.partitions import daily_partitions
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import RECORD_KEY
 from dify_pipeline.settings import PipelineSettings
@@ -14,12 +15,13 @@ from dify_pipeline.stages import day_file, day_folder
 
 @dg.multi_asset_check(
     specs=[
-        dg.AssetCheckSpec("enriched_reconciles_with_clean", asset="enriched_tickets", additional_deps=["clean_tickets"],
-                          blocking=True, description="One enriched row per clean record: none lost, none added."),
+        dg.AssetCheckSpec("enriched_reconciles_with_clean", asset="enriched_tickets", partitions_def=daily_partitions,
+                          additional_deps=["clean_tickets"], blocking=True,
+                          description="One enriched row per clean record: none lost, none added."),
         dg.AssetCheckSpec("unique_record_keys", asset="enriched_tickets", blocking=True,
-                          description="No record key appears twice in the day."),
+                          partitions_def=daily_partitions, description="No record key appears twice in the day."),
         dg.AssetCheckSpec("categories_allowed", asset="enriched_tickets", blocking=True,
-                          description="Every category is one of settings.categories."),
+                          partitions_def=daily_partitions, description="Every category is one of settings.categories."),
     ],
 )
 def enriched_day_checks(context: dg.AssetCheckExecutionContext, stage_storage: ObjectStorage, settings: PipelineSettings):

@@ -31,9 +31,10 @@ BATCH_ROWS = 16_384
                                  "text PII-masked, each with its reason code and a detail."),
     ],
     check_specs=[
-        dg.AssetCheckSpec("counts_reconcile", asset="clean_tickets", blocking=True,
+        dg.AssetCheckSpec("counts_reconcile", asset="clean_tickets", blocking=True, partitions_def=daily_partitions,
                           description="raw rows = clean + quarantined + duplicates removed"),
         dg.AssetCheckSpec("no_personal_data_outgoing", asset="clean_tickets", blocking=True,
+                          partitions_def=daily_partitions,
                           description="An independent detector finds no e-mail, phone, ID or card number in the "
                                       "columns the Dify inputs are mapped from; any find stops the day here."),
     ],
@@ -107,6 +108,7 @@ def clean_tickets(
         metadata={
             "raw_rows": plan.rows,
             "rows": cleaner.clean_rows,
+            "dagster/row_count": cleaner.clean_rows,
             "quarantined": cleaner.quarantined_rows,
             "duplicates_removed": counts["duplicates_removed"],
             "quarantine_reasons": dg.MetadataValue.json(counts["quarantine_reasons"]),
@@ -120,6 +122,7 @@ def clean_tickets(
         asset_key="quarantined_tickets",
         metadata={
             "rows": cleaner.quarantined_rows,
+            "dagster/row_count": cleaner.quarantined_rows,
             "raw_rows": plan.rows,
             "quarantine_reasons": dg.MetadataValue.json(counts["quarantine_reasons"]),
             "path": dg.MetadataValue.path(stage_storage.uri(quarantine_path)),

@@ -16,7 +16,7 @@ EVERY_ROW_HAS_A_DAY = "every_source_row_has_a_day"
 @dg.asset(
     partitions_def=daily_partitions, group_name="tickets", kinds={"sql", "parquet"},
     check_specs=[dg.AssetCheckSpec(
-        EVERY_ROW_HAS_A_DAY, asset="raw_tickets",
+        EVERY_ROW_HAS_A_DAY, asset="raw_tickets", partitions_def=daily_partitions,
         description="No row of the source table lacks the timestamp that decides its day (such rows are never exported).",
     )],
 )
@@ -39,6 +39,7 @@ def raw_tickets(
     return dg.MaterializeResult(
         metadata={
             "rows": dg.MetadataValue.int(rows),
+            "dagster/row_count": dg.MetadataValue.int(rows),
             "window_start": window_start.isoformat(),
             "window_end": window_end.isoformat(),
             "source": f"{source_database.safe_url()} table {source_database.table}",

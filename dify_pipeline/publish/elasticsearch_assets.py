@@ -112,6 +112,7 @@ def _load_day(context, sink, lease: DayLease, stage_storage: ObjectStorage, sett
 def _load_metadata(outcome: BulkOutcome, sink, physical: str) -> dict:
     return {
         "rows": outcome.indexed,
+        "dagster/row_count": outcome.indexed,
         "rejected": sum(outcome.rejected.values()),
         "rejected_by_type": dg.MetadataValue.json(dict(outcome.rejected)),
         "not_accepted_after_retries": sum(outcome.unavailable.values()),

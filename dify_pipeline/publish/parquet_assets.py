@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from dify_pipeline.funnel import funnel_table, recorded_counts
 from dify_pipeline.partitions import daily_partitions
 from dify_pipeline.resources.storage import DAY_FILE_NAME, PARQUET_WRITE_OPTIONS, ObjectStorage
 from dify_pipeline.schemas import conform, published_schema
@@ -41,6 +42,8 @@ def tickets_parquet(
     return dg.MaterializeResult(
         metadata={
             "rows": rows,
+            "dagster/row_count": rows,
+            "funnel": funnel_table(recorded_counts(context.instance, day), published=rows),
             "row_groups": footer.num_row_groups,
             "bytes": parquet_output.filesystem().size(path),
             "compression": PARQUET_WRITE_OPTIONS["compression"],

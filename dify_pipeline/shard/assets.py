@@ -57,6 +57,7 @@ def ticket_shards(
     return dg.MaterializeResult(
         metadata={
             "rows": len(shards),
+            "dagster/row_count": len(shards),
             "shards": len(sizes),
             "largest_shard_rows": max(sizes, default=0),
             "max_shard_rows": settings.max_shard_rows,

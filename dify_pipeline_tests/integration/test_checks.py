@@ -3,18 +3,23 @@ materialization, and a bad day fails them before anything is published."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date
 
 import dagster as dg
 import pyarrow as pa
 import sqlalchemy as sa
+from dagster._core.loader import LoadingContextForTest
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as RecordStatus
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus as Status
 
 from dify_pipeline.definitions import build_definitions
 from dify_pipeline.demo.sample_data import generate_tickets, insert_tickets
+from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
 from dify_pipeline.quality_checks import enriched_day_checks
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.stages import day_folder
-from dify_pipeline_tests.integration.pipeline import DAY, check_results, materialization_metadata, run_day
+from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY, check_results, materialization_metadata, run_day
 
 ENRICHED_CHECKS = {"enriched_reconciles_with_clean", "unique_record_keys", "categories_allowed"}
 
@@ -33,6 +38,61 @@ def evaluations(result) -> dict[str, tuple[bool, int | None, dict]]:
 
 def materialized(result) -> set[str]:
     return {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+
+
+def recorded_checks(instance, run_id: str) -> dict[str, tuple[Status, str | None, str | None]]:
+    """check name → (status as the UI resolves it, partition of the record, partition of its evaluation), for
+    every check of the code location that `run_id` planned, read back from the instance's storage."""
+    context = LoadingContextForTest(instance)
+    found = {}
+    for key in build_definitions().resolve_asset_graph().asset_check_keys:
+        for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=20):
+            if record.run_id == run_id and key.name not in found:  # the newest record of the run
+                evaluation = record.evaluation if record.status != RecordStatus.PLANNED else None
+                found[key.name] = (asyncio.run(record.resolve_status(context)), record.partition,
+                                   evaluation.partition if evaluation else None)
+    return found
+
+
+def test_every_check_result_carries_its_day(pipeline_env, source_tickets, dagster_instance, dify_emulator):
+    result = run_day(dagster_instance)
+    assert result.success
+    recorded = recorded_checks(dagster_instance, result.run_id)
+    # All the checks but the freshness checks, which judge the deployment now, not a day, and run from a sensor.
+    assert set(recorded) == {key.name for key in build_definitions().resolve_asset_graph().asset_check_keys} - {
+        "freshness_check"}
+    # The partition is stored with each result: the Checks tab, the partition page and the plots show the day.
+    assert {name: status for name, (status, _, _) in recorded.items()} == dict.fromkeys(recorded, Status.SUCCEEDED)
+    assert {name: (record, evaluated) for name, (_, record, evaluated) in recorded.items()} == \
+        dict.fromkeys(recorded, (DAY, DAY))
+
+
+def test_a_blocked_day_skips_the_checks_after_it_and_is_not_published(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
+    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5,
+                                               faults=[Fault(kind="failed_run", match="退款")]))
+    blocked = run_day(dagster_instance)
+    recorded = recorded_checks(dagster_instance, blocked.run_id)
+    status = {name: resolved for name, (resolved, _, _) in recorded.items()}
+    assert status["failure_rate_below_threshold"] == Status.FAILED
+    assert recorded["failure_rate_below_threshold"][1:] == (DAY, DAY)
+    # What never ran because the day was stopped is skipped, not failed: the checks of the publishing steps.
+    assert status["parquet_matches_enriched"] == status["elasticsearch_matches_parquet"] == Status.SKIPPED
+    assert Status.EXECUTION_FAILED not in status.values()
+    # Visibly not published: neither output has the day, and the run says which check stopped it.
+    assert materialized(blocked) == {"raw_tickets", "clean_tickets", "ticket_shards", "enriched_tickets"}
+    for asset in ("tickets_parquet", "tickets_elasticsearch"):
+        latest = dagster_instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[DAY]), limit=1).records
+        assert not latest or latest[0].run_id != blocked.run_id
+    run = dagster_instance.get_run_by_id(blocked.run_id)
+    assert run.tags["dify_pipeline/blocked_by"] == "failure_rate_below_threshold"
+    # The failed check carries the rate and examples of what failed, and its description says why.
+    [evaluation] = [e.event_specific_data for e in blocked.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                    and e.event_specific_data.check_name == "failure_rate_below_threshold"]
+    assert evaluation.metadata["failure_rate"].value > 0.02
+    assert "not published" in evaluation.description
 
 
 def test_a_good_day_passes_every_check_attached_to_its_partition(pipeline_env, source_tickets, dagster_instance, dify_emulator):
