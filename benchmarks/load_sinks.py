@@ -15,7 +15,16 @@ process of its own (so its peak memory is its own):
 - elasticsearch, raw: the client's `parallel_bulk` (same threads, same chunk size) sending the same
   documents, already built in memory, to an empty index
 
+- bulk, ours: the step's own bulk path (`SearchSink.bulk_index` over the shard files, documents built by
+  `batch_documents`, `parallel_requests` workers of `streaming_bulk`) against a no-op sink
+- bulk, raw: the bare client's `parallel_bulk` (same threads and chunk size) fed from a generator that reads
+  the shard files and makes each row a document (`to_documents`), against the same sink
+
 S3 is moto's server and Elasticsearch the project's emulator, each in its own process: their CPU is not ours.
+The emulator is a single Python process that keeps every document and so measures mostly itself; the no-op
+sink speaks the bulk wire protocol (`GET /`, `POST /_bulk` NDJSON in, one item per action out, the product
+header the clients check) in `--sink-processes` pre-forked processes sharing one socket, keeps nothing, and
+reports its own CPU time: it is not the bottleneck when its cores stay below what the machine has.
 The bound is ours ≥ 0.80 × raw, in rows per second; each figure is the fastest of `--repeat` runs.
 """
 
@@ -212,13 +221,200 @@ def case_elasticsearch_raw(stage_url: str, es_url: str, index: str) -> dict:
     return {"rows": rows, "usage": {**usage.__dict__, "start_rss_mb": start_rss}, "bulk_seconds": bulk_seconds}
 
 
+def case_bulk_ours(stage_url: str, sink_url: str, index: str) -> dict:
+    """What tickets_elasticsearch does between ensuring the index and the counts: its bulk load, as the step
+    calls it (`_load_day`'s `documents_of` and `sink.bulk_index`)."""
+    from dify_pipeline.publish.documents import MAPPING_VERSION, batch_documents, index_mapping
+    from dify_pipeline.resources.search import SearchCluster
+    from dify_pipeline.resources.storage import ObjectStorage
+    from dify_pipeline.stages import day_folder
+
+    stage = ObjectStorage(url=stage_url)
+    mapped_fields = set(index_mapping(["subject", "body"], ["created_at", "updated_at"])["properties"])
+    physical = f"{index}-v{MAPPING_VERSION}"
+    start_rss = current_rss_mb()
+    with measured() as usage:
+        cluster = SearchCluster(url=sink_url, index=index, parallel_requests=PARALLEL_REQUESTS, chunk_size=CHUNK_SIZE)
+        with cluster.connect() as sink:
+            shard_paths = stage.list_files(day_folder(stage, "enriched_tickets", DAY))
+
+            def documents_of(shard_path: str):
+                for batch in stage.iter_parquet_batches(shard_path, sink.bulk_settings.chunk_size, use_threads=False):
+                    yield from batch_documents(batch, DAY, "ours", mapped_fields, physical)
+
+            outcome = sink.bulk_index(shard_paths, documents_of)
+    assert outcome.complete and not outcome.rejected, outcome
+    return {"rows": outcome.indexed, "usage": {**usage.__dict__, "start_rss_mb": start_rss}}
+
+
+def case_bulk_raw(stage_url: str, sink_url: str, index: str) -> dict:
+    """The bare client fed from a generator: shard files read one by one, each row a document."""
+    import pyarrow.parquet as pq
+    from elasticsearch import Elasticsearch, helpers
+
+    from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping, to_documents
+    from dify_pipeline.resources.storage import ObjectStorage
+    from dify_pipeline.stages import day_folder
+
+    stage = ObjectStorage(url=stage_url)
+    mapped_fields = set(index_mapping(["subject", "body"], ["created_at", "updated_at"])["properties"])
+    physical = f"{index}-v{MAPPING_VERSION}"
+    start_rss = current_rss_mb()
+    with measured() as usage:
+        client = Elasticsearch(sink_url, request_timeout=60)
+        paths = stage.list_files(day_folder(stage, "enriched_tickets", DAY))
+        documents = (document for path in paths
+                     for document in to_documents(pq.read_table(path).to_pylist(), DAY, "raw", mapped_fields, physical))
+        rows = sum(1 for ok, _ in helpers.parallel_bulk(client, documents, thread_count=PARALLEL_REQUESTS,
+                                                        chunk_size=CHUNK_SIZE, raise_on_error=True) if ok)
+        client.close()
+    return {"rows": rows, "usage": {**usage.__dict__, "start_rss_mb": start_rss}}
+
+
+# -- a no-op bulk sink: the wire protocol, nothing kept --------------------------------------------------
+
+
+def _sink_handler():
+    from http.server import BaseHTTPRequestHandler
+
+    import orjson
+
+    info = orjson.dumps({"name": "noop", "cluster_name": "noop", "cluster_uuid": "noop", "tagline": "You Know, for Search",
+                         "version": {"number": "9.1.0", "build_flavor": "default", "build_type": "docker",
+                                     "lucene_version": "10.2.2", "minimum_wire_compatibility_version": "8.19.0",
+                                     "minimum_index_compatibility_version": "8.0.0"}})
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def _answer(self, body: bytes, status: int = 200) -> None:
+            accept = self.headers.get("Accept", "")
+            self.send_response(status)
+            self.send_header("X-Elastic-Product", "Elasticsearch")
+            self.send_header("Content-Type", accept if "compatible-with" in accept else "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self._headers_buffer += [b"\r\n", body]  # one write: no small segment waiting for a delayed ACK
+            self.flush_headers()
+
+        def do_GET(self) -> None:
+            self._answer(info)
+
+        do_HEAD = do_GET
+
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if "_bulk" not in self.path:
+                self._answer(b'{"acknowledged":true}')
+                return
+            lines = body.split(b"\n")
+            items, position = [], 0
+            while position < len(lines):
+                if not lines[position]:
+                    position += 1
+                    continue
+                action = orjson.loads(lines[position])
+                [(kind, meta)] = action.items()
+                items.append({kind: {"_index": meta.get("_index"), "_id": meta.get("_id"), "status": 201,
+                                     "result": "created", "_version": 1}})
+                position += 1 if kind == "delete" else 2
+            self._answer(orjson.dumps({"took": 0, "errors": False, "items": items}))
+
+        do_PUT = do_POST
+
+    return Handler
+
+
+def _serve(sock, handler, cpu_file: str) -> None:
+    import resource
+    import signal
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(sock.getsockname(), handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+
+    def stop(*_):
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        with open(cpu_file, "a") as handle:
+            handle.write(f"{usage.ru_utime + usage.ru_stime}\n")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    server.serve_forever()
+
+
+class NoopSink:
+    """The no-op sink in `processes` pre-forked processes accepting on one loopback socket."""
+
+    def __init__(self, processes: int) -> None:
+        import multiprocessing
+
+        self.cpu_file = tempfile.mktemp(prefix="noop-sink-cpu-")
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        context = multiprocessing.get_context("fork")
+        self.workers = [context.Process(target=_serve, args=(self.sock, _sink_handler(), self.cpu_file), daemon=True)
+                        for _ in range(processes)]
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self) -> float:
+        """Stop the workers; returns their CPU seconds."""
+        for worker in self.workers:
+            worker.terminate()
+        for worker in self.workers:
+            worker.join(timeout=10)
+        self.sock.close()
+        try:
+            with open(self.cpu_file) as handle:
+                return sum(float(line) for line in handle if line.strip())
+        finally:
+            os.remove(self.cpu_file)
+
+
+def bulk(stage_url: str, rows: int, repeat: int, processes: int) -> bool:
+    results = {}
+    for name in ("bulk_raw", "bulk_ours"):
+        runs = []
+        for _ in range(repeat):
+            sink = NoopSink(processes)
+            try:
+                run = run_case(name, stage_url, sink.url, name)
+            finally:
+                sink_cpu = sink.stop()
+            run["sink_cpu_seconds"] = sink_cpu
+            runs.append(run)
+        results[name] = min(runs, key=lambda run: run["usage"]["wall_seconds"])
+    ours, raw = results["bulk_ours"], results["bulk_raw"]
+    passed = compare(f"bulk load, no-op sink ({processes} processes, {PARALLEL_REQUESTS} requests in flight)", rows,
+                     ours, raw)
+    for name, run in (("ours", ours), ("raw", raw)):
+        print(f"  {name}: the sink used {run['sink_cpu_seconds'] / run['usage']['wall_seconds']:.2f} cores "
+              f"(of {os.cpu_count()}), the client {run['usage']['cpu_seconds'] / run['usage']['wall_seconds']:.2f}",
+              flush=True)
+    return passed
+
+
 CASES = {name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")}
 
 
 def run_case(name: str, *args: str) -> dict:
     """Run one case in a fresh interpreter; returns what it printed (rows and usage)."""
-    output = subprocess.run([sys.executable, "-m", "benchmarks.load_sinks", "--case", name, *args],
-                            check=True, capture_output=True, text=True).stdout
+    done = subprocess.run([sys.executable, "-m", "benchmarks.load_sinks", "--case", name, *args],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"case {name} failed:\n{done.stderr[-3000:]}")
+    output = done.stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -249,7 +445,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each case; the fastest counts")
-    parser.add_argument("--sinks", choices=["both", "parquet", "elasticsearch"], default="both")
+    parser.add_argument("--sinks", choices=["both", "parquet", "elasticsearch", "bulk"], default="both",
+                        help="both: parquet and elasticsearch (emulator) and bulk (no-op sink)")
+    parser.add_argument("--sink-processes", type=int, default=2, help="processes of the no-op bulk sink")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -269,6 +467,8 @@ def main() -> int:
             results.append(parquet(stage_url, rows, args.repeat))
         if args.sinks in ("both", "elasticsearch"):
             results.append(elasticsearch(stage_url, rows, args.repeat))
+        if args.sinks in ("both", "bulk"):
+            results.append(bulk(stage_url, rows, args.repeat, args.sink_processes))
     return 0 if all(results) else 1
 
 

@@ -1,10 +1,12 @@
 """Step 2 — normalize, de-duplicate and mask the day; quarantine what cannot be used."""
 
+import tempfile
+from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
 
-from dify_pipeline.clean.cleaning import CleaningConfig, clean_tickets as clean_frame
+from dify_pipeline.clean.cleaning import ChunkCleaner, CleaningConfig, check_columns, plan_day
 from dify_pipeline.clean.outgoing_check import OutgoingScan
 from dify_pipeline.frames import to_arrow, to_pandas
 from dify_pipeline.partitions import daily_partitions
@@ -13,12 +15,21 @@ from dify_pipeline.schemas import CLEAN_FIELDS, QUARANTINE_FIELDS, with_fields
 from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_file
 
+# Rows cleaned at a time: memory holds one batch of the day (and the plan, a key and a few flags per row).
+BATCH_ROWS = 16_384
 
-@dg.asset(
+
+@dg.multi_asset(
+    name="clean_tickets",
     partitions_def=daily_partitions,
     group_name="tickets",
-    deps=["raw_tickets"],
-    kinds={"pandas", "parquet"},
+    specs=[
+        dg.AssetSpec("clean_tickets", deps=["raw_tickets"], kinds={"pandas", "parquet"},
+                     description="One row per record key, text normalized and PII-masked."),
+        dg.AssetSpec("quarantined_tickets", deps=["raw_tickets"], kinds={"parquet"},
+                     description="The day's rows that cannot be used (no key, no valid timestamp, no text), "
+                                 "text PII-masked, each with its reason code and a detail."),
+    ],
     check_specs=[
         dg.AssetCheckSpec("counts_reconcile", asset="clean_tickets", blocking=True, partitions_def=daily_partitions,
                           description="raw rows = clean + quarantined + duplicates removed"),
@@ -30,12 +41,14 @@ from dify_pipeline.stages import day_file
 )
 def clean_tickets(
     context: dg.AssetExecutionContext, stage_storage: ObjectStorage, settings: PipelineSettings
-) -> dg.MaterializeResult:
-    """One row per record key, text normalized and PII-masked; unusable rows go to quarantine with a reason.
+) -> Iterator[dg.MaterializeResult]:
+    """One row per record key, text normalized and PII-masked; unusable rows go to `quarantined_tickets` with a
+    reason. Counts reconcile: raw rows = clean + quarantined + duplicates removed.
 
-    Counts reconcile: raw rows = clean + quarantined + duplicates removed.
+    Streamed: the key and timestamp columns plan the day (which row stands for each key), then the day is
+    cleaned one record batch at a time; the clean day keeps the export's row order.
     """
-    raw = stage_storage.read_parquet(day_file(stage_storage, "raw_tickets", context.partition_key))
+    raw_path = day_file(stage_storage, "raw_tickets", context.partition_key)
     config = CleaningConfig(
         key_column=settings.key_column,
         updated_at_column=settings.updated_at_column,
@@ -44,48 +57,76 @@ def clean_tickets(
         max_chars=settings.max_chars,
         extra_pii_patterns=settings.extra_pii_patterns,
     )
-    result = clean_frame(to_pandas(raw), config)
+    raw_schema = stage_storage.read_schema(raw_path)
+    check_columns(raw_schema.names, config)
+    key_columns = [config.key_column, config.timestamp_column, config.updated_at_column]
+    plan = plan_day((to_pandas(pa.Table.from_batches([batch]))
+                     for batch in stage_storage.iter_parquet_batches(raw_path, BATCH_ROWS, columns=key_columns)), config)
 
     # Text columns are text from here on, whatever the source stored them as (BLOB, numbers...).
-    source = pa.schema([pa.field(f.name, pa.string()) if f.name in settings.text_columns else f for f in raw.schema])
+    source = pa.schema([pa.field(f.name, pa.string()) if f.name in settings.text_columns else f for f in raw_schema])
     clean_schema = with_fields(source, CLEAN_FIELDS)
     quarantine_schema = with_fields(_all_nullable(source), QUARANTINE_FIELDS)
     clean_path = day_file(stage_storage, "clean_tickets", context.partition_key)
     quarantine_path = day_file(stage_storage, "quarantined_tickets", context.partition_key)
-    clean_table = to_arrow(result.clean, clean_schema)
-    stage_storage.write_parquet(clean_path, clean_schema, [clean_table])
-    stage_storage.write_parquet(quarantine_path, quarantine_schema, [to_arrow(result.quarantine, quarantine_schema)])
-
-    if result.quarantine_reasons:
-        context.log.warning(f"quarantined {len(result.quarantine)} rows: {result.quarantine_reasons}")
+    cleaner = ChunkCleaner(config, plan)
     # Defence in depth: what is about to be sent, read with different code from the masker's.
     outgoing = OutgoingScan([column for column in dict.fromkeys(settings.input_mapping.values())
-                             if column in clean_table.column_names])
-    outgoing.add(clean_table)
+                             if column in clean_schema.names])
+
+    with tempfile.TemporaryFile() as spill:  # the quarantine of the pass, written after it (usually a few rows)
+        with pa.ipc.new_stream(spill, quarantine_schema) as quarantined:
+
+            def clean_batches() -> Iterator[pa.Table]:
+                for batch in stage_storage.iter_parquet_batches(raw_path, BATCH_ROWS):
+                    clean, quarantine = cleaner.clean(to_pandas(pa.Table.from_batches([batch])))
+                    quarantined.write_table(to_arrow(quarantine, quarantine_schema))
+                    clean_table = to_arrow(clean, clean_schema)
+                    outgoing.add(clean_table)
+                    yield clean_table
+
+            stage_storage.write_parquet(clean_path, clean_schema, clean_batches())
+        counts = cleaner.result_counts()  # every row cleaned, none lost (raises otherwise)
+        spill.seek(0)
+        stage_storage.write_parquet(quarantine_path, quarantine_schema, pa.ipc.open_stream(spill))
+
+    if counts["quarantine_reasons"]:
+        context.log.warning(f"quarantined {cleaner.quarantined_rows} rows: {counts['quarantine_reasons']}")
     if not outgoing.passed:
         context.log.error(f"personal data in the outgoing columns, day stopped: {dict(outgoing.counts)}")
-    accounted = len(result.clean) + len(result.quarantine) + result.duplicates_removed
-    return dg.MaterializeResult(
+    accounted = cleaner.clean_rows + cleaner.quarantined_rows + counts["duplicates_removed"]
+    yield dg.MaterializeResult(
+        asset_key="clean_tickets",
         check_results=[dg.AssetCheckResult(
-            check_name="counts_reconcile", passed=accounted == raw.num_rows,
-            metadata={"raw_rows": raw.num_rows, "accounted_rows": accounted},
+            asset_key="clean_tickets", check_name="counts_reconcile", passed=accounted == plan.rows,
+            metadata={"raw_rows": plan.rows, "accounted_rows": accounted},
         ), dg.AssetCheckResult(
-            check_name="no_personal_data_outgoing", passed=outgoing.passed,
+            asset_key="clean_tickets", check_name="no_personal_data_outgoing", passed=outgoing.passed,
             metadata={key: dg.MetadataValue.json(value) if isinstance(value, (dict, list)) else value
                       for key, value in outgoing.metadata().items()},
         )],
         metadata={
-            "raw_rows": raw.num_rows,
-            "rows": len(result.clean),
-            "dagster/row_count": len(result.clean),
-            "quarantined": len(result.quarantine),
-            "duplicates_removed": result.duplicates_removed,
-            "quarantine_reasons": dg.MetadataValue.json(result.quarantine_reasons),
-            "pii_masked": dg.MetadataValue.json(result.pii_masked),
-            "truncated_rows": result.truncated,
+            "raw_rows": plan.rows,
+            "rows": cleaner.clean_rows,
+            "dagster/row_count": cleaner.clean_rows,
+            "quarantined": cleaner.quarantined_rows,
+            "duplicates_removed": counts["duplicates_removed"],
+            "quarantine_reasons": dg.MetadataValue.json(counts["quarantine_reasons"]),
+            "pii_masked": dg.MetadataValue.json(counts["pii_masked"]),
+            "truncated_rows": counts["truncated"],
             "path": dg.MetadataValue.path(stage_storage.uri(clean_path)),
             "quarantine_path": dg.MetadataValue.path(stage_storage.uri(quarantine_path)),
-        }
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="quarantined_tickets",
+        metadata={
+            "rows": cleaner.quarantined_rows,
+            "dagster/row_count": cleaner.quarantined_rows,
+            "raw_rows": plan.rows,
+            "quarantine_reasons": dg.MetadataValue.json(counts["quarantine_reasons"]),
+            "path": dg.MetadataValue.path(stage_storage.uri(quarantine_path)),
+        },
     )
 
 

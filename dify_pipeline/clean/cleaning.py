@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
 
 from dify_pipeline.clean.pii import PiiMasker
@@ -113,12 +114,14 @@ class _PiiTally:
         return len(kinds)
 
 
-def _check_columns(raw: pd.DataFrame, config: CleaningConfig) -> None:
+def check_columns(columns: Sequence[str], config: CleaningConfig) -> None:
+    """Raw tickets with these `columns` hold every configured column and none of those cleaning adds."""
+    columns = list(columns)
     needed = [config.key_column, config.timestamp_column, config.updated_at_column, *config.text_columns]
-    missing = [column for column in needed if column not in raw.columns]
+    missing = [column for column in needed if column not in columns]
     if missing:
-        raise ValueError(f"raw tickets lack the configured columns {missing}; they have {list(raw.columns)}")
-    clashing = [column for column in ADDED_COLUMNS if column in raw.columns]
+        raise ValueError(f"raw tickets lack the configured columns {missing}; they have {columns}")
+    clashing = [column for column in ADDED_COLUMNS if column in columns]
     if clashing:
         raise ValueError(f"raw tickets already have columns that cleaning adds: {clashing}")
 
@@ -172,13 +175,13 @@ def _quarantine(
     positions_by_reason: dict[str, np.ndarray],
     config: CleaningConfig,
     pii: _PiiTally,
+    timestamp_is_null: np.ndarray,
 ) -> pd.DataFrame:
     """The quarantined rows as they came, text PII-masked, with their key, reason and a short detail."""
     detail_by_reason = {
         "missing_key": f"{config.key_column} is null or blank",
         "empty_text": f"{' and '.join(config.text_columns)} empty after cleaning",
     }
-    timestamp_is_null = rows[config.timestamp_column].isna().to_numpy()
     reasons: list[str] = []
     details: list[str] = []
     for reason, positions in positions_by_reason.items():
@@ -203,7 +206,147 @@ def _quarantine(
     ).reset_index(drop=True)
 
 
-def clean_tickets(raw: pd.DataFrame, config: CleaningConfig) -> CleanResult:
+def _order_values(updated_at: pd.Series) -> np.ndarray:
+    """`updated_at` as integers that order like the moments (microseconds), null and unparseable first."""
+    values = _as_datetimes(updated_at)
+    if getattr(values.dt, "tz", None) is not None:
+        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    return values.to_numpy(dtype="datetime64[us]").view(np.int64)  # NaT is int64's minimum: sorts first
+
+
+@dataclass
+class DayPlan:
+    """What the key and timestamp columns alone decide about each raw row of a day, in the day's row order.
+
+    Small next to the day (a key, a few flags and a number per row), so a day of any size is planned in memory
+    and then cleaned one batch at a time.
+    """
+
+    record_keys: pa.ChunkedArray  # string, null where the key is missing
+    missing_key: np.ndarray
+    invalid_timestamp: np.ndarray
+    timestamp_is_null: np.ndarray
+    winner: np.ndarray  # the row that stands for its key (latest updated_at; ties: the later row)
+
+    @property
+    def rows(self) -> int:
+        return len(self.winner)
+
+    @property
+    def duplicates_removed(self) -> int:
+        return int((~(self.missing_key | self.invalid_timestamp)).sum() - self.winner.sum())
+
+
+def plan_day(key_chunks: Iterable[pd.DataFrame], config: CleaningConfig) -> DayPlan:
+    """The plan of a day from its key, timestamp and updated_at columns, given in consecutive chunks.
+
+    Rows without a key or with a null or unparseable timestamp are out; of the rest, each key's latest
+    `updated_at` wins (ties go to the later row; a null updated_at loses).
+    """
+    keys, missing, invalid, null_timestamp, order = [], [], [], [], []
+    for chunk in key_chunks:
+        record_keys = _record_keys(chunk[config.key_column])
+        is_missing = record_keys.isna().to_numpy()
+        keys.append(pa.array(record_keys.to_numpy(dtype=object, na_value=None), pa.string()))
+        missing.append(is_missing)
+        invalid.append(~is_missing & _as_datetimes(chunk[config.timestamp_column]).isna().to_numpy())
+        null_timestamp.append(chunk[config.timestamp_column].isna().to_numpy())
+        order.append(_order_values(chunk[config.updated_at_column]))
+    concatenate = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+    missing_key, invalid_timestamp = concatenate(missing, bool), concatenate(invalid, bool)
+    record_keys = pa.chunked_array(keys, pa.string())
+    usable = np.flatnonzero(~(missing_key | invalid_timestamp))
+    winner = np.zeros(len(missing_key), dtype=bool)
+    if len(usable):
+        codes = pc.dictionary_encode(record_keys.take(pa.array(usable))).combine_chunks().indices
+        codes = codes.to_numpy(zero_copy_only=False)
+        # Sorted by key, then update, then row: each key's last row is its latest update (ties: the later row).
+        ranked = np.lexsort((usable, concatenate(order, np.int64)[usable], codes))
+        last_of_key = np.append(codes[ranked][1:] != codes[ranked][:-1], True)
+        winner[usable[ranked[last_of_key]]] = True
+    return DayPlan(record_keys, missing_key, invalid_timestamp, concatenate(null_timestamp, bool), winner)
+
+
+@dataclass
+class ChunkCleaner:
+    """Cleans a planned day chunk by chunk (consecutive rows, in the day's order), adding up what it did.
+
+    Each chunk gives its clean rows (in row order) and its quarantined rows; memory holds one chunk.
+    """
+
+    config: CleaningConfig
+    plan: DayPlan
+    pii: _PiiTally = None  # type: ignore[assignment]
+    offset: int = 0
+    clean_rows: int = 0
+    quarantined_rows: int = 0
+    truncated: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.pii = _PiiTally(PiiMasker(extra_patterns=self.config.extra_pii_patterns))
+
+    def clean(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The chunk's clean rows and its quarantined rows; the next call takes the rows after these."""
+        config, plan = self.config, self.plan
+        rows = chunk.reset_index(drop=True)
+        window = slice(self.offset, self.offset + len(rows))
+        self.offset += len(rows)
+        record_keys = pd.Series(plan.record_keys.slice(window.start, len(rows)).to_pylist(), dtype=TEXT)
+        survivors = rows.iloc[np.flatnonzero(plan.winner[window])]
+
+        cleaned_text: dict[str, pd.Series] = {}
+        truncated = pd.Series(False, index=survivors.index)
+        pii_per_row = pd.Series(0, index=survivors.index, dtype="int64")
+        for column in config.text_columns:
+            results = clean_texts(survivors[column].tolist(), self.pii.masker, config.max_chars.get(column))
+            cleaned_text[column] = pd.Series([result.text for result in results], index=survivors.index, dtype=TEXT)
+            truncated |= np.array([result.truncated for result in results], dtype=bool)
+            pii_per_row += np.array([self.pii.count(result.pii_kinds) for result in results], dtype=np.int64)
+        empty_text = np.logical_and.reduce([(texts == "").to_numpy() for texts in cleaned_text.values()])
+
+        kept = ~empty_text
+        # Each assigned Series is cut to the kept rows: an empty frame would otherwise adopt a Series' index.
+        clean = survivors[kept].assign(
+            **{column: texts[kept] for column, texts in cleaned_text.items()},
+            record_key=record_keys.loc[survivors.index[kept]],
+            text_truncated=truncated[kept],
+            pii_masked=pii_per_row[kept],
+        ).reset_index(drop=True)
+        positions = {
+            "missing_key": np.flatnonzero(plan.missing_key[window]),
+            "invalid_timestamp": np.flatnonzero(plan.invalid_timestamp[window]),
+            "empty_text": survivors.index[empty_text].to_numpy(),
+        }
+        expected = sum(len(p) for p in positions.values())
+        quarantine = _quarantine(rows, record_keys, positions, config, self.pii, plan.timestamp_is_null[window])
+        if len(quarantine) != expected:
+            raise RuntimeError(f"cleaning lost track of rows: {len(rows)} raw rows gave {len(clean)} clean and "
+                               f"{len(quarantine)} quarantined, {expected} expected")
+        self.clean_rows += len(clean)
+        self.quarantined_rows += len(quarantine)
+        self.truncated += int(clean["text_truncated"].sum())
+        self.reasons.update(quarantine["quarantine_reason"].tolist())
+        return clean, quarantine
+
+    def result_counts(self) -> dict:
+        """The day's counts once every chunk is cleaned: raw rows = clean + quarantined + duplicates removed."""
+        if self.offset != self.plan.rows:
+            raise RuntimeError(f"cleaned {self.offset} rows of a day of {self.plan.rows}")
+        if self.plan.rows != self.clean_rows + self.quarantined_rows + self.plan.duplicates_removed:
+            raise RuntimeError(
+                f"cleaning lost track of rows: {self.plan.rows} raw != {self.clean_rows} clean + "
+                f"{self.quarantined_rows} quarantined + {self.plan.duplicates_removed} duplicates"
+            )
+        return {
+            "duplicates_removed": self.plan.duplicates_removed,
+            "quarantine_reasons": {reason: self.reasons[reason] for reason in QUARANTINE_REASONS if self.reasons[reason]},
+            "pii_masked": {kind: self.pii.totals[kind] for kind in self.pii.masker.kinds},
+            "truncated": self.truncated,
+        }
+
+
+def clean_tickets(raw: pd.DataFrame, config: CleaningConfig, chunk_rows: int | None = None) -> CleanResult:
     """Clean a raw export of tickets.
 
     In order: rows without a key (`missing_key`) or with a null or unparseable timestamp
@@ -211,71 +354,27 @@ def clean_tickets(raw: pd.DataFrame, config: CleaningConfig) -> CleanResult:
     `updated_at` winning (ties go to the later row; a null updated_at loses); the text columns of
     the winners are normalized, PII-masked and truncated; winners left with no text at all are
     quarantined (`empty_text`). `clean` is sorted by `record_key`. Quarantined text is PII-masked too.
+
+    The same rules as the step's, which plans the day (`plan_day`) and cleans it a chunk at a time
+    (`ChunkCleaner`); `chunk_rows` cuts `raw` the same way (the result does not depend on it).
     """
-    _check_columns(raw, config)
+    check_columns(raw.columns, config)
     rows = raw.reset_index(drop=True)
-    pii = _PiiTally(PiiMasker(extra_patterns=config.extra_pii_patterns))
-
-    record_keys = _record_keys(rows[config.key_column])
-    missing_key = record_keys.isna().to_numpy()
-    invalid_timestamp = ~missing_key & _as_datetimes(rows[config.timestamp_column]).isna().to_numpy()
-    usable = ~(missing_key | invalid_timestamp)
-
-    candidates = pd.DataFrame(
-        {
-            "record_key": record_keys[usable],
-            "updated_at": _as_datetimes(rows[config.updated_at_column])[usable],
-            "position": np.flatnonzero(usable),
-        }
-    )
-    # A stable ascending sort with nulls first leaves each key's latest update last (ties: the later row).
-    latest = candidates.sort_values("updated_at", kind="stable", na_position="first").drop_duplicates(
-        "record_key", keep="last"
-    )
-    duplicates_removed = len(candidates) - len(latest)
-    survivors = rows.iloc[np.sort(latest["position"].to_numpy())]
-
-    cleaned_text: dict[str, pd.Series] = {}
-    truncated = pd.Series(False, index=survivors.index)
-    pii_per_row = pd.Series(0, index=survivors.index, dtype="int64")
-    for column in config.text_columns:
-        max_chars = config.max_chars.get(column)
-        results = clean_texts(survivors[column].tolist(), pii.masker, max_chars)
-        cleaned_text[column] = pd.Series([result.text for result in results], index=survivors.index, dtype=TEXT)
-        truncated |= np.array([result.truncated for result in results], dtype=bool)
-        pii_per_row += np.array([pii.count(result.pii_kinds) for result in results], dtype=np.int64)
-    empty_text = np.logical_and.reduce([(texts == "").to_numpy() for texts in cleaned_text.values()])
-
-    kept = ~empty_text
-    # Each assigned Series is cut to the kept rows: an empty frame would otherwise adopt a Series' index.
-    clean = survivors[kept].assign(
-        **{column: texts[kept] for column, texts in cleaned_text.items()},
-        record_key=record_keys.loc[survivors.index[kept]],
-        text_truncated=truncated[kept],
-        pii_masked=pii_per_row[kept],
-    )
+    size = chunk_rows or max(len(rows), 1)
+    chunks = [rows.iloc[start : start + size] for start in range(0, len(rows), size)] or [rows]
+    key_columns = [config.key_column, config.timestamp_column, config.updated_at_column]
+    plan = plan_day((chunk[key_columns] for chunk in chunks), config)
+    cleaner = ChunkCleaner(config, plan)
+    parts = [cleaner.clean(chunk) for chunk in chunks]
+    counts = cleaner.result_counts()
+    clean = pd.concat([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
+    quarantine = pd.concat([part[1] for part in parts]) if len(parts) > 1 else parts[0][1]
     clean = clean.sort_values("record_key").reset_index(drop=True)
-
-    quarantine_positions = {
-        "missing_key": np.flatnonzero(missing_key),
-        "invalid_timestamp": np.flatnonzero(invalid_timestamp),
-        "empty_text": survivors.index[empty_text].to_numpy(),
-    }
-    quarantine = _quarantine(rows, record_keys, quarantine_positions, config, pii)
-    if len(raw) != len(clean) + len(quarantine) + duplicates_removed:
-        raise RuntimeError(
-            f"cleaning lost track of rows: {len(raw)} raw != {len(clean)} clean + {len(quarantine)} quarantined"
-            f" + {duplicates_removed} duplicates"
-        )
     return CleanResult(
         clean=clean,
-        quarantine=quarantine,
-        duplicates_removed=duplicates_removed,
-        quarantine_reasons={
-            reason: count
-            for reason in QUARANTINE_REASONS
-            if (count := int((quarantine["quarantine_reason"] == reason).sum()))
-        },
-        pii_masked={kind: pii.totals[kind] for kind in pii.masker.kinds},
-        truncated=int(clean["text_truncated"].sum()),
+        quarantine=quarantine.reset_index(drop=True),
+        duplicates_removed=counts["duplicates_removed"],
+        quarantine_reasons=counts["quarantine_reasons"],
+        pii_masked=counts["pii_masked"],
+        truncated=counts["truncated"],
     )

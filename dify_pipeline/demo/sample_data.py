@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import html
 import random
+import string
 import unicodedata
 import zoneinfo
 from dataclasses import dataclass
@@ -346,7 +347,7 @@ def _share(count: int, share: float) -> int:
 
 
 def generate_tickets(
-    day: datetime.date, count: int = 3000, seed: int = 7, timezone: str = "Asia/Shanghai"
+    day: datetime.date, count: int = 3000, seed: int = 7, timezone: str = "Asia/Shanghai", distinct_texts: bool = False
 ) -> pd.DataFrame:
     """`count` rows of tickets created on `day` (local time in `timezone`), about 2% of them on the
     days either side so that the extract's day window is exercised.
@@ -355,8 +356,13 @@ def generate_tickets(
     priority, created_at, updated_at (naive local wall time). About 3% of rows re-export an earlier
     record with a later `updated_at` and edited text; about 1% are unusable; a few bodies exceed
     4000 characters. Rows are in `updated_at` order, as a change-log export returns them.
+
+    The texts come from templates, so many records share one; `distinct_texts` ends each record's body with a
+    reference of random letters (`(ref qwhxkzmbta)`), so that no two records send Dify the same inputs, as
+    real tickets mostly do not.
     """
     rng = random.Random(seed)
+    references = random.Random(f"references {seed}")  # its own stream: the other columns stay as without it
     numbers = np.random.default_rng(seed)
     duplicate_count = _share(count, DUPLICATE_SHARE)
     originals = count - duplicate_count
@@ -371,6 +377,8 @@ def generate_tickets(
     for ticket_id in range(first_id + 1, first_id + originals + 1):
         language = "zh" if rng.random() < CHINESE_SHARE else "en"
         subject, body = _decorate(rng, *_ticket_text(rng, rng.choice(DEFAULT_CATEGORIES), language), language)
+        if distinct_texts:
+            body = f"{body} (ref {''.join(references.choices(string.ascii_lowercase, k=10))})"
         rows.append(
             {
                 "id": ticket_id,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import queue
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -35,6 +38,9 @@ class SourceDatabase(dg.ConfigurableResource):
     source_timezone: str = Field(default="UTC", description="Time zone of the naive DATETIME values stored.")
     batch_size: int = Field(default=10_000, gt=0)
     connect_timeout_seconds: int = 10
+    read_ahead_batches: int = Field(
+        default=2, ge=0, description="Batches fetched ahead in a thread while the caller writes the ones before "
+        "(the driver and Arrow's Parquet writer then work at the same time); 0 fetches in the caller's thread.")
 
     def _engine(self) -> sa.Engine:
         url = sa.make_url(self.url)
@@ -103,7 +109,7 @@ class SourceDatabase(dg.ConfigurableResource):
             finally:
                 engine.dispose()
 
-        return arrow_schema(columns, types), batches()
+        return arrow_schema(columns, types), read_ahead(batches(), self.read_ahead_batches)
 
     def rows_without_timestamp(self, timestamp_column: str) -> int:
         """How many rows of the table have no `timestamp_column`: they belong to no day, so no day exports them.
@@ -183,6 +189,53 @@ def _temporal_as_text(module) -> dict:
     decoders: those values stay the server's text, which Arrow parses a whole column at a time."""
     converters = importlib.import_module(f"{module.__name__}.converters")
     return {key: value for key, value in converters.conversions.items() if key not in _TEMPORAL_TYPE_CODES}
+
+
+def read_ahead(batches: Iterator[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:
+    """`batches`, produced by a thread up to `depth` ahead of the consumer; its errors are raised here, in order.
+
+    Closing the result early stops the thread at its next batch (and so closes `batches`, which frees the
+    connection)."""
+    if depth <= 0:
+        yield from batches
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put((batch, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put((done, None))
+        except BaseException as error:  # noqa: BLE001 - raised again in the consumer
+            ready.put((done, error))
+        finally:
+            batches.close()
+
+    producer = threading.Thread(target=produce, name="export-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            batch, error = ready.get()
+            if error is not None:
+                raise error
+            if batch is done:
+                return
+            yield batch
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting to hand over a batch
+            with contextlib.suppress(queue.Empty):
+                ready.get_nowait()
+            producer.join(timeout=0.05)
 
 
 def _reason(error: sa.exc.DBAPIError) -> str:

@@ -22,7 +22,7 @@ PARQUET_WRITE_OPTIONS = dict(compression="zstd", write_statistics=True)
 # A row group is the unit a reader scans in parallel and skips by statistics: big enough to amortize its
 # metadata and seeks, small enough to hold one in memory while writing (this bounds the writer's memory).
 ROW_GROUP_ROWS = 128 * 1024
-ROW_GROUP_BYTES = 64 * 1024 * 1024  # Arrow (uncompressed) bytes
+ROW_GROUP_BYTES = 32 * 1024 * 1024  # Arrow (uncompressed) bytes; also what a writer holds in memory
 S3_PART_BYTES = 32 * 1024 * 1024  # multipart upload part size (S3's minimum is 5 MiB)
 DAY_FILE_NAME = "part-00000.parquet"  # one object per day: replaced atomically
 

@@ -81,7 +81,8 @@ def test_a_blocked_day_skips_the_checks_after_it_and_is_not_published(
     assert status["parquet_matches_enriched"] == status["elasticsearch_matches_parquet"] == Status.SKIPPED
     assert Status.EXECUTION_FAILED not in status.values()
     # Visibly not published: neither output has the day, and the run says which check stopped it.
-    assert materialized(blocked) == {"raw_tickets", "clean_tickets", "ticket_shards", "enriched_tickets"}
+    assert materialized(blocked) == {"raw_tickets", "clean_tickets", "quarantined_tickets", "ticket_shards",
+                                   "enriched_tickets"}
     for asset in ("tickets_parquet", "tickets_elasticsearch"):
         latest = dagster_instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[DAY]), limit=1).records
@@ -121,7 +122,8 @@ def test_a_day_re_cleaned_without_re_sharding_is_stopped_before_publishing(
     engine.dispose()
     job = build_definitions().resolve_job_def("daily_enrichment")
     recleaned = job.execute_in_process(partition_key=DAY, instance=dagster_instance,
-                                       asset_selection=[dg.AssetKey("raw_tickets"), dg.AssetKey("clean_tickets")])
+                                       asset_selection=[dg.AssetKey("raw_tickets"), dg.AssetKey("clean_tickets"),
+                                                        dg.AssetKey("quarantined_tickets")])
     assert recleaned.success
 
     # The shards still hold the day as it was: enriched_tickets answers those, not the day as it is now.

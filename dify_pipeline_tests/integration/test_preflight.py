@@ -47,7 +47,7 @@ def test_a_broken_sink_stops_the_day_before_any_paid_call(broken, source_tickets
     assert "nothing was sent to Dify" in message and broken in message
     assert dify_emulator.stats()["paid_runs"] == 0
     assert {e.asset_key.path[-1] for e in result.get_asset_materialization_events()} == {
-        "raw_tickets", "clean_tickets", "ticket_shards"}
+        "raw_tickets", "clean_tickets", "quarantined_tickets", "ticket_shards"}
 
 
 def test_an_elasticsearch_8_cluster_takes_the_day_from_the_installed_client(pipeline_env, source_tickets,

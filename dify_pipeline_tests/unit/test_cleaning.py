@@ -252,3 +252,31 @@ def test_no_planted_pii_survives_cleaning():
             assert not [value for value in planted if value in text]
             digits_only = re.sub(r"[ ()+.-]", "", text)
             assert not [number for number in planted_numbers if number in digits_only]
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 128, 999])
+def test_cleaning_chunk_by_chunk_gives_the_result_of_the_whole_day(chunk_rows):
+    """The step cleans a day one batch at a time: duplicates across batches, quarantine and counts come out the
+    same as cleaning the day at once."""
+    raw = generate_tickets(datetime.date(2024, 6, 15), count=1000, seed=5)
+    whole = clean_tickets(raw, CONFIG)
+    chunked = clean_tickets(raw, CONFIG, chunk_rows=chunk_rows)
+    pd.testing.assert_frame_equal(chunked.clean, whole.clean)
+    order = ["quarantine_reason", "record_key", "subject", "body"]
+    sort = lambda frame: frame.sort_values(order, na_position="first").reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(sort(chunked.quarantine), sort(whole.quarantine))
+    assert (chunked.duplicates_removed, chunked.quarantine_reasons, chunked.pii_masked, chunked.truncated) == (
+        whole.duplicates_removed, whole.quarantine_reasons, whole.pii_masked, whole.truncated)
+    assert whole.duplicates_removed > 0
+
+
+def test_the_latest_update_wins_across_chunks():
+    raw = tickets(
+        {"id": 1, "body": "newest", "updated_at": "2024-06-15 12:00"},
+        {"id": 2, "body": "two"},
+        {"id": 1, "body": "oldest", "updated_at": "2024-06-15 10:00"},
+        {"id": 1, "body": "tied, later row", "updated_at": "2024-06-15 12:00"},
+    )
+    result = clean_tickets(raw, CONFIG, chunk_rows=1)
+    assert result.clean["body"].tolist() == ["tied, later row", "two"]
+    assert result.duplicates_removed == 2

@@ -169,3 +169,15 @@ def test_mysql_table_uses_longtext_microsecond_datetimes_and_utf8mb4():
     assert "created_at DATETIME(6)" in ddl
     assert "id BIGINT" in ddl and "subject VARCHAR(500)" in ddl
     assert "CHARSET=utf8mb4" in ddl
+
+
+def test_distinct_texts_give_every_record_its_own_inputs_and_leave_the_rest_as_it_was():
+    day = datetime.date(2024, 6, 15)
+    plain = generate_tickets(day, count=3000, seed=4)
+    distinct = generate_tickets(day, count=3000, seed=4, distinct_texts=True)
+    pd.testing.assert_frame_equal(plain.drop(columns="body"), distinct.drop(columns="body"))
+    assert plain["body"].duplicated().sum() > 100
+    records = distinct.dropna(subset=["id"]).drop_duplicates("id", keep="last")
+    texts = records[records["body"].fillna("").str.contains("(ref ", regex=False)]  # not the unusable rows
+    assert len(texts) > 0.97 * len(records)
+    assert not (texts["subject"] + "\n" + texts["body"]).duplicated().any()

@@ -78,3 +78,22 @@ def test_no_records_give_no_shards():
 def test_a_bound_below_one_is_rejected():
     with pytest.raises(ValueError):
         assign_shards(keys(3), 0)
+
+
+def test_tied_hashes_are_ordered_by_key_as_a_sort_by_hash_and_key_would():
+    from dify_pipeline.shard.sharding import shards_of_hashes
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        count = int(rng.integers(1, 60))
+        record_keys = [f"k{rng.integers(0, 1000)}" for _ in range(count)]
+        hashes = rng.integers(0, 5, count).astype(np.uint64)  # many ties
+        max_rows = int(rng.integers(1, 10))
+        order = np.lexsort((np.asarray(record_keys, dtype=object).astype(str), hashes))
+        expected = np.empty(count, np.int32)
+        expected[order] = (np.arange(count) * -(-count // max_rows)) // count
+        asked = []
+        shards = shards_of_hashes(hashes, lambda positions: asked.extend(positions) or
+                                  [record_keys[p] for p in positions], max_rows)
+        assert shards.tolist() == expected.tolist()
+        assert len(set(asked)) == len(asked) <= count  # keys are read only where hashes tie, once

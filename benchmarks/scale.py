@@ -1,0 +1,282 @@
+"""The whole day at growing sizes: each step's wall time, rows/s and peak memory, in the step's own process.
+
+    .venv/bin/python -m benchmarks.scale                               # 5k, 50k, 200k source rows
+    .venv/bin/python -m benchmarks.scale --sizes 5000 50000 1000000    # any sizes (1M: ~10 min without inference)
+    .venv/bin/python -m benchmarks.scale --infer-up-to 50000           # send Dify the days up to 50k rows
+
+For each size, a MariaDB database `dify_pipeline_bench_scale` (127.0.0.1:3306, root) is filled with one day of
+sample tickets with distinct texts (`generate_tickets(distinct_texts=True)`, duplicates, PII and bad rows
+included; `LOAD DATA`), then the day runs as production runs it: `dagster asset materialize -m
+dify_pipeline.definitions --partition DAY --select ...` with the package's executor, so each step runs in a
+process of its own (forked from the code location's preloaded process). The benchmark reads every process of
+the run's tree from /proc every 50 ms, keeps each one's VmHWM (the kernel's peak resident memory of that
+process), and names each step's process by the pid its STEP_START event records.
+
+Three runs per day: extract/clean/shard, then `enriched_tickets` against the Dify emulator (zero latency, its own
+process; result cache on, SQLite) for days up to `--infer-up-to` rows, else the enriched stage is written
+directly from the shards (same schema, fixed answers; not a measured step), then the two publishing steps
+(Parquet to a local folder, the Elasticsearch emulator in its own process).
+
+The bounds: every step's peak within 1.3x of its peak at 50,000 rows, and under 600 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+
+import pymysql
+
+from benchmarks._harness import emulator_process
+
+DATABASE = "dify_pipeline_bench_scale"
+SERVER = dict(host="127.0.0.1", port=3306, user="root", password="")
+DAY = "2026-11-20"
+KEY = "app-scale-benchmark"
+CHUNK = 50_000  # tickets generated at a time (each chunk its own seed and id range)
+COLUMNS = ["id", "subject", "body", "channel", "customer_id", "priority", "created_at", "updated_at"]
+STAGES = [
+    ("extract, clean, shard", "raw_tickets,clean_tickets,quarantined_tickets,ticket_shards"),
+    ("infer", "enriched_tickets"),
+    ("publish", "tickets_parquet,tickets_elasticsearch"),
+]
+STEPS = ["raw_tickets", "clean_tickets", "ticket_shards", "enriched_tickets", "tickets_parquet",
+         "tickets_elasticsearch"]
+BOUND_RATIO, BOUND_MB = 1.3, 600
+
+
+# -- the source ---------------------------------------------------------------------------------------
+
+
+def _tsv(value) -> str:
+    import pandas as pd
+
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value) or value is pd.NaT:
+        return "\\N"
+    if isinstance(value, pd.Timestamp):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    text = str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
+
+
+def load_source(rows: int, folder: str) -> float:
+    """A day of `rows` sample tickets (distinct texts) in MariaDB; returns the seconds it took."""
+    import sqlalchemy as sa
+
+    from dify_pipeline.demo.sample_data import create_source_table, generate_tickets
+
+    started = time.perf_counter()
+    with pymysql.connect(**SERVER) as connection, connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+        cursor.execute(f"CREATE DATABASE {DATABASE} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    engine = sa.create_engine(f"mysql+pymysql://root@127.0.0.1:3306/{DATABASE}")
+    create_source_table(engine, "tickets")
+    engine.dispose()
+    path = os.path.join(folder, "tickets.tsv")
+    with open(path, "w", encoding="utf-8") as handle:
+        for chunk, start in enumerate(range(0, rows, CHUNK)):
+            tickets = generate_tickets(date.fromisoformat(DAY), count=min(CHUNK, rows - start), seed=1000 + chunk,
+                                       timezone="UTC", distinct_texts=True)
+            tickets["id"] = tickets["id"] + chunk * 100_000  # each chunk its own range of ids
+            for values in zip(*(tickets[column].tolist() for column in COLUMNS)):
+                handle.write("\t".join(_tsv(value) for value in values) + "\n")
+    with pymysql.connect(**SERVER, database=DATABASE, local_infile=True, autocommit=True) as connection:
+        with connection.cursor() as cursor:
+            cursor.execute(f"LOAD DATA LOCAL INFILE %s INTO TABLE tickets CHARACTER SET utf8mb4 ({', '.join(COLUMNS)})",
+                           (path,))
+            cursor.execute("ANALYZE TABLE tickets")
+    os.remove(path)
+    return time.perf_counter() - started
+
+
+# -- one run, its processes watched ---------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(parent, []).append(int(name))
+    return tree
+
+
+def _high_water_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def run_watched(command: list[str], env: dict) -> tuple[dict[int, float], float]:
+    """Run `command`; returns the peak VmHWM (MB) of every process of its tree, by pid, and the wall time."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks: dict[int, float] = {}
+    stderr_tail: list[str] = []
+    import threading
+
+    reader = threading.Thread(target=lambda: stderr_tail.extend(process.stderr), daemon=True)
+    reader.start()
+    while process.poll() is None:
+        tree, pending, seen = _children(), [process.pid], []
+        while pending:
+            pid = pending.pop()
+            seen.append(pid)
+            pending.extend(tree.get(pid, []))
+        for pid in seen:
+            mb = _high_water_mb(pid)
+            if mb is not None:
+                peaks[pid] = max(peaks.get(pid, 0.0), mb)
+        time.sleep(0.05)
+    reader.join(timeout=5)
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command[:5])} failed:\n{''.join(stderr_tail[-40:])}")
+    return peaks, time.perf_counter() - started
+
+
+def step_figures(dagster_home: str, peaks: dict[int, float]) -> dict[str, dict]:
+    """Per step of the latest run: seconds (STEP_START to STEP_SUCCESS), peak RSS of its process, its rows."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(dagster_home) as instance:
+        [run] = instance.get_runs(limit=1)
+        figures: dict[str, dict] = {}
+        for entry in instance.all_logs(run.run_id):
+            event = entry.dagster_event
+            if event is None or not entry.step_key:
+                continue
+            step = figures.setdefault(entry.step_key, {})
+            if event.event_type_value == "STEP_START":
+                step["start"], step["pid"] = entry.timestamp, event.pid
+            elif event.event_type_value == "STEP_SUCCESS":
+                step["seconds"] = entry.timestamp - step["start"]
+            elif event.event_type_value == "ASSET_MATERIALIZATION":
+                materialization = event.event_specific_data.materialization
+                rows = materialization.metadata.get("rows")
+                if rows is not None:
+                    step.setdefault("rows", {})[materialization.asset_key.path[-1]] = rows.value
+    for step in figures.values():
+        step["peak_mb"] = peaks.get(step.get("pid"))
+    return figures
+
+
+def write_enriched_from_shards(stage_url: str) -> None:
+    """The enriched stage as enriched_tickets leaves it, with fixed answers: for days too long to send Dify."""
+    import pyarrow as pa
+
+    from dify_pipeline.resources.storage import ObjectStorage
+    from dify_pipeline.schemas import ENRICHMENT_FIELDS, PIPELINE_VERSION, with_fields
+    from dify_pipeline.stages import day_folder, shard_file
+
+    stage = ObjectStorage(url=stage_url)
+    for index, path in enumerate(stage.list_files(day_folder(stage, "ticket_shards", DAY))):
+        shard = stage.read_parquet(path)
+        n = shard.num_rows
+        values = {"category": "物流问题", "summary": "客户反映物流延迟。", "sentiment": "negative",
+                  "outputs_json": "{}", "dify_status": "succeeded", "attempts": 1, "latency_ms": 1.0,
+                  "total_tokens": 300, "total_price": 0.0003, "currency": "USD", "dify_run_id": "run",
+                  "dify_workflow_id": "wf", "cache_hit": False, "inputs_truncated": False, "app_identity": "app",
+                  "cache_version": "v1", "pipeline_version": PIPELINE_VERSION}
+        columns = []
+        for field in ENRICHMENT_FIELDS:
+            if field.name == "enriched_at":
+                columns.append(pa.array([0] * n, pa.int64()).cast(field.type))
+            elif field.name in values:
+                column = pa.array([values[field.name]] * n)
+                columns.append(column.dictionary_encode().cast(field.type) if pa.types.is_dictionary(field.type)
+                               else column.cast(field.type))
+            else:
+                columns.append(pa.nulls(n, field.type))
+        schema = with_fields(shard.schema, ENRICHMENT_FIELDS)
+        table = pa.Table.from_arrays([*shard.columns, *columns], schema=schema)
+        stage.write_parquet(shard_file(stage, "enriched_tickets", DAY, index), schema, [table])
+
+
+def run_day(rows: int, infer: bool, elasticsearch: bool) -> dict[str, dict]:
+    with tempfile.TemporaryDirectory(prefix="scale-") as folder:
+        loaded = load_source(rows, folder)
+        print(f"  {rows} rows loaded into MariaDB in {loaded:.0f} s", flush=True)
+        dify_config = {"apps": [{"api_key": KEY}], "latency_ms": 0, "seed": 1}
+        with emulator_process("dify_pipeline.emulators.dify", dify_config) as dify_url, \
+                emulator_process("dify_pipeline.emulators.elasticsearch") as es_url:
+            os.makedirs(f"{folder}/home")
+            env = {**os.environ, "PIPELINE_TIMEZONE": "UTC", "SOURCE_TIMEZONE": "UTC", "DAGSTER_HOME": f"{folder}/home",
+                   "SOURCE_DATABASE_URL": f"mysql+mysqldb://root@127.0.0.1:3306/{DATABASE}",
+                   "DIFY_BASE_URL": dify_url if dify_url.endswith("/v1") else f"{dify_url}/v1", "DIFY_API_KEY": KEY,
+                   "DIFY_MAX_CONCURRENCY": "50", "OUTPUT_PARQUET_URL": f"{folder}/parquet",
+                   "PIPELINE_STORAGE_URL": f"{folder}/stages", "ELASTICSEARCH_URL": es_url}
+            figures: dict[str, dict] = {}
+            for name, selection in STAGES:
+                if name == "infer" and not infer:
+                    write_enriched_from_shards(f"{folder}/stages")
+                    continue
+                if name == "publish" and not elasticsearch:
+                    selection = "tickets_parquet"
+                command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "dify_pipeline.definitions",
+                           "--partition", DAY, "--select", selection]
+                try:
+                    peaks, seconds = run_watched(command, env)
+                except RuntimeError as error:  # what ran before still counts; say what failed
+                    print(f"  {name}: FAILED, {str(error).strip().splitlines()[-1]}", flush=True)
+                    peaks, seconds = {}, 0.0
+                found = step_figures(f"{folder}/home", peaks)
+                figures.update(found)
+                print(f"  {name}: {seconds:.1f} s for the run ({', '.join(found)})", flush=True)
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5_000, 50_000, 200_000])
+    parser.add_argument("--infer-up-to", type=int, default=5_000,
+                        help="send Dify the days up to this many rows (the emulator answers at zero latency)")
+    parser.add_argument("--elasticsearch-up-to", type=int, default=200_000,
+                        help="publish to the Elasticsearch emulator the days up to this many rows (beyond, the "
+                             "emulator, one Python process holding every document, times out)")
+    parser.add_argument("--json", help="also write the figures to this file (after each day)")
+    args = parser.parse_args()
+
+    results = {}
+    for rows in args.sizes:
+        print(f"day of {rows} source rows", flush=True)
+        results[rows] = run_day(rows, infer=rows <= args.infer_up_to, elasticsearch=rows <= args.elasticsearch_up_to)
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump({str(k): v for k, v in results.items()}, handle, indent=1, default=str)
+        print_table({rows: results[rows]}, reference=results.get(50_000))
+    print("\nall days:")
+    return 0 if print_table(results, reference=results.get(50_000)) else 1
+
+
+def print_table(results: dict[int, dict], reference: dict | None) -> bool:
+    print("\n| step | source rows | seconds | rows/s | peak RSS (MB) | vs 50k | bounds |")
+    print("|---|---|---|---|---|---|---|")
+    passed = True
+    for rows, figures in results.items():
+        for step, figure in sorted(figures.items(), key=lambda item: STEPS.index(item[0]) if item[0] in STEPS else 99):
+            if "seconds" not in figure or step not in STEPS:
+                continue  # a step that failed, or a check's step
+            peak = figure.get("peak_mb") or 0.0
+            base = (reference or {}).get(step, {}).get("peak_mb")
+            ratio = peak / base if base else None
+            within = peak < BOUND_MB and (ratio is None or rows <= 50_000 or ratio <= BOUND_RATIO)
+            passed &= within
+            print(f"| {step} | {rows:,} | {figure['seconds']:.1f} | {rows / figure['seconds']:,.0f} | {peak:.0f} | "
+                  f"{f'{ratio:.2f}' if ratio else '-'} | {'OK' if within else 'OVER'} |")
+    return passed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
