@@ -19,7 +19,7 @@ install: $(PY)
 	$(PY) -m pip install --quiet -c $(LOCKED) -e '.[test]'
 
 demo: install
-	$(PY) -m dify_pipeline.demo
+	$(PY) -m dify_pipeline_dev.demo
 
 # The tests cover both export paths: mysqlclient (the `mysql` extra, C, built against the MariaDB client library)
 # and PyMySQL, the fallback. The library comes from Debian's packages when it is missing.

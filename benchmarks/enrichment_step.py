@@ -120,8 +120,8 @@ def main() -> int:
     config = {"apps": [{"api_key": KEY}], "latency_ms": 0.0, "seed": 1}
     results = []
     with tempfile.TemporaryDirectory() as tmp, \
-            emulator_process("dify_pipeline.emulators.dify", config) as dify_url, \
-            emulator_process("dify_pipeline.emulators.elasticsearch") as es_url:
+            emulator_process("dify_pipeline_dev.emulators.dify", config) as dify_url, \
+            emulator_process("dify_pipeline_dev.emulators.elasticsearch") as es_url:
         urls = []
         env_url = os.environ.get("RESULT_CACHE_URL")
         if args.cache in ("sqlite", "both", "off") or (args.cache == "env" and not env_url):

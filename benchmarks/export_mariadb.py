@@ -53,7 +53,7 @@ BODIES = [
 def create_table() -> None:
     import sqlalchemy as sa
 
-    from dify_pipeline.demo.sample_data import create_source_table
+    from dify_pipeline_dev.demo.sample_data import create_source_table
 
     with pymysql.connect(**SERVER) as connection, connection.cursor() as cursor:
         cursor.execute(f"DROP DATABASE IF EXISTS {DATABASE}")

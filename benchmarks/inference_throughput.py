@@ -44,7 +44,7 @@ def throughput(name: str, count: int, concurrency: int, latency_s: float, sigma:
     config = {"apps": [{"api_key": KEY}], "latency_ms": latency_s * 1000, "latency_sigma": sigma, "seed": 1}
     mean_latency = latency_s * math.exp(sigma**2 / 2)  # lognormal mean from its median
     bound = min(concurrency / mean_latency, (rpm or math.inf) / 60)
-    with emulator_process("dify_pipeline.emulators.dify", config) as url:
+    with emulator_process("dify_pipeline_dev.emulators.dify", config) as url:
         outcomes, counters, usage = run(url, count, max_concurrency=concurrency, requests_per_minute=rpm)
     rate = outcomes["ok"] / usage.wall_seconds
     ratio = rate / bound
@@ -59,7 +59,7 @@ def throttled(count: int, client_concurrency: int, server_limit: int, latency_s:
     """Dify's per-app limit below ours: goodput vs the server's limit, and attempts per record."""
     config = {"apps": [{"api_key": KEY, "max_active_requests": server_limit}], "latency_ms": latency_s * 1000, "seed": 1}
     bound = server_limit / latency_s
-    with emulator_process("dify_pipeline.emulators.dify", config) as url:
+    with emulator_process("dify_pipeline_dev.emulators.dify", config) as url:
         outcomes, counters, usage = run(url, count, max_concurrency=client_concurrency)
         stats = server_stats(url)
     goodput = outcomes["ok"] / usage.wall_seconds

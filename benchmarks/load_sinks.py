@@ -490,7 +490,7 @@ def parquet(stage_url: str, rows: int, repeat: int) -> bool:
 
 
 def elasticsearch(stage_url: str, rows: int, repeat: int) -> bool:
-    with emulator_process("dify_pipeline.emulators.elasticsearch") as es_url:
+    with emulator_process("dify_pipeline_dev.emulators.elasticsearch") as es_url:
             listening(es_url)
             reset = lambda: urllib.request.urlopen(urllib.request.Request(f"{es_url}/_emulator/reset", method="POST"))  # noqa: E731
             raw = best_of(repeat, "elasticsearch_raw", stage_url, es_url, "raw", before=reset)

@@ -33,7 +33,7 @@ from dify_pipeline.clean.cleaning import CleaningConfig, clean_texts, clean_tick
 from dify_pipeline.clean.outgoing_check import OutgoingScan
 from dify_pipeline.clean.pii import PiiMasker, id_check_character, luhn_check_digit
 from dify_pipeline.clean.text import normalize_text
-from dify_pipeline.demo.sample_data import generate_tickets
+from dify_pipeline_dev.demo.sample_data import generate_tickets
 
 OLD_MASKER_COMMIT = "0124854"  # the masker before issue 11
 RECALL_BOUND = 0.999

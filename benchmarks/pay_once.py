@@ -21,7 +21,7 @@ from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResour
 from dify_pipeline.resources.run_journal import RunJournal
 
 KEY = "app-benchmark"
-EMULATOR = "dify_pipeline.emulators.dify"
+EMULATOR = "dify_pipeline_dev.emulators.dify"
 
 
 def records(count: int, prefix: str = "r") -> list[DifyRequest]:

@@ -69,7 +69,7 @@ def load_source(rows: int, folder: str) -> float:
     """A day of `rows` sample tickets (distinct texts) in MariaDB; returns the seconds it took."""
     import sqlalchemy as sa
 
-    from dify_pipeline.demo.sample_data import create_source_table, generate_tickets
+    from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets
 
     started = time.perf_counter()
     with pymysql.connect(**SERVER) as connection, connection.cursor() as cursor:
@@ -209,8 +209,8 @@ def run_day(rows: int, infer: bool, elasticsearch: bool) -> dict[str, dict]:
         loaded = load_source(rows, folder)
         print(f"  {rows} rows loaded into MariaDB in {loaded:.0f} s", flush=True)
         dify_config = {"apps": [{"api_key": KEY}], "latency_ms": 0, "seed": 1}
-        with emulator_process("dify_pipeline.emulators.dify", dify_config) as dify_url, \
-                emulator_process("dify_pipeline.emulators.elasticsearch") as es_url:
+        with emulator_process("dify_pipeline_dev.emulators.dify", dify_config) as dify_url, \
+                emulator_process("dify_pipeline_dev.emulators.elasticsearch") as es_url:
             os.makedirs(f"{folder}/home")
             env = {**os.environ, "PIPELINE_TIMEZONE": "UTC", "SOURCE_TIMEZONE": "UTC", "DAGSTER_HOME": f"{folder}/home",
                    "SOURCE_DATABASE_URL": f"mysql+mysqldb://root@127.0.0.1:3306/{DATABASE}",

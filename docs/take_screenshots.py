@@ -2,7 +2,7 @@
 
     .venv/bin/python docs/take_screenshots.py            # writes docs/screenshots/*.png
 
-Runs the demo for 3 days (`python -m dify_pipeline.demo --days 3`), starts `dagster-webserver` on loopback on the
+Runs the demo for 3 days (`python -m dify_pipeline_dev.demo --days 3`), starts `dagster-webserver` on loopback on the
 demo's instance, and drives headless Chromium (Debian: `apt-get install -y chromium`) through its DevTools
 protocol: open a page, wait until the UI has loaded its data, capture the viewport.
 """
@@ -151,7 +151,7 @@ def main() -> int:
     output.mkdir(parents=True, exist_ok=True)
 
     # The second day's app fails the refund tickets: that day is blocked, the others published.
-    subprocess.run([str(BIN / "python"), "-m", "dify_pipeline.demo", "--days", "3", "--block-day", "2",
+    subprocess.run([str(BIN / "python"), "-m", "dify_pipeline_dev.demo", "--days", "3", "--block-day", "2",
                     "--tickets", str(args.tickets), "--output", str(demo)], cwd=REPO)
     env = {**os.environ, **dict(line.split("=", 1) for line in (demo / "demo.env").read_text().splitlines())}
     port = free_port()

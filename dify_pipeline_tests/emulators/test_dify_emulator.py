@@ -18,7 +18,7 @@ import aiohttp
 import httpx
 import pytest
 
-from dify_pipeline.emulators.dify import (
+from dify_pipeline_dev.emulators.dify import (
     DifyApp,
     DifyEmulator,
     DifyEmulatorConfig,
@@ -26,8 +26,8 @@ from dify_pipeline.emulators.dify import (
     answer_for,
     max_runs_in_window,
 )
-from dify_pipeline.emulators.dify_answers import CATEGORY_RULES, INVALID_CATEGORY
-from dify_pipeline.emulators.server import serve_in_thread
+from dify_pipeline_dev.emulators.dify_answers import CATEGORY_RULES, INVALID_CATEGORY
+from dify_pipeline_dev.emulators.server import serve_in_thread
 from dify_pipeline.infer.contract import DEFAULT_CATEGORIES, SENTIMENTS
 
 SAMPLES = Path("/work/shared/dify-samples")
@@ -784,7 +784,7 @@ def test_control_api_reports_counters_records_and_replaces_config(serve: Serve) 
 
 def test_module_runs_as_a_subprocess_and_prints_its_url() -> None:
     config = DifyEmulatorConfig(apps=[DifyApp(api_key=KEY)], latency_ms=1).model_dump_json()
-    process = subprocess.Popen([sys.executable, "-m", "dify_pipeline.emulators.dify", "--config", config],
+    process = subprocess.Popen([sys.executable, "-m", "dify_pipeline_dev.emulators.dify", "--config", config],
                                stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

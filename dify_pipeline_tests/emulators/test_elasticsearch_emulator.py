@@ -19,7 +19,7 @@ from elasticsearch import (
     helpers,
 )
 
-from dify_pipeline.emulators.elasticsearch import (
+from dify_pipeline_dev.emulators.elasticsearch import (
     FLAVOURS,
     ElasticsearchEmulator,
     ElasticsearchEmulatorConfig,
@@ -27,7 +27,7 @@ from dify_pipeline.emulators.elasticsearch import (
     RequestFault,
     SigV4Credentials,
 )
-from dify_pipeline.emulators.server import RunningServer, serve_in_thread
+from dify_pipeline_dev.emulators.server import RunningServer, serve_in_thread
 
 TICKET_MAPPINGS = {
     "dynamic": "strict",
@@ -560,7 +560,7 @@ def test_unknown_endpoint_and_wrong_method_answer_like_elasticsearch(server: Run
 
 def test_runs_as_a_program_and_prints_its_url() -> None:
     program = subprocess.Popen(
-        [sys.executable, "-m", "dify_pipeline.emulators.elasticsearch", "--port", "0"],
+        [sys.executable, "-m", "dify_pipeline_dev.emulators.elasticsearch", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -10,10 +10,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from dify_pipeline.demo.sample_data import create_source_table, generate_tickets, insert_tickets
-from dify_pipeline.emulators.dify import DifyEmulator
-from dify_pipeline.emulators.elasticsearch import ElasticsearchEmulator
-from dify_pipeline.emulators.server import serve_in_thread
+from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
+from dify_pipeline_dev.emulators.dify import DifyEmulator
+from dify_pipeline_dev.emulators.elasticsearch import ElasticsearchEmulator
+from dify_pipeline_dev.emulators.server import serve_in_thread
 from dify_pipeline_tests.integration import services
 from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY
 
@@ -68,7 +68,7 @@ def dify_emulator_session():
 @pytest.fixture
 def dify_emulator(dify_emulator_session):
     """The Dify emulator with one workflow app keyed DIFY_KEY, counters reset for each test."""
-    from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig
+    from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
 
     emulator, url = dify_emulator_session
     emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5))

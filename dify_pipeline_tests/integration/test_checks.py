@@ -14,8 +14,8 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus as Status
 
 from dify_pipeline.definitions import build_definitions
-from dify_pipeline.demo.sample_data import generate_tickets, insert_tickets
-from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
+from dify_pipeline_dev.demo.sample_data import generate_tickets, insert_tickets
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
 from dify_pipeline.quality_checks import enriched_day_checks
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.stages import day_folder

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 from elasticsearch import Elasticsearch
 
-from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig
-from dify_pipeline.emulators.elasticsearch import ElasticsearchEmulatorConfig
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
+from dify_pipeline_dev.emulators.elasticsearch import ElasticsearchEmulatorConfig
 from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY, materialization_metadata, run_day
 
 RUN_IN_A_PROCESS_OF_ITS_OWN = f"""

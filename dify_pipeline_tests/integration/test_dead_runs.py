@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
 from dify_pipeline_tests.integration import services
 from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY
 

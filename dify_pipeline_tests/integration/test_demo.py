@@ -13,7 +13,7 @@ DAGSTER_EVENT_LINE = re.compile(r" - (DEBUG|INFO) - .* - (STEP_START|STEP_OUTPUT
 
 def run_demo(output, *arguments: str) -> subprocess.CompletedProcess:
     # A process of its own: the demo sets the variables of its environment, as `make demo` runs it.
-    return subprocess.run([sys.executable, "-m", "dify_pipeline.demo", "--output", str(output), *arguments],
+    return subprocess.run([sys.executable, "-m", "dify_pipeline_dev.demo", "--output", str(output), *arguments],
                           cwd=services.REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 

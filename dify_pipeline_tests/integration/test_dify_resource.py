@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig, Fault, answer_for
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault, answer_for
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource
 from dify_pipeline_tests.integration.pipeline import DIFY_KEY
 

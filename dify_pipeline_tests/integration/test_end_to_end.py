@@ -11,7 +11,7 @@ import s3fs
 import sqlalchemy as sa
 from elasticsearch import Elasticsearch
 
-from dify_pipeline.demo.sample_data import pii_values_in
+from dify_pipeline_dev.demo.sample_data import pii_values_in
 from dify_pipeline.infer.contract import DEFAULT_CATEGORIES
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.settings import PipelineSettings

@@ -14,7 +14,7 @@ import time
 import dagster as dg
 import pytest
 
-from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
 from dify_pipeline_tests.integration.pipeline import DIFY_KEY, materialization_metadata, run_day
 from dify_pipeline_tests.integration.test_crash_resume import RUN_IN_A_PROCESS_OF_ITS_OWN, journal_state
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dify_pipeline.emulators.elasticsearch import FLAVOURS, ElasticsearchEmulatorConfig
+from dify_pipeline_dev.emulators.elasticsearch import FLAVOURS, ElasticsearchEmulatorConfig
 from dify_pipeline_tests.integration import services
 from dify_pipeline_tests.integration.pipeline import materialization_metadata, run_day
 

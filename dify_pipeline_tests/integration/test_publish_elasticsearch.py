@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 
 from dify_pipeline.checks import elasticsearch_matches_parquet
-from dify_pipeline.emulators.elasticsearch import (
+from dify_pipeline_dev.emulators.elasticsearch import (
     FLAVOURS,
     ElasticsearchEmulatorConfig,
     ItemFault,

@@ -19,9 +19,9 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
-from dify_pipeline.demo.sample_data import create_source_table, generate_tickets, insert_tickets
-from dify_pipeline.emulators.dify import DifyApp, DifyEmulatorConfig
-from dify_pipeline.emulators.elasticsearch import ElasticsearchEmulatorConfig
+from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
+from dify_pipeline_dev.emulators.elasticsearch import ElasticsearchEmulatorConfig
 from dify_pipeline_tests.integration import services
 from dify_pipeline_tests.integration.pipeline import DAY
 

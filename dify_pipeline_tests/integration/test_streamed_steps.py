@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from dify_pipeline.clean import assets as clean_assets
 from dify_pipeline.clean.assets import clean_tickets
 from dify_pipeline.clean.cleaning import CleaningConfig, clean_tickets as clean_frame
-from dify_pipeline.demo.sample_data import create_source_table, generate_tickets, insert_tickets
+from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
 from dify_pipeline.extract.assets import raw_tickets
 from dify_pipeline.frames import to_pandas
 from dify_pipeline.resources.source_database import SourceDatabase

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dify_pipeline.emulators.dify import DifyApp, DifyEmulator, DifyEmulatorConfig
-from dify_pipeline.emulators.elasticsearch import FLAVOURS, ElasticsearchEmulator, ElasticsearchEmulatorConfig
-from dify_pipeline.emulators.server import serve_in_thread
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulator, DifyEmulatorConfig
+from dify_pipeline_dev.emulators.elasticsearch import FLAVOURS, ElasticsearchEmulator, ElasticsearchEmulatorConfig
+from dify_pipeline_dev.emulators.server import serve_in_thread
 from dify_pipeline.resources.dify import DifyFatalError, DifyResource
 from dify_pipeline.resources.search import SearchCluster, SearchClusterError
 

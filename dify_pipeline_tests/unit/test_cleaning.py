@@ -8,7 +8,7 @@ import pytest
 from dify_pipeline.clean import cleaning
 from dify_pipeline.clean.cleaning import CleaningConfig, CleanResult, clean_tickets
 from dify_pipeline.clean.pii import PiiMasker
-from dify_pipeline.demo.sample_data import PII_SAMPLES, generate_tickets
+from dify_pipeline_dev.demo.sample_data import PII_SAMPLES, generate_tickets
 
 CONFIG = CleaningConfig()
 

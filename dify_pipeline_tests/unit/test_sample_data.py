@@ -9,7 +9,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateTable
 
 from dify_pipeline.clean.pii import PiiMasker
-from dify_pipeline.demo.sample_data import (
+from dify_pipeline_dev.demo.sample_data import (
     PII_SAMPLES,
     create_source_table,
     generate_tickets,

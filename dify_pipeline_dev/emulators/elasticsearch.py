@@ -52,7 +52,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dify_pipeline.emulators.elasticsearch_query import (
+from dify_pipeline_dev.emulators.elasticsearch_query import (
     EsError,
     aggregate,
     bad_query,
@@ -61,7 +61,7 @@ from dify_pipeline.emulators.elasticsearch_query import (
     compile_query,
     merge_mappings,
 )
-from dify_pipeline.emulators.server import serve_forever
+from dify_pipeline_dev.emulators.server import serve_forever
 
 
 class ItemFault(BaseModel):
@@ -1122,7 +1122,7 @@ class ElasticsearchEmulator:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m dify_pipeline.emulators.elasticsearch --port 0 --config '{"api_key": "..."}'`."""
+    """`python -m dify_pipeline_dev.emulators.elasticsearch --port 0 --config '{"api_key": "..."}'`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9200)

@@ -4,7 +4,7 @@ Shapes, headers and error bodies follow Dify's OpenAPI spec (v1.16.0) and respon
 Dify 1.11.4 server. Each accepted request starts a run that lasts a sampled latency on the event loop, so
 thousands can be in flight; runs are kept so `GET /v1/workflows/run/{id}` can report them, also after the
 client lost the stream. Faults are injected per request. Drive it in-process through `DifyEmulator`, or over
-HTTP through `/_emulator/...` (for `python -m dify_pipeline.emulators.dify`).
+HTTP through `/_emulator/...` (for `python -m dify_pipeline_dev.emulators.dify`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dify_pipeline.emulators.dify_answers import (
+from dify_pipeline_dev.emulators.dify_answers import (
     answer_for,
     answer_json,
     faulty_answer,
@@ -38,7 +38,7 @@ from dify_pipeline.emulators.dify_answers import (
     usage_for,
     workflow_outputs,
 )
-from dify_pipeline.emulators.server import AcceptGate, check_loopback, serve_in_thread
+from dify_pipeline_dev.emulators.server import AcceptGate, check_loopback, serve_in_thread
 
 __all__ = ["DifyApp", "DifyEmulator", "DifyEmulatorConfig", "Fault", "answer_for", "main", "max_runs_in_window"]
 
@@ -980,11 +980,11 @@ async def _iterate(frames: list[str]) -> AsyncIterator[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m dify_pipeline.emulators.dify [--host H] [--port P] [--config JSON]`.
+    """`python -m dify_pipeline_dev.emulators.dify [--host H] [--port P] [--config JSON]`.
 
     Prints `DIFY_EMULATOR_URL=http://H:P/v1` once the server accepts connections, then serves until killed.
     """
-    parser = argparse.ArgumentParser(prog="python -m dify_pipeline.emulators.dify", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dify_pipeline_dev.emulators.dify", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--config", default=None, help="a DifyEmulatorConfig as JSON")

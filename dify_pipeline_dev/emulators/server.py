@@ -233,5 +233,5 @@ def serve_in_thread(
 
 
 def serve_forever(app, host: str, port: int) -> None:
-    """Run `app` in the foreground (the `python -m dify_pipeline.emulators` entry point)."""
+    """Run `app` in the foreground (the `python -m dify_pipeline_dev.emulators` entry point)."""
     _server(app, _config(app, host, port)).run()

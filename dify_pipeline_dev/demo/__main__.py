@@ -23,7 +23,7 @@ DEMO_KEY = "app-demo-key"  # the emulator's key; a real one comes from the envir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dify_pipeline.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dify_pipeline_dev.demo", description=__doc__)
     parser.add_argument("--tickets", type=int, default=3000, help="tickets to generate for the day")
     parser.add_argument("--output", default="demo_output", help="folder for the source, outputs and instance")
     parser.add_argument("--latency-ms", type=float, default=40.0, help="median latency of the emulated Dify app")
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from dify_pipeline.definitions import build_definitions
     from dify_pipeline.infer.assets import BLOCKED_TAG
-    from dify_pipeline.demo.sample_data import create_source_table, generate_tickets, insert_tickets
-    from dify_pipeline.emulators.dify import DifyApp, DifyEmulator, DifyEmulatorConfig, Fault
-    from dify_pipeline.emulators.elasticsearch import ElasticsearchEmulator
-    from dify_pipeline.emulators.server import serve_in_thread
+    from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
+    from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulator, DifyEmulatorConfig, Fault
+    from dify_pipeline_dev.emulators.elasticsearch import ElasticsearchEmulator
+    from dify_pipeline_dev.emulators.server import serve_in_thread
 
     import sqlalchemy as sa
 
@@ -129,7 +129,7 @@ class _ProgressHandler(logging.Handler):
 
 
 def _progress_logger(_init_context) -> logging.Logger:
-    logger = logging.Logger("dify_pipeline.demo", level=logging.DEBUG)  # step ends are DEBUG events
+    logger = logging.Logger("dify_pipeline_dev.demo", level=logging.DEBUG)  # step ends are DEBUG events
     logger.addHandler(_ProgressHandler())
     return logger
 
