@@ -14,9 +14,10 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import sqlalchemy as sa
+
+from dify_pipeline.resources.result_cache import cache_database_engine
 
 _metadata = sa.MetaData()
 ATTEMPTS = sa.Table(
@@ -46,15 +47,7 @@ class RunJournal:
 
     @classmethod
     def open(cls, url: str) -> RunJournal:
-        url = sa.make_url(url)
-        kwargs = {}
-        if url.get_backend_name() == "sqlite":
-            kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
-            if url.database:
-                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, **kwargs)
-        if url.get_backend_name() == "sqlite":
-            sa.event.listen(engine, "connect", _sqlite_wal)
+        engine = cache_database_engine(url)
         _metadata.create_all(engine, checkfirst=True)
         return cls(engine)
 
@@ -117,12 +110,3 @@ class RunJournal:
 
     def close(self) -> None:
         self._engine.dispose()
-
-
-def _sqlite_wal(connection, _record) -> None:
-    """WAL with synchronous=NORMAL: a commit survives the process being killed (not a power cut), without an
-    fsync per commit."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
