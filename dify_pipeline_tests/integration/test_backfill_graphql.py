@@ -30,7 +30,10 @@ BUDGET_CONCURRENCY = 3  # DIFY_MAX_CONCURRENCY
 BUDGET_PER_MINUTE = 60  # DIFY_REQUESTS_PER_MINUTE
 # A run lasts as long as the pace lets the concurrency fill: one day alone uses the whole budget, both limits.
 LATENCY_MS = BUDGET_CONCURRENCY * 60_000 / BUDGET_PER_MINUTE
-ASSETS = ["raw_tickets", "clean_tickets", "ticket_shards", "enriched_tickets", "tickets_parquet", "tickets_elasticsearch"]
+ASSETS = [
+    "raw_tickets", "clean_tickets", "quarantined_tickets", "ticket_shards", "enriched_tickets", "tickets_parquet",
+    "tickets_elasticsearch",
+]
 BIN = Path(sys.executable).parent
 
 LAUNCH_BACKFILL = """
