@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from dify_pipeline.infer.contract import DEFAULT_CATEGORIES, DEFAULT_INPUT_MAPPING
+from dify_pipeline.contract import DEFAULT_CATEGORIES, DEFAULT_INPUT_MAPPING
 
 
 class PipelineSettings(dg.ConfigurableResource):

@@ -26,14 +26,14 @@ import aiohttp
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from dify_pipeline.infer.errors import (
+from dify_pipeline.resources.dify_errors import (
     DifyCallError,
     FailureBreaker,
     classify_failed_run,
     classify_http_error,
     classify_stream_error,
 )
-from dify_pipeline.infer.request_gate import RequestGate
+from dify_pipeline.resources.request_gate import RequestGate
 from dify_pipeline.resources.run_journal import Attempt, RunJournal
 
 

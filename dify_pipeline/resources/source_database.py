@@ -15,7 +15,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import Field
 
-from dify_pipeline.extract.query import (
+from dify_pipeline.resources.source_query import (
     arrow_schema,
     arrow_type,
     columns_to_record_batch,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from dify_pipeline.infer.contract import DEFAULT_INPUT_MAPPING
+from dify_pipeline.contract import DEFAULT_INPUT_MAPPING
 
 # First rule whose keyword occurs in the ticket wins; order puts the specific before the generic.
 CATEGORY_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -28,7 +28,7 @@ from dify_pipeline_dev.emulators.dify import (
 )
 from dify_pipeline_dev.emulators.dify_answers import CATEGORY_RULES, INVALID_CATEGORY
 from dify_pipeline_dev.emulators.server import serve_in_thread
-from dify_pipeline.infer.contract import DEFAULT_CATEGORIES, SENTIMENTS
+from dify_pipeline.contract import DEFAULT_CATEGORIES, SENTIMENTS
 
 SAMPLES = Path("/work/shared/dify-samples")
 KEY = "app-emulator-key"

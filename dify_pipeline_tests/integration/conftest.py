@@ -168,7 +168,7 @@ def enriched_table(keys, tag: str = "v1", day: str = PUBLISH_DAY, failed_keys=()
 
     import pyarrow as pa
 
-    from dify_pipeline.infer.contract import DEFAULT_CATEGORIES
+    from dify_pipeline.contract import DEFAULT_CATEGORIES
     from dify_pipeline.schemas import CLEAN_FIELDS, ENRICHMENT_FIELDS, PIPELINE_VERSION, SHARD_FIELD, with_fields
 
     keys = list(keys)

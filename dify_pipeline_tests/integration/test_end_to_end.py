@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from elasticsearch import Elasticsearch
 
 from dify_pipeline_dev.demo.sample_data import pii_values_in
-from dify_pipeline.infer.contract import DEFAULT_CATEGORIES
+from dify_pipeline.contract import DEFAULT_CATEGORIES
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_folder

@@ -101,7 +101,7 @@ def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rej
     """The app answers a label outside the list: paid once, kept in the cache, a failed row; the next run pays 0
     and the row stays failed; adding the label to settings.categories turns the rows into successes, paying 0."""
     from dify_pipeline_dev.emulators.dify_answers import INVALID_CATEGORY
-    from dify_pipeline.infer.contract import DEFAULT_CATEGORIES
+    from dify_pipeline.contract import DEFAULT_CATEGORIES
 
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5,
                                                faults=[Fault(kind="invalid_category", match="退款")]))

@@ -18,7 +18,7 @@ import pytest
 import s3fs
 from elasticsearch import Elasticsearch
 
-from dify_pipeline.infer.contract import DEFAULT_CATEGORIES
+from dify_pipeline.contract import DEFAULT_CATEGORIES
 from dify_pipeline_tests.integration import services
 from dify_pipeline_tests.integration.pipeline import DIFY_KEY
 

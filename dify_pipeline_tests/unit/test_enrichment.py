@@ -9,7 +9,7 @@ import pytest
 
 from dify_pipeline.infer.app_form import InputVariable
 from dify_pipeline.infer.cache_key import cache_key
-from dify_pipeline.infer.contract import DEFAULT_CATEGORIES, DEFAULT_INPUT_MAPPING
+from dify_pipeline.contract import DEFAULT_CATEGORIES, DEFAULT_INPUT_MAPPING
 from dify_pipeline.infer.enrichment import Outcome, enrichment_columns, outcome_from_answer, plan_records
 from dify_pipeline.infer.progress import Progress
 from dify_pipeline.infer.stats import error_counts, latency_percentiles

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
-from dify_pipeline.extract.query import (
+from dify_pipeline.resources.source_query import (
     arrow_schema,
     arrow_type,
     day_query,
@@ -249,7 +249,7 @@ def test_record_batch_keeps_column_names_and_order():
 
 # -- temporal values sent as text (the fast MySQL path) --------------------------------------------
 
-from dify_pipeline.extract.query import columns_to_record_batch  # noqa: E402
+from dify_pipeline.resources.source_query import columns_to_record_batch  # noqa: E402
 
 
 def test_timestamps_sent_as_text_are_parsed_and_read_in_the_source_zone():

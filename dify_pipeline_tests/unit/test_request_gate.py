@@ -5,7 +5,7 @@ import heapq
 
 import pytest
 
-from dify_pipeline.infer.request_gate import MAX_PATIENCE, RequestGate
+from dify_pipeline.resources.request_gate import MAX_PATIENCE, RequestGate
 
 EPSILON = 1e-9
 
