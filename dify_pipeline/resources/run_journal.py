@@ -11,6 +11,7 @@ each waits for its own commit before its request leaves (the event loop never bl
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -81,14 +82,21 @@ class RunJournal:
                     future.set_result(None)
 
     def _commit(self, batch: list[tuple[str, dict]]) -> None:
+        # A few statements per group, not per attempt: consecutive writes of one kind go together, in order.
         with self._engine.begin() as connection:
-            for kind, values in batch:
-                key = ATTEMPTS.c.cache_key == values["cache_key"]
+            for kind, group in itertools.groupby(batch, key=lambda item: item[0]):
+                rows = list({values["cache_key"]: values for _, values in group}.values())  # the last per record
                 if kind == "sent":
-                    connection.execute(sa.delete(ATTEMPTS).where(key))
-                    connection.execute(sa.insert(ATTEMPTS).values(**values))
+                    keys = [row["cache_key"] for row in rows]
+                    for start in range(0, len(keys), 900):  # stay under every driver's parameter limit
+                        connection.execute(sa.delete(ATTEMPTS).where(ATTEMPTS.c.cache_key.in_(keys[start:start + 900])))
+                    connection.execute(sa.insert(ATTEMPTS), rows)
                 else:
-                    connection.execute(sa.update(ATTEMPTS).where(key).values(run_id=values["run_id"]))
+                    connection.execute(
+                        sa.update(ATTEMPTS).where(ATTEMPTS.c.cache_key == sa.bindparam("key"))
+                        .values(run_id=sa.bindparam("run")),
+                        [{"key": row["cache_key"], "run": row["run_id"]} for row in rows],
+                    )
 
     # -- from the step -------------------------------------------------------------------------------
     def pending(self, keys: Iterable[str]) -> dict[str, Attempt]:

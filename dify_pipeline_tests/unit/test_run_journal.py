@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
@@ -48,4 +49,20 @@ def test_a_run_id_announced_later_is_kept_and_forget_drops_the_attempt(tmp_path)
     assert (entry.user, entry.run_id) == ("u", "run-1")
     journal.forget(["k"])
     assert journal.pending(["k"]) == {}
+    journal.close()
+
+
+def test_one_group_keeps_the_order_of_its_writes_and_the_last_attempt_of_a_record(tmp_path):
+    journal = RunJournal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    journal._commit([
+        ("sent", {"cache_key": "a", "user": "u-a", "sent_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}),
+        ("sent", {"cache_key": "b", "user": "u-b", "sent_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}),
+        ("run", {"cache_key": "a", "run_id": "run-a1"}),
+        ("sent", {"cache_key": "a", "user": "u-a", "sent_at": datetime(2026, 1, 2, tzinfo=timezone.utc)}),  # a retry
+        ("sent", {"cache_key": "b", "user": "u-b", "sent_at": datetime(2026, 1, 3, tzinfo=timezone.utc)}),
+        ("run", {"cache_key": "b", "run_id": "run-b2"}),
+    ])
+    pending = journal.pending(["a", "b"])
+    assert (pending["a"].run_id, pending["a"].sent_at.day) == (None, 2)  # the retry's attempt, not the first run's
+    assert (pending["b"].run_id, pending["b"].sent_at.day) == ("run-b2", 3)
     journal.close()
