@@ -420,6 +420,7 @@ class DifyResource(dg.ConfigurableResource):
                               journal) -> DifyResult:
         run_id: str | None = None
         answer: list[str] = []
+        node_prices: list[tuple[float, str | None]] = []  # a workflow run's price is only in its nodes' events
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=self.stream_idle_timeout_seconds)
         try:
             url = self._url(self._endpoint())
@@ -433,8 +434,16 @@ class DifyResource(dg.ConfigurableResource):
                         run_id = event.get("workflow_run_id")
                         if journal is not None and run_id:
                             await journal.run_started(request.record_key, run_id)
+                    elif kind == "node_finished":
+                        price = _node_price((event.get("data") or {}).get("execution_metadata"))
+                        if price is not None:
+                            node_prices.append(price)
                     elif kind == "workflow_finished":
-                        return _workflow_result(request.record_key, event.get("data") or {}, event.get("workflow_run_id"))
+                        result = _workflow_result(request.record_key, event.get("data") or {}, event.get("workflow_run_id"))
+                        if node_prices:
+                            result.total_price = sum(price for price, _ in node_prices)
+                            result.currency = next((currency for _, currency in node_prices if currency), None)
+                        return result
                     elif kind == "message":
                         answer.append(event.get("answer") or "")
                     elif kind == "message_end":
@@ -564,6 +573,17 @@ def _workflow_result(record_key: str, data: dict, run_id: str | None) -> DifyRes
         run_id=run_id or data.get("id"), workflow_id=data.get("workflow_id"),
         total_tokens=_int_or_none(data.get("total_tokens")),
     )
+
+
+def _node_price(metadata: dict | None) -> tuple[float, str | None] | None:
+    """A node's price from its node_finished execution_metadata (LLM nodes carry total_price and currency)."""
+    price = (metadata or {}).get("total_price")
+    if price in (None, ""):
+        return None
+    try:
+        return float(price), metadata.get("currency")
+    except (TypeError, ValueError):
+        return None
 
 
 def _completion_result(record_key: str, message_id: str | None, answer: str | None, usage: dict) -> DifyResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
@@ -142,8 +143,9 @@ def test_a_blocked_day_says_why_in_its_check_with_samples(pipeline_env, source_t
 
 
 def test_cost_is_estimated_from_token_prices_and_a_rerun_spends_nothing(
-    pipeline_env, source_tickets, dagster_instance, dify_emulator
+    pipeline_env, source_tickets, dagster_instance, dify_emulator, monkeypatch
 ):
+    monkeypatch.setenv("DIFY_RESPONSE_MODE", "blocking")  # a blocking workflow run carries tokens, no price
     priced = PipelineSettings(price_per_1k_input_tokens=0.5, price_per_1k_output_tokens=1.5, price_currency="EUR")
     first = materialization_metadata(run_day(dagster_instance, settings=priced), "enriched_tickets")
     assert first["cost_is_estimate"] is True and first["cost_currency"] == "EUR"
@@ -151,6 +153,21 @@ def test_cost_is_estimated_from_token_prices_and_a_rerun_spends_nothing(
     again = materialization_metadata(run_day(dagster_instance, settings=priced), "enriched_tickets")
     assert again["cost_spent_this_run"] == 0 and again["cost_day"] == first["cost_day"]
     assert again["answered_from_cache"] == again["rows"] and again["duplicates_within_day"] == 0
+
+
+@pytest.mark.parametrize("app_mode,response_mode", [("workflow", "streaming"), ("completion", "blocking")])
+def test_the_day_costs_what_dify_priced_from_stream_node_events_and_completion_usage(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator, monkeypatch, app_mode, response_mode
+):
+    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY, mode=app_mode)], latency_ms=5))
+    monkeypatch.setenv("DIFY_APP_MODE", app_mode)
+    monkeypatch.setenv("DIFY_RESPONSE_MODE", response_mode)
+    priced = PipelineSettings(price_per_1k_input_tokens=0.5, price_per_1k_output_tokens=1.5, price_currency="EUR")
+    first = materialization_metadata(run_day(dagster_instance, settings=priced), "enriched_tickets")
+    assert first["cost_is_estimate"] is False and first["cost_currency"] == "USD"  # Dify's price, not the estimate
+    assert isinstance(first["cost_day"], float) and first["cost_day"] == first["cost_spent_this_run"] > 0
+    again = materialization_metadata(run_day(dagster_instance, settings=priced), "enriched_tickets")
+    assert again["cost_spent_this_run"] == 0 and again["cost_day"] == first["cost_day"]
 
 
 def test_with_the_cache_off_duplicates_within_the_day_are_not_counted_as_cache_hits(
