@@ -117,7 +117,8 @@ def main() -> int:
                         help="env: RESULT_CACHE_URL when set, else SQLite; both: SQLite then PostgreSQL; "
                              "off: the cache disabled, the client's own ceiling for comparison")
     args = parser.parse_args()
-    config = {"apps": [{"api_key": KEY}], "latency_ms": 0.0, "seed": 1}
+    config = {"apps": [{"api_key": KEY}], "latency_ms": 0.0, "seed": 1,
+              "server_worker_connections": None}  # workers enough: the client, not a 10-connection cap, is measured
     results = []
     with tempfile.TemporaryDirectory() as tmp, \
             emulator_process("dify_pipeline_dev.emulators.dify", config) as dify_url, \

@@ -41,7 +41,8 @@ def server_stats(url: str) -> dict:
 
 
 def throughput(name: str, count: int, concurrency: int, latency_s: float, sigma: float, rpm: int | None) -> bool:
-    config = {"apps": [{"api_key": KEY}], "latency_ms": latency_s * 1000, "latency_sigma": sigma, "seed": 1}
+    config = {"apps": [{"api_key": KEY}], "latency_ms": latency_s * 1000, "latency_sigma": sigma, "seed": 1,
+              "server_worker_connections": None}  # workers enough: the cap has its own scenario (pay_once.py)
     mean_latency = latency_s * math.exp(sigma**2 / 2)  # lognormal mean from its median
     bound = min(concurrency / mean_latency, (rpm or math.inf) / 60)
     with emulator_process("dify_pipeline_dev.emulators.dify", config) as url:
@@ -57,7 +58,8 @@ def throughput(name: str, count: int, concurrency: int, latency_s: float, sigma:
 
 def throttled(count: int, client_concurrency: int, server_limit: int, latency_s: float) -> bool:
     """Dify's per-app limit below ours: goodput vs the server's limit, and attempts per record."""
-    config = {"apps": [{"api_key": KEY, "max_active_requests": server_limit}], "latency_ms": latency_s * 1000, "seed": 1}
+    config = {"apps": [{"api_key": KEY, "max_active_requests": server_limit}], "latency_ms": latency_s * 1000, "seed": 1,
+              "server_worker_connections": None}
     bound = server_limit / latency_s
     with emulator_process("dify_pipeline_dev.emulators.dify", config) as url:
         outcomes, counters, usage = run(url, count, max_concurrency=client_concurrency)

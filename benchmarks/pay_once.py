@@ -72,7 +72,7 @@ def rare_5xx(count: int) -> bool:
     """2% of answers 500/502/503/504 (no Retry-After): goodput vs min(C/L) with the default settings."""
     latency, concurrency = 0.2, 16
     kinds = ["http_500", "http_502_html", "http_503", "http_504_html"]
-    config = {"apps": [{"api_key": KEY}], "latency_ms": latency * 1000, "seed": 1,
+    config = {"apps": [{"api_key": KEY}], "latency_ms": latency * 1000, "seed": 1, "server_worker_connections": None,
               "faults": [{"kind": k, "probability": 0.005} for k in kinds]}
     with emulator_process(EMULATOR, config) as url:
         outcomes, counters, usage, _ = run(url, records(count))

@@ -208,7 +208,7 @@ def run_day(rows: int, infer: bool, elasticsearch: bool) -> dict[str, dict]:
     with tempfile.TemporaryDirectory(prefix="scale-") as folder:
         loaded = load_source(rows, folder)
         print(f"  {rows} rows loaded into MariaDB in {loaded:.0f} s", flush=True)
-        dify_config = {"apps": [{"api_key": KEY}], "latency_ms": 0, "seed": 1}
+        dify_config = {"apps": [{"api_key": KEY}], "latency_ms": 0, "seed": 1, "server_worker_connections": None}
         with emulator_process("dify_pipeline_dev.emulators.dify", dify_config) as dify_url, \
                 emulator_process("dify_pipeline_dev.emulators.elasticsearch") as es_url:
             os.makedirs(f"{folder}/home")
