@@ -36,6 +36,23 @@ def journal_state(env) -> tuple[set[str], set[str]]:
     return answered, attempted - answered
 
 
+def kill_the_day_once_paid(dify_emulator, dagster_instance, paid_runs: int, poll_seconds: float) -> None:
+    """Run the day in a process of its own, kill -9 it once Dify has been paid `paid_runs` times, and end the dead
+    run as "Terminate" in the UI (or run monitoring) does: its `dify` pool slot is freed."""
+    process = subprocess.Popen([sys.executable, "-c", RUN_IN_A_PROCESS_OF_ITS_OWN], env=dict(os.environ),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while dify_emulator.stats()["paid_runs"] < paid_runs:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "inference never got going"
+        time.sleep(poll_seconds)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    for run in dagster_instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        dagster_instance.report_run_canceled(run)
+        dagster_instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+
+
 @pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
 def test_a_run_killed_during_inference_resumes_without_paying_twice_and_loses_nothing(
     pipeline_env, source_tickets, dagster_instance, dify_emulator, monkeypatch, response_mode
@@ -50,19 +67,7 @@ def test_a_run_killed_during_inference_resumes_without_paying_twice_and_loses_no
                                                server_worker_connections=4))
     dify_emulator.reset()
 
-    process = subprocess.Popen([sys.executable, "-c", RUN_IN_A_PROCESS_OF_ITS_OWN], env=dict(os.environ),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while dify_emulator.stats()["paid_runs"] < 60:
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "inference never got going"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    # What "Terminate" in the UI (or run monitoring) does for a dead run: it ends, its `dify` pool slot is freed.
-    for run in dagster_instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-        dagster_instance.report_run_canceled(run)
-        dagster_instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    kill_the_day_once_paid(dify_emulator, dagster_instance, paid_runs=60, poll_seconds=0.02)
     answered, in_flight = journal_state(pipeline_env)
     assert in_flight  # runs were in flight when the process died
 

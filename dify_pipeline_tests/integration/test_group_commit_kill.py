@@ -5,18 +5,11 @@ from the Dify emulator's own counters."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
-import dagster as dg
 import pytest
 
 from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
 from dify_pipeline_tests.integration.pipeline import DIFY_KEY, materialization_metadata, run_day
-from dify_pipeline_tests.integration.test_crash_resume import RUN_IN_A_PROCESS_OF_ITS_OWN, journal_state
+from dify_pipeline_tests.integration.test_crash_resume import journal_state, kill_the_day_once_paid
 
 CONCURRENCY = 16
 
@@ -30,18 +23,7 @@ def test_a_kill_during_group_commits_pays_nothing_twice(
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=20, ping_interval=0.05))
     dify_emulator.reset()
 
-    process = subprocess.Popen([sys.executable, "-c", RUN_IN_A_PROCESS_OF_ITS_OWN], env=dict(os.environ),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while dify_emulator.stats()["paid_runs"] < 150:
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "inference never got going"
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    for run in dagster_instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-        dagster_instance.report_run_canceled(run)
-        dagster_instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    kill_the_day_once_paid(dify_emulator, dagster_instance, paid_runs=150, poll_seconds=0.005)
     acknowledged, unacknowledged = journal_state(pipeline_env)
     paid_before_kill = dify_emulator.stats()["paid_runs"]
     assert acknowledged, "nothing was committed before the kill"
