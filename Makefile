@@ -56,7 +56,11 @@ check-runtime-install:
 	$(RUNTIME_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(RUNTIME_VENV)/bin/python -m pip install --quiet .
 	$(RUNTIME_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(dagster|pandas|pyarrow|sqlalchemy) '
-	cd $(RUNTIME_VENV) && env -u DAGSTER_HOME bin/dagster definitions validate -m dify_pipeline.definitions
+	# The code location refuses to load without its required variables (naming each): give it a deployment's.
+	cd $(RUNTIME_VENV) && env -u DAGSTER_HOME SOURCE_DATABASE_URL=mysql+pymysql://reader:change-me@127.0.0.1:3306/support \
+		DIFY_BASE_URL=http://127.0.0.1:5001/v1 DIFY_API_KEY=app-runtime-check ELASTICSEARCH_URL=http://127.0.0.1:9200 \
+		OUTPUT_PARQUET_URL=$$PWD/check/out PIPELINE_STORAGE_URL=$$PWD/check/stages \
+		RESULT_CACHE_URL=sqlite:///$$PWD/check/cache.sqlite bin/dagster definitions validate -m dify_pipeline.definitions
 
 # Regenerates both constraints files from pyproject.toml, keeping today's pins where they still fit
 # (`make constraints UPGRADE=--upgrade` moves the lock to the newest releases). Commit them with the change.
