@@ -159,6 +159,12 @@ def _print_summary(result, day: date, output: Path, elapsed: float, blocked_by: 
           f"{enriched.get('retries', '-')} retries, {enriched.get('throttled', '-')} throttled; "
           f"latency p50 {enriched.get('latency_p50_ms', '-')} ms, p95 {enriched.get('latency_p95_ms', '-')} ms; "
           f"{enriched.get('total_tokens', '-')} tokens")
+    if enriched.get("cost_priced_by_dify_answers") or enriched.get("cost_is_estimate"):
+        print(f"  cost                {enriched.get('cost_day')} {enriched.get('cost_currency') or ''} for the day"
+              f"{' (estimated from tokens)' if enriched.get('cost_is_estimate') else ''}, "
+              f"{enriched.get('cost_spent_this_run')} spent by this run")
+    else:  # a blocking workflow run carries tokens, no price
+        print("  cost                no price from Dify (stream the runs, or set the settings' token prices)")
     print(f"  failures by code    {enriched.get('failures_by_code', {})}")
     print(f"  categories          {enriched.get('categories', {})}")
     print(f"tickets_parquet       {parquet.get('rows', '-'):>7} rows  → {parquet.get('path', '-')}")
