@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.scale                               # 5k, 50k, 200k source rows
     .venv/bin/python -m benchmarks.scale --sizes 5000 50000 1000000    # any sizes (1M: ~10 min without inference)
     .venv/bin/python -m benchmarks.scale --infer-up-to 50000           # send Dify the days up to 50k rows
+    .venv/bin/python -m benchmarks.scale --sizes 50000 1000000 --reuse-source --stages extract   # re-run a step
 
 For each size, a MariaDB database `dify_pipeline_bench_scale` (127.0.0.1:3306, root) is filled with one day of
 sample tickets with distinct texts (`generate_tickets(distinct_texts=True)`, duplicates, PII and bad rows
@@ -65,7 +66,22 @@ def _tsv(value) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
 
 
-def load_source(rows: int, folder: str) -> float:
+def database_name(rows: int, reuse: bool) -> str:
+    """One database per size when sources are kept for reuse, else the one database every size replaces."""
+    return f"{DATABASE}_{rows}" if reuse else DATABASE
+
+
+def source_rows(database: str) -> int | None:
+    """Rows of the day already loaded in `database`, None when it has no tickets table."""
+    try:
+        with pymysql.connect(**SERVER, database=database) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM tickets")
+            return cursor.fetchone()[0]
+    except pymysql.err.MySQLError:
+        return None
+
+
+def load_source(rows: int, folder: str, database: str = DATABASE) -> float:
     """A day of `rows` sample tickets (distinct texts) in MariaDB; returns the seconds it took."""
     import sqlalchemy as sa
 
@@ -73,9 +89,9 @@ def load_source(rows: int, folder: str) -> float:
 
     started = time.perf_counter()
     with pymysql.connect(**SERVER) as connection, connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        cursor.execute(f"CREATE DATABASE {DATABASE} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-    engine = sa.create_engine(f"mysql+pymysql://root@127.0.0.1:3306/{DATABASE}")
+        cursor.execute(f"DROP DATABASE IF EXISTS {database}")
+        cursor.execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    engine = sa.create_engine(f"mysql+pymysql://root@127.0.0.1:3306/{database}")
     create_source_table(engine, "tickets")
     engine.dispose()
     path = os.path.join(folder, "tickets.tsv")
@@ -86,7 +102,7 @@ def load_source(rows: int, folder: str) -> float:
             tickets["id"] = tickets["id"] + chunk * 100_000  # each chunk its own range of ids
             for values in zip(*(tickets[column].tolist() for column in COLUMNS)):
                 handle.write("\t".join(_tsv(value) for value in values) + "\n")
-    with pymysql.connect(**SERVER, database=DATABASE, local_infile=True, autocommit=True) as connection:
+    with pymysql.connect(**SERVER, database=database, local_infile=True, autocommit=True) as connection:
         with connection.cursor() as cursor:
             cursor.execute(f"LOAD DATA LOCAL INFILE %s INTO TABLE tickets CHARACTER SET utf8mb4 ({', '.join(COLUMNS)})",
                            (path,))
@@ -204,21 +220,28 @@ def write_enriched_from_shards(stage_url: str) -> None:
         stage.write_parquet(shard_file(stage, "enriched_tickets", DAY, index), schema, [table])
 
 
-def run_day(rows: int, infer: bool, elasticsearch: bool) -> dict[str, dict]:
+def run_day(rows: int, infer: bool, elasticsearch: bool, reuse: bool = False,
+            stages: tuple[str, ...] = ("extract", "infer", "publish")) -> dict[str, dict]:
+    database = database_name(rows, reuse)
     with tempfile.TemporaryDirectory(prefix="scale-") as folder:
-        loaded = load_source(rows, folder)
-        print(f"  {rows} rows loaded into MariaDB in {loaded:.0f} s", flush=True)
+        if reuse and source_rows(database) == rows:
+            print(f"  {rows} rows already in MariaDB ({database})", flush=True)
+        else:
+            loaded = load_source(rows, folder, database)
+            print(f"  {rows} rows loaded into MariaDB in {loaded:.0f} s", flush=True)
         dify_config = {"apps": [{"api_key": KEY}], "latency_ms": 0, "seed": 1, "server_worker_connections": None}
         with emulator_process("dify_pipeline_dev.emulators.dify", dify_config) as dify_url, \
                 emulator_process("dify_pipeline_dev.emulators.elasticsearch") as es_url:
             os.makedirs(f"{folder}/home")
             env = {**os.environ, "PIPELINE_TIMEZONE": "UTC", "SOURCE_TIMEZONE": "UTC", "DAGSTER_HOME": f"{folder}/home",
-                   "SOURCE_DATABASE_URL": f"mysql+mysqldb://root@127.0.0.1:3306/{DATABASE}",
+                   "SOURCE_DATABASE_URL": f"mysql+mysqldb://root@127.0.0.1:3306/{database}",
                    "DIFY_BASE_URL": dify_url if dify_url.endswith("/v1") else f"{dify_url}/v1", "DIFY_API_KEY": KEY,
                    "DIFY_MAX_CONCURRENCY": "50", "OUTPUT_PARQUET_URL": f"{folder}/parquet",
                    "PIPELINE_STORAGE_URL": f"{folder}/stages", "ELASTICSEARCH_URL": es_url}
             figures: dict[str, dict] = {}
             for name, selection in STAGES:
+                if name.split(",")[0] not in stages:
+                    continue
                 if name == "infer" and not infer:
                     write_enriched_from_shards(f"{folder}/stages")
                     continue
@@ -245,13 +268,18 @@ def main() -> int:
     parser.add_argument("--elasticsearch-up-to", type=int, default=200_000,
                         help="publish to the Elasticsearch emulator the days up to this many rows (beyond, the "
                              "emulator, one Python process holding every document, times out)")
+    parser.add_argument("--reuse-source", action="store_true",
+                        help=f"keep each size's source in its own database ({DATABASE}_<rows>) and reuse it")
+    parser.add_argument("--stages", nargs="+", choices=["extract", "infer", "publish"],
+                        default=["extract", "infer", "publish"], help="the runs to make (extract: extract, clean, shard)")
     parser.add_argument("--json", help="also write the figures to this file (after each day)")
     args = parser.parse_args()
 
     results = {}
     for rows in args.sizes:
         print(f"day of {rows} source rows", flush=True)
-        results[rows] = run_day(rows, infer=rows <= args.infer_up_to, elasticsearch=rows <= args.elasticsearch_up_to)
+        results[rows] = run_day(rows, infer=rows <= args.infer_up_to, elasticsearch=rows <= args.elasticsearch_up_to,
+                                reuse=args.reuse_source, stages=tuple(args.stages))
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump({str(k): v for k, v in results.items()}, handle, indent=1, default=str)
