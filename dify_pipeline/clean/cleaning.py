@@ -214,57 +214,104 @@ def _order_values(updated_at: pd.Series) -> np.ndarray:
     return values.to_numpy(dtype="datetime64[us]").view(np.int64)  # NaT is int64's minimum: sorts first
 
 
+# What the plan keeps of each raw row: one byte of flags.
+_MISSING_KEY, _INVALID_TIMESTAMP, _NULL_TIMESTAMP, _WINNER = 1, 2, 4, 8
+
+
 @dataclass
 class DayPlan:
     """What the key and timestamp columns alone decide about each raw row of a day, in the day's row order.
 
-    Small next to the day (a key, a few flags and a number per row), so a day of any size is planned in memory
-    and then cleaned one batch at a time.
+    One byte of flags per row (no key, invalid timestamp, null timestamp, the row that stands for its key),
+    never the keys themselves: the cleaner reads each chunk's keys from the chunk. So a day of any size is
+    planned in memory and then cleaned one batch at a time.
     """
 
-    record_keys: pa.ChunkedArray  # string, null where the key is missing
-    missing_key: np.ndarray
-    invalid_timestamp: np.ndarray
-    timestamp_is_null: np.ndarray
-    winner: np.ndarray  # the row that stands for its key (latest updated_at; ties: the later row)
+    flags: np.ndarray  # uint8, one per raw row
+
+    def _flag(self, bit: int) -> np.ndarray:
+        return (self.flags & bit).astype(bool)
+
+    @property
+    def missing_key(self) -> np.ndarray:
+        return self._flag(_MISSING_KEY)
+
+    @property
+    def invalid_timestamp(self) -> np.ndarray:
+        return self._flag(_INVALID_TIMESTAMP)
+
+    @property
+    def timestamp_is_null(self) -> np.ndarray:
+        return self._flag(_NULL_TIMESTAMP)
+
+    @property
+    def winner(self) -> np.ndarray:
+        """The rows that stand for their key (latest updated_at; ties: the later row)."""
+        return self._flag(_WINNER)
 
     @property
     def rows(self) -> int:
-        return len(self.winner)
+        return len(self.flags)
+
+    @property
+    def nbytes(self) -> int:
+        return self.flags.nbytes
 
     @property
     def duplicates_removed(self) -> int:
-        return int((~(self.missing_key | self.invalid_timestamp)).sum() - self.winner.sum())
+        usable = int(np.count_nonzero((self.flags & (_MISSING_KEY | _INVALID_TIMESTAMP)) == 0))
+        return usable - int(np.count_nonzero(self.flags & _WINNER))
+
+
+def _identity_codes(keys: pd.Series, record_keys: pd.Series) -> np.ndarray | pa.Array:
+    """What tells two rows' keys apart, as compact as the column allows: the integers themselves, else the text."""
+    if pd.api.types.is_integer_dtype(keys) and not pd.api.types.is_unsigned_integer_dtype(keys):
+        return keys.to_numpy(dtype=np.int64, na_value=0)  # missing keys are never compared
+    return pa.array(record_keys.to_numpy(dtype=object, na_value=None), pa.string())
 
 
 def plan_day(key_chunks: Iterable[pd.DataFrame], config: CleaningConfig) -> DayPlan:
     """The plan of a day from its key, timestamp and updated_at columns, given in consecutive chunks.
 
     Rows without a key or with a null or unparseable timestamp are out; of the rest, each key's latest
-    `updated_at` wins (ties go to the later row; a null updated_at loses).
+    `updated_at` wins (ties go to the later row; a null updated_at loses). Holds a key and an update time per
+    usable row while planning (the integers themselves for an integer key column), one byte per row after.
     """
-    keys, missing, invalid, null_timestamp, order = [], [], [], [], []
+    flags, identities, order = [], [], []
     for chunk in key_chunks:
         record_keys = _record_keys(chunk[config.key_column])
         is_missing = record_keys.isna().to_numpy()
-        keys.append(pa.array(record_keys.to_numpy(dtype=object, na_value=None), pa.string()))
-        missing.append(is_missing)
-        invalid.append(~is_missing & _as_datetimes(chunk[config.timestamp_column]).isna().to_numpy())
-        null_timestamp.append(chunk[config.timestamp_column].isna().to_numpy())
-        order.append(_order_values(chunk[config.updated_at_column]))
-    concatenate = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
-    missing_key, invalid_timestamp = concatenate(missing, bool), concatenate(invalid, bool)
-    record_keys = pa.chunked_array(keys, pa.string())
-    usable = np.flatnonzero(~(missing_key | invalid_timestamp))
-    winner = np.zeros(len(missing_key), dtype=bool)
-    if len(usable):
-        codes = pc.dictionary_encode(record_keys.take(pa.array(usable))).combine_chunks().indices
+        timestamps = chunk[config.timestamp_column]
+        is_invalid = ~is_missing & _as_datetimes(timestamps).isna().to_numpy()
+        flags.append((is_missing * _MISSING_KEY | is_invalid * _INVALID_TIMESTAMP
+                      | timestamps.isna().to_numpy() * _NULL_TIMESTAMP).astype(np.uint8))
+        usable = np.flatnonzero(~(is_missing | is_invalid))
+        identity = _identity_codes(chunk[config.key_column], record_keys)
+        identities.append(identity[usable] if isinstance(identity, np.ndarray) else identity.take(pa.array(usable)))
+        order.append(_order_values(chunk[config.updated_at_column])[usable])
+    plan = DayPlan(np.concatenate(flags) if flags else np.zeros(0, np.uint8))
+    del flags
+    usable = np.flatnonzero((plan.flags & (_MISSING_KEY | _INVALID_TIMESTAMP)) == 0)
+    if not len(usable):
+        return plan
+    # One array at a time, each list freed once joined: the planning peak is a few arrays of the usable rows.
+    if all(isinstance(part, np.ndarray) for part in identities):
+        codes = np.concatenate(identities)
+    else:  # text keys: each distinct key once, then a small integer per row
+        codes = pc.dictionary_encode(pa.chunked_array(identities, pa.string())).combine_chunks().indices
         codes = codes.to_numpy(zero_copy_only=False)
-        # Sorted by key, then update, then row: each key's last row is its latest update (ties: the later row).
-        ranked = np.lexsort((usable, concatenate(order, np.int64)[usable], codes))
-        last_of_key = np.append(codes[ranked][1:] != codes[ranked][:-1], True)
-        winner[usable[ranked[last_of_key]]] = True
-    return DayPlan(record_keys, missing_key, invalid_timestamp, concatenate(null_timestamp, bool), winner)
+    del identities
+    updates = np.concatenate(order)
+    del order
+    # Sorted by key, then update (a stable sort: ties keep the row order), each key's last row is its latest update.
+    ranked = np.lexsort((updates, codes))
+    del updates
+    sorted_codes = codes[ranked]
+    del codes
+    last_of_key = np.append(sorted_codes[1:] != sorted_codes[:-1], True)
+    del sorted_codes
+    plan.flags[usable[ranked[last_of_key]]] |= _WINNER
+    return plan
 
 
 @dataclass
@@ -292,8 +339,9 @@ class ChunkCleaner:
         rows = chunk.reset_index(drop=True)
         window = slice(self.offset, self.offset + len(rows))
         self.offset += len(rows)
-        record_keys = pd.Series(plan.record_keys.slice(window.start, len(rows)).to_pylist(), dtype=TEXT)
-        survivors = rows.iloc[np.flatnonzero(plan.winner[window])]
+        flags = plan.flags[window]
+        record_keys = _record_keys(rows[config.key_column])
+        survivors = rows.iloc[np.flatnonzero(flags & _WINNER)]
 
         cleaned_text: dict[str, pd.Series] = {}
         truncated = pd.Series(False, index=survivors.index)
@@ -314,12 +362,12 @@ class ChunkCleaner:
             pii_masked=pii_per_row[kept],
         ).reset_index(drop=True)
         positions = {
-            "missing_key": np.flatnonzero(plan.missing_key[window]),
-            "invalid_timestamp": np.flatnonzero(plan.invalid_timestamp[window]),
+            "missing_key": np.flatnonzero(flags & _MISSING_KEY),
+            "invalid_timestamp": np.flatnonzero(flags & _INVALID_TIMESTAMP),
             "empty_text": survivors.index[empty_text].to_numpy(),
         }
         expected = sum(len(p) for p in positions.values())
-        quarantine = _quarantine(rows, record_keys, positions, config, self.pii, plan.timestamp_is_null[window])
+        quarantine = _quarantine(rows, record_keys, positions, config, self.pii, (flags & _NULL_TIMESTAMP).astype(bool))
         if len(quarantine) != expected:
             raise RuntimeError(f"cleaning lost track of rows: {len(rows)} raw rows gave {len(clean)} clean and "
                                f"{len(quarantine)} quarantined, {expected} expected")

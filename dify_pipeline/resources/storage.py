@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import os
 import uuid
@@ -22,7 +24,7 @@ PARQUET_WRITE_OPTIONS = dict(compression="zstd", write_statistics=True)
 # A row group is the unit a reader scans in parallel and skips by statistics: big enough to amortize its
 # metadata and seeks, small enough to hold one in memory while writing (this bounds the writer's memory).
 ROW_GROUP_ROWS = 128 * 1024
-ROW_GROUP_BYTES = 32 * 1024 * 1024  # Arrow (uncompressed) bytes; also what a writer holds in memory
+ROW_GROUP_BYTES = 16 * 1024 * 1024  # Arrow (uncompressed) bytes; what a writer holds in memory, and a reader
 S3_PART_BYTES = 32 * 1024 * 1024  # multipart upload part size (S3's minimum is 5 MiB)
 DAY_FILE_NAME = "part-00000.parquet"  # one object per day: replaced atomically
 
@@ -137,6 +139,8 @@ class ObjectStorage(dg.ConfigurableResource):
             for group in row_groups(batches, ROW_GROUP_ROWS, ROW_GROUP_BYTES):
                 writer.write_table(group, row_group_size=group.num_rows)
                 rows += group.num_rows
+                del group
+                release_free_memory()
             writer.close()
             if not self.is_s3:
                 handle.flush()
@@ -166,8 +170,11 @@ class ObjectStorage(dg.ConfigurableResource):
         """The file's rows in batches; `use_threads=False` for small files (a shard), where decoding each
         column in its own thread costs more than it saves."""
         with self.filesystem().open(path, "rb") as handle:
-            yield from pq.ParquetFile(handle).iter_batches(
-                batch_size=batch_size, columns=columns, use_threads=use_threads)
+            for batch in pq.ParquetFile(handle).iter_batches(
+                    batch_size=batch_size, columns=columns, use_threads=use_threads):
+                yield batch
+                del batch
+                release_free_memory()
 
     def iter_files_batches(
         self, paths: Sequence[str], batch_size: int = 65536, readahead: int = 8, columns: list[str] | None = None,
@@ -211,6 +218,24 @@ class ObjectStorage(dg.ConfigurableResource):
         with fs.open(probe, "wb") as handle:
             handle.write(b"ok")
         fs.rm(probe)
+
+
+def _libc_malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the memory freed so far back to the system: Arrow's pool and glibc's heaps otherwise keep the pages
+    of every row group that passed through, and a process's resident size grows with the day, not the batch."""
+    pa.default_memory_pool().release_unused()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def row_groups(batches: Iterable[pa.RecordBatch | pa.Table], max_rows: int, max_bytes: int) -> Iterator[pa.Table]:

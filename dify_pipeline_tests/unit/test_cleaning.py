@@ -280,3 +280,34 @@ def test_the_latest_update_wins_across_chunks():
     result = clean_tickets(raw, CONFIG, chunk_rows=1)
     assert result.clean["body"].tolist() == ["tied, later row", "two"]
     assert result.duplicates_removed == 2
+
+
+def _key_chunks(rows: int, chunk_rows: int, text_keys: bool = False):
+    import numpy as np
+
+    for start in range(0, rows, chunk_rows):
+        count = min(chunk_rows, rows - start)
+        ids = pd.array(np.arange(start, start + count) % (rows // 2), dtype="Int64")  # each key twice
+        updated = pd.Timestamp("2026-11-20", tz="UTC") + pd.to_timedelta(np.arange(start, start + count), unit="s")
+        yield pd.DataFrame({
+            "id": ids.astype(str) if text_keys else ids,
+            "created_at": pd.Series(updated, dtype="datetime64[us, UTC]"),
+            "updated_at": pd.Series(updated, dtype="datetime64[us, UTC]"),
+        })
+
+
+@pytest.mark.parametrize("text_keys", [False, True])
+def test_the_day_plan_keeps_one_byte_per_row_and_no_python_objects(text_keys):
+    plan = cleaning.plan_day(_key_chunks(200_000, 16_384, text_keys), CONFIG)
+    assert plan.rows == 200_000
+    assert plan.nbytes <= plan.rows  # the day's keys are not kept: the cleaner reads each chunk's own
+    arrays = [value for value in vars(plan).values() if hasattr(value, "dtype")]
+    assert arrays and all(array.dtype != object for array in arrays)
+    assert plan.duplicates_removed == 100_000
+    assert int(plan.winner[100_000:].sum()) == 100_000  # each key's later row (its later update) wins
+
+
+def test_the_plan_decides_the_same_winners_for_integer_and_text_keys():
+    by_integer = cleaning.plan_day(_key_chunks(10_000, 999), CONFIG)
+    by_text = cleaning.plan_day(_key_chunks(10_000, 999, text_keys=True), CONFIG)
+    assert (by_integer.flags == by_text.flags).all()

@@ -299,3 +299,30 @@ def test_a_file_that_cannot_be_read_fails_the_stream(storage):
         handle.write(b"not parquet")
     with pytest.raises(Exception):
         list(storage.iter_files_batches([good, bad]))
+
+
+def test_a_days_rows_fill_whole_row_groups_well_before_fifty_thousand_rows():
+    # A writer and a reader hold one row group: a 50,000-row day must already show the steady state.
+    ticket_bytes = 200  # Arrow bytes of a raw ticket row (subject, body, ids, times)
+    assert storage_module.ROW_GROUP_BYTES // ticket_bytes <= 50_000 * 2
+
+
+def test_writing_and_reading_hand_freed_memory_back_after_each_row_group_and_batch(storage, monkeypatch):
+    released = []
+    monkeypatch.setattr(storage_module, "release_free_memory", lambda: released.append(1))
+    monkeypatch.setattr(storage_module, "ROW_GROUP_ROWS", 1000)
+    path = storage.path("raw", "dt=2026-03-08", "part-00000.parquet")
+    storage.write_parquet(path, SCHEMA, (batch(i * 300, 300) for i in range(8)))
+    assert len(released) == 3  # one per row group written
+    released.clear()
+    assert sum(b.num_rows for b in storage.iter_parquet_batches(path, batch_size=500)) == 2400
+    assert len(released) >= 4  # one per batch read
+
+
+def test_releasing_free_memory_returns_the_arrow_pools_unused_pages():
+    import pyarrow as pa
+
+    held = pa.array(range(2_000_000))
+    del held
+    storage_module.release_free_memory()  # must not raise, whatever the allocator
+    assert pa.default_memory_pool().bytes_allocated() < 16_000_000
