@@ -84,9 +84,12 @@ class RunJournal:
     def _commit(self, batch: list[tuple[str, dict]]) -> None:
         # A few statements per group, not per attempt: consecutive writes of one kind go together, in order.
         with self._engine.begin() as connection:
+            postgres = connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg2"
             for kind, group in itertools.groupby(batch, key=lambda item: item[0]):
                 rows = list({values["cache_key"]: values for _, values in group}.values())  # the last per record
-                if kind == "sent":
+                if postgres:
+                    _commit_postgres(connection, kind, rows)
+                elif kind == "sent":
                     keys = [row["cache_key"] for row in rows]
                     for start in range(0, len(keys), 900):  # stay under every driver's parameter limit
                         connection.execute(sa.delete(ATTEMPTS).where(ATTEMPTS.c.cache_key.in_(keys[start:start + 900])))
@@ -113,8 +116,30 @@ class RunJournal:
         """Drop the attempts of records whose outcome is final and stored (call after the cache is durable)."""
         keys = list(dict.fromkeys(keys))
         with self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg2":
+                with connection.connection.driver_connection.cursor() as cursor:  # the keys as one array parameter
+                    cursor.execute(f"DELETE FROM {ATTEMPTS.name} WHERE cache_key = ANY(%s)", (keys,))
+                return
             for start in range(0, len(keys), 900):
                 connection.execute(sa.delete(ATTEMPTS).where(ATTEMPTS.c.cache_key.in_(keys[start:start + 900])))
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _commit_postgres(connection: sa.Connection, kind: str, rows: list[dict]) -> None:
+    """One statement per group through psycopg2 itself: a round trip and SQLAlchemy's per-row work cost more
+    than the database's, and every attempt waits for this commit before its request leaves."""
+    from psycopg2.extras import execute_values
+
+    with connection.connection.driver_connection.cursor() as cursor:
+        if kind == "sent":  # a record sent again replaces its earlier attempt (and forgets that run's id)
+            execute_values(cursor, f'INSERT INTO {ATTEMPTS.name} (cache_key, "user", sent_at, run_id) VALUES %s '
+                                   'ON CONFLICT (cache_key) DO UPDATE SET "user" = EXCLUDED."user", '
+                                   "sent_at = EXCLUDED.sent_at, run_id = NULL",
+                           [(row["cache_key"], row["user"], row["sent_at"]) for row in rows],
+                           template="(%s, %s, %s, NULL)", page_size=len(rows))
+        else:
+            execute_values(cursor, f"UPDATE {ATTEMPTS.name} SET run_id = v.run_id FROM (VALUES %s) AS v(cache_key, "
+                                   f"run_id) WHERE {ATTEMPTS.name}.cache_key = v.cache_key",
+                           [(row["cache_key"], row["run_id"]) for row in rows], page_size=len(rows))

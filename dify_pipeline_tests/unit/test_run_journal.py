@@ -5,25 +5,47 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
+import uuid
+
+import pytest
 import sqlalchemy as sa
 
 from dify_pipeline.resources.run_journal import RunJournal
 
 
-def test_an_attempt_is_committed_when_sending_returns_and_seen_by_another_connection(tmp_path):
-    url = f"sqlite:///{tmp_path / 'journal.sqlite'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_url(request, tmp_path):
+    """The journal on both databases it runs on: PostgreSQL has its own one-statement writes."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'journal.sqlite'}"
+        return
+    name = f"journal_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine("postgresql://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"CREATE DATABASE {name}"))
+    except sa.exc.OperationalError:
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def test_an_attempt_is_committed_when_sending_returns_and_seen_by_another_connection(journal_url):
+    url = journal_url
     journal = RunJournal.open(url)
     asyncio.run(journal.sending("k1", "dify-pipeline:k1"))
     other = sa.create_engine(url)  # as the next process would read it after a kill -9
     with other.connect() as connection:
-        assert connection.execute(sa.text("SELECT user FROM dify_attempts WHERE cache_key='k1'")).scalar() == (
+        assert connection.execute(sa.text("SELECT \"user\" FROM dify_attempts WHERE cache_key='k1'")).scalar() == (
             "dify-pipeline:k1")
     other.dispose()
     journal.close()
 
 
-def test_attempts_started_together_share_commits_and_each_waits_for_its_own(tmp_path):
-    journal = RunJournal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+def test_attempts_started_together_share_commits_and_each_waits_for_its_own(journal_url):
+    journal = RunJournal.open(journal_url)
     commits = []
     original = journal._commit
     journal._commit = lambda batch: (commits.append(len(batch)), original(batch))
@@ -37,8 +59,8 @@ def test_attempts_started_together_share_commits_and_each_waits_for_its_own(tmp_
     journal.close()
 
 
-def test_a_run_id_announced_later_is_kept_and_forget_drops_the_attempt(tmp_path):
-    journal = RunJournal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+def test_a_run_id_announced_later_is_kept_and_forget_drops_the_attempt(journal_url):
+    journal = RunJournal.open(journal_url)
 
     async def attempt():
         await journal.sending("k", "u")
@@ -52,8 +74,8 @@ def test_a_run_id_announced_later_is_kept_and_forget_drops_the_attempt(tmp_path)
     journal.close()
 
 
-def test_one_group_keeps_the_order_of_its_writes_and_the_last_attempt_of_a_record(tmp_path):
-    journal = RunJournal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+def test_one_group_keeps_the_order_of_its_writes_and_the_last_attempt_of_a_record(journal_url):
+    journal = RunJournal.open(journal_url)
     journal._commit([
         ("sent", {"cache_key": "a", "user": "u-a", "sent_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}),
         ("sent", {"cache_key": "b", "user": "u-b", "sent_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}),
@@ -65,4 +87,13 @@ def test_one_group_keeps_the_order_of_its_writes_and_the_last_attempt_of_a_recor
     pending = journal.pending(["a", "b"])
     assert (pending["a"].run_id, pending["a"].sent_at.day) == (None, 2)  # the retry's attempt, not the first run's
     assert (pending["b"].run_id, pending["b"].sent_at.day) == ("run-b2", 3)
+    journal.close()
+
+
+def test_forget_drops_every_given_attempt_however_many(journal_url):
+    journal = RunJournal.open(journal_url)
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    journal._commit([("sent", {"cache_key": f"k{i}", "user": f"u{i}", "sent_at": at}) for i in range(2500)])
+    journal.forget(f"k{i}" for i in range(2000))
+    assert set(journal.pending(f"k{i}" for i in range(2500))) == {f"k{i}" for i in range(2000, 2500)}
     journal.close()
