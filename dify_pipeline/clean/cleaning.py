@@ -297,8 +297,10 @@ def plan_day(key_chunks: Iterable[pd.DataFrame], config: CleaningConfig) -> DayP
     # One array at a time, each list freed once joined: the planning peak is a few arrays of the usable rows.
     if all(isinstance(part, np.ndarray) for part in identities):
         codes = np.concatenate(identities)
-    else:  # text keys: each distinct key once, then a small integer per row
-        codes = pc.dictionary_encode(pa.chunked_array(identities, pa.string())).combine_chunks().indices
+    else:  # text keys (chunks of integers among them as their text): each distinct key once, then an integer a row
+        texts = [pa.array(part).cast(pa.string()) if isinstance(part, np.ndarray) else part for part in identities]
+        codes = pc.dictionary_encode(pa.chunked_array(texts, pa.string())).combine_chunks().indices
+        del texts
         codes = codes.to_numpy(zero_copy_only=False)
     del identities
     updates = np.concatenate(order)

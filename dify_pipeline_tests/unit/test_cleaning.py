@@ -311,3 +311,10 @@ def test_the_plan_decides_the_same_winners_for_integer_and_text_keys():
     by_integer = cleaning.plan_day(_key_chunks(10_000, 999), CONFIG)
     by_text = cleaning.plan_day(_key_chunks(10_000, 999, text_keys=True), CONFIG)
     assert (by_integer.flags == by_text.flags).all()
+
+
+def test_chunks_whose_keys_arrive_as_integers_and_as_text_are_planned_as_one_day():
+    integer_chunk, text_chunk = list(_key_chunks(2_000, 1_000))
+    text_chunk = text_chunk.assign(id=integer_chunk["id"].astype(str).to_numpy())  # the same keys, as text
+    plan = cleaning.plan_day([integer_chunk, text_chunk], CONFIG)
+    assert plan.duplicates_removed == 1_000 and plan.winner[1_000:].all()
