@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dify_pipeline.contract import SENTIMENTS
-from dify_pipeline.resources.dify_errors import DifyCallError
+from dify_pipeline.resources.dify.errors import DifyCallError
 
 OUTPUT_FIELDS = ("category", "summary", "sentiment")
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL | re.IGNORECASE)  # models wrap JSON in prose

@@ -4,7 +4,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from dify_pipeline.resources.dify_errors import (
+from dify_pipeline.resources.dify.errors import (
     FailureBreaker,
     classify_failed_run,
     classify_http_error,

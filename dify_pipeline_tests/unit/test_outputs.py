@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dify_pipeline.contract import DEFAULT_CATEGORIES
-from dify_pipeline.resources.dify_errors import DifyCallError
+from dify_pipeline.resources.dify.errors import DifyCallError
 from dify_pipeline.infer.outputs import Enrichment, parse_enrichment
 
 ANSWER = {"category": "退款申请", "summary": "客户要求退回重复扣款。", "sentiment": "negative"}
