@@ -172,6 +172,7 @@ class DifyResource(dg.ConfigurableResource):
         journal: RunJournal | None = None,
         log: Callable[[str], None] | None = None,
         workflow_id: str | None = None,
+        pin: Callable[[str], str] | None = None,
     ) -> dict[str, int]:
         """Send every request, calling `on_result` once per record as soon as it is final.
 
@@ -187,15 +188,18 @@ class DifyResource(dg.ConfigurableResource):
         With a `workflow_id` (workflow apps), every request runs that published version
         (POST /workflows/{workflow_id}/run) whatever is published meanwhile; each result names the version that
         answered. A version Dify does not know stops the run (DifyFatalError, code `workflow_version_unavailable`).
+        Without one but with `pin`, requests go one at a time to the published version until one is answered;
+        `pin(its workflow_id)` records it and returns the version the day is pinned to (another run may have
+        pinned first), and the rest run that version. An answer of another version than the pin is asked again.
         Chat apps send each request's `query`.
         """
         requests = list(requests)
-        if workflow_id is not None and self.app_mode != "workflow":
+        if (workflow_id is not None or pin is not None) and self.app_mode != "workflow":
             raise ValueError(f"workflow_id pins a workflow app's version; this is a {self.app_mode} app")
         if self.app_mode == "chat" and any(request.query is None for request in requests):
             raise ValueError("a chat app needs each DifyRequest's `query` (the message)")
         log = log or dg.get_dagster_logger().info
-        counters = _run(self._run_all(requests, on_result, journal, log, workflow_id))
+        counters = _run(self._run_all(requests, on_result, journal, log, workflow_id, pin))
         if counters.fatal is not None:
             raise DifyFatalError(f"Dify refused the run: {counters.fatal}", code=counters.fatal.code)
         if counters.stop_reason is not None:
@@ -210,7 +214,7 @@ class DifyResource(dg.ConfigurableResource):
             "failed_runs": counters.failed_runs,
         }
 
-    async def _run_all(self, requests, on_result, journal, log, workflow_id) -> _Counters:
+    async def _run_all(self, requests, on_result, journal, log, workflow_id, pin) -> _Counters:
         counters = _Counters(workflow_id=workflow_id)
 
         async def nap(seconds: float) -> None:  # every wait ends early when the day stops
@@ -235,10 +239,27 @@ class DifyResource(dg.ConfigurableResource):
                         counters.finished.append(time.monotonic())
                         on_result(result)
 
-            # More workers than slots: a worker sleeping out a backoff or looking a run up must not idle a slot.
-            workers = min(queue.qsize(), self.max_concurrency * 4)
+            async def until_pinned() -> None:
+                """One request at a time to the published version, until an answer names the version to pin."""
+                while counters.workflow_id is None and not counters.stop.is_set() and not queue.empty():
+                    request = queue.get_nowait()
+                    result = await self._call_with_retries(client, gate, counters, request, journal)
+                    if result is None:
+                        continue
+                    if result.workflow_id:
+                        counters.workflow_id = await asyncio.to_thread(pin, result.workflow_id)
+                        if counters.workflow_id != result.workflow_id:  # another run pinned another version first
+                            queue.put_nowait(request)
+                            continue
+                    counters.finished.append(time.monotonic())
+                    on_result(result)
+
             watch = asyncio.create_task(self._watch_outage(counters, log))
             try:
+                if pin is not None:
+                    await until_pinned()
+                # More workers than slots: a worker sleeping out a backoff or looking a run up must not idle a slot.
+                workers = min(queue.qsize(), self.max_concurrency * 4)
                 await asyncio.gather(*(worker() for _ in range(workers)))
             finally:
                 watch.cancel()
@@ -271,6 +292,8 @@ class DifyResource(dg.ConfigurableResource):
     async def _call_with_retries(self, client, gate, counters, request, journal) -> DifyResult | None:
         if request.earlier is not None and self.app_mode == "workflow":
             found = await self._find_run(client, counters, request, request.earlier.run_id, LOOKUP_PATIENCE_SECONDS)
+            if counters.workflow_id and isinstance(found, DifyResult) and found.workflow_id != counters.workflow_id:
+                found = None  # answered by another version than the day's: ask the pinned one
             if isinstance(found, DifyResult):  # answered before the crash: nothing to send
                 counters.resumed_runs += 1
                 found.attempts, found.recovered = 0, True
