@@ -290,3 +290,38 @@ def test_stream_error_event_without_a_status_is_a_retryable_server_error():
     error = classify_stream_error({"event": "error", "message": "Internal Server Error"})
     assert error.retryable and not error.fatal
     assert error.http_status == 500
+
+
+# -- chat apps and pinned versions ---------------------------------------------------------------------
+
+
+def test_a_chatflow_run_that_failed_is_judged_as_a_failed_run_not_as_a_refused_input():
+    sandbox = "Failed to execute code ( Error: [Errno 111] Connection refused )"
+    error = classify_http_error(400, dify_body("invalid_param", f"Run failed: {sandbox}"))
+    assert (error.code, error.message, error.retryable, error.fatal) == ("run_failed", sandbox, False, False)
+    throttled = classify_stream_error({"event": "error", "status": 400, "code": "invalid_param",
+                                       "message": "Run failed: Rate limit reached for requests"})
+    assert throttled.code == "run_failed" and throttled.retryable
+
+
+@pytest.mark.parametrize(("status", "code", "message"), [
+    (404, "not_found", "Workflow not found with id: 0b5c8a34-4e0b-4a3f-8f0e-0d1e2f3a4b5c"),
+    (400, "bad_request", "Invalid workflow_id format: 'v1'. "),
+    (400, "bad_request", "Cannot use draft workflow version. Workflow ID: 0b5c. Please use a published workflow "
+                         "version or leave workflow_id empty."),
+])
+def test_a_pinned_version_dify_refuses_stops_the_run_with_its_own_code(status, code, message):
+    error = classify_http_error(status, dify_body(code, message, status))
+    assert (error.code, error.fatal, error.retryable) == ("workflow_version_unavailable", True, False)
+    assert error.message.startswith(message) and "DIFY_API_KEY" in error.message
+
+
+def test_another_404_still_points_at_the_base_url():
+    error = classify_http_error(404, dify_body("not_found", "The requested URL was not found on the server.", 404))
+    assert error.code == "not_found" and "DIFY_BASE_URL" in error.message
+
+
+def test_a_key_of_another_kind_of_app_stops_a_chat_run():
+    error = classify_http_error(400, dify_body("not_chat_app", "Please check if your app mode matches the right API "
+                                                               "route."))
+    assert error.fatal
