@@ -977,10 +977,11 @@ class DifyEmulator:
         return {"id": str(uuid.uuid5(uuid.UUID(run.id), node_id)), "node_id": node_id, "node_type": node_type,
                 "title": title, "index": 1, "predecessor_node_id": None, "iteration_id": None, "loop_id": None}
 
-    def _node_started(self, run: _Run, node_id: str) -> str:
+    def _node_started(self, run: _Run, node_id: str, **ids: Any) -> str:
+        """node_started; a chatflow's events also carry its conversation and message (`ids`)."""
         data = {**self._node(run, node_id), "inputs": None, "inputs_truncated": False,
                 "created_at": run.created_at, "extras": {}, "agent_strategy": None}
-        return _sse({"event": "node_started", **run.ids, "data": data})
+        return _sse({"event": "node_started", **ids, **run.ids, "data": data})
 
     def _node_finished(self, run: _Run, node_id: str, inputs: dict, outputs: dict) -> str:
         """node_finished as in the captured stream; the LLM node carries the failure and the token cost."""
@@ -1095,7 +1096,7 @@ class DifyEmulator:
             yield _sse({"event": "workflow_started", **ids, "workflow_run_id": run.id, "data": {
                 "id": run.id, "workflow_id": run.workflow_id, "inputs": run.variable_pool,
                 "created_at": run.created_at, "reason": "initial"}})
-            yield self._node_started(run, "start")
+            yield self._node_started(run, "start", **ids)
         if agent:
             thought = {"event": "agent_thought", **ids, "id": str(uuid.uuid5(uuid.UUID(run.id), "thought")),
                        "position": 1, "thought": "", "observation": "", "tool": "", "tool_input": "",
