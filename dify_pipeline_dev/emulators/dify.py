@@ -404,7 +404,8 @@ class _ConnectionAwareStarlette(Starlette):
     """Starlette that behaves on the connection as Dify's gunicorn worker does.
 
     It keeps each connection's transport in the scope (so a fault can cut it), closes the connection after a
-    streamed answer when `closes_streams()` says so, and reports each run's answer as delivered or abandoned to `on_exchange_done`. A request
+    streamed answer when `closes_streams()` says so, and reports each run's answer as delivered or abandoned
+    to `on_exchange_done`. A request
     whose client left while it waited in the backlog is read and run like any other: uvicorn parses the bytes
     that arrived before it sees the end of the connection, as gevent does.
     """
@@ -555,7 +556,8 @@ class DifyEmulator:
         Every run created is paid (`paid_runs`), failed ones too (`failed_runs`); `abandoned_runs` are those
         whose answer never reached its client (it left while the request waited in the backlog or the run
         worked, or the connection was cut). `runs_by_input` counts runs per distinct inputs (compact JSON),
-        `runs_by_workflow_id` the runs of each published version (workflow apps and chatflows), `end_users` the distinct `user` values seen (each one an end-user row in Dify). The connection
+        `runs_by_workflow_id` the runs of each published version (workflow apps and chatflows), `end_users`
+        the distinct `user` values seen (each one an end-user row in Dify). The connection
         figures come from the accept gate: `accept_queue` is how many connections wait unaccepted right now.
         """
         connections = self._gate.stats()

@@ -27,7 +27,8 @@ def client(emulator, **settings) -> DifyResource:
 
 
 def requests_for(count: int, prefix: str = "ticket") -> list[DifyRequest]:
-    return [DifyRequest(f"{prefix}-{i}", {"subject": f"{prefix} {i}: 快递 delayed", "body": f"body {i}"}) for i in range(count)]
+    return [DifyRequest(f"{prefix}-{i}", {"subject": f"{prefix} {i}: 快递 delayed", "body": f"body {i}"})
+            for i in range(count)]
 
 
 def run(resource: DifyResource, requests: list[DifyRequest]):
@@ -91,7 +92,8 @@ def test_a_200_whose_body_was_cut_is_looked_up_not_paid_again(dify_emulator):
 def test_transient_failures_are_retried_until_success(dify_emulator, kind):
     configure(dify_emulator, faults=[Fault(kind=kind, times_per_input=1)])
     results, counters = run(client(dify_emulator), requests_for(6))
-    assert all(r.succeeded and r.attempts == 2 for r in results.values()), {k: (r.error_code, r.attempts) for k, r in results.items()}
+    assert all(r.succeeded and r.attempts == 2 for r in results.values()), {
+        k: (r.error_code, r.attempts) for k, r in results.items()}
     assert counters["retries"] == 6
 
 
@@ -348,7 +350,8 @@ REVIEWS_KEY = "app-reviews-test-key"
 @pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
 def test_a_reviews_completion_app_beside_the_tickets_app_answers_by_its_own_key(dify_emulator, response_mode):
     configure(dify_emulator, ping_interval=0.01, apps=[DifyApp(api_key=DIFY_KEY), reviews_app(REVIEWS_KEY)])
-    reviews = [DifyRequest("r-1", {"title": "Great value", "review": "Love it, the battery lasts and the price is low"}),
+    reviews = [DifyRequest("r-1", {"title": "Great value",
+                                   "review": "Love it, the battery lasts and the price is low"}),
                DifyRequest("r-2", {"title": "Broke", "review": "Terrible quality, it broke, I want to return it"}),
                DifyRequest("r-3", {"title": "OK", "review": "It is a phone case"})]
     results, _ = run(client(dify_emulator, api_key=REVIEWS_KEY, app_mode="completion", response_mode=response_mode),
@@ -449,3 +452,28 @@ def test_a_pinned_version_that_is_gone_stops_the_run_with_difys_error(dify_emula
 def test_pinning_is_for_workflow_apps_only(dify_emulator):
     with pytest.raises(ValueError, match="workflow"):
         client(dify_emulator, app_mode="completion").run_all(requests_for(1), lambda r: None, workflow_id="x")
+
+
+@pytest.mark.parametrize("pinned_to", ["the run's version", "a newer version"])
+def test_a_resumed_record_uses_its_earlier_run_only_when_the_pinned_version_ran_it(dify_emulator, pinned_to):
+    from datetime import datetime, timezone
+
+    import httpx
+
+    from dify_pipeline.resources.run_journal import Attempt
+
+    old = dify_emulator.config.apps[0].workflow_id
+    request = requests_for(1)[0]
+    user = f"dify-pipeline:{request.record_key}"  # the client's user for this record: the earlier run sent it
+    earlier = httpx.post(f"{dify_emulator.base_url}/workflows/run", headers={"Authorization": f"Bearer {DIFY_KEY}"},
+                         json={"inputs": request.inputs, "user": user, "response_mode": "blocking"}).json()
+    new = dify_emulator.publish(DIFY_KEY)
+    pinned = old if pinned_to == "the run's version" else new
+    resumed = DifyRequest(request.record_key, request.inputs,
+                          Attempt(user, datetime.now(timezone.utc), earlier["workflow_run_id"]))
+    results, counters = run_pinned(client(dify_emulator), [resumed], workflow_id=pinned)
+    assert results[request.record_key].workflow_id == pinned
+    if pinned == old:
+        assert counters["resumed_runs"] == 1 and dify_emulator.stats()["paid_runs"] == 1
+    else:
+        assert counters["resumed_runs"] == 0 and dify_emulator.stats()["runs_by_workflow_id"] == {old: 1, new: 1}

@@ -40,7 +40,8 @@ def test_a_chatflow_stream_ends_at_message_end_not_at_workflow_finished():
     events = [
         {"event": "workflow_started", "workflow_run_id": "run-1", "data": {"id": "run-1", "workflow_id": "v1"}},
         {"event": "message", "answer": '{"a": '},
-        {"event": "workflow_finished", "workflow_run_id": "run-1", "data": {"status": "succeeded", "workflow_id": "v1"}},
+        {"event": "workflow_finished", "workflow_run_id": "run-1",
+         "data": {"status": "succeeded", "workflow_id": "v1"}},
         {"event": "message", "answer": "1}"},
         {"event": "message_end", "message_id": "m-1", "metadata": {"usage": USAGE}},
     ]

@@ -107,7 +107,8 @@ def test_500_with_an_html_body_is_a_retryable_server_error():
 
 
 def test_500_keeps_difys_own_error_code_and_message():
-    error = classify_http_error(500, dify_body("internal_server_error", "The server encountered an internal error.", 500))
+    error = classify_http_error(500, dify_body("internal_server_error", "The server encountered an internal error.",
+                                               500))
     assert error.code == "internal_server_error"
     assert error.message == "The server encountered an internal error."
     assert error.retryable
@@ -269,7 +270,8 @@ def test_successes_dilute_the_breakers_window():
 
 
 def test_stream_error_event_with_difys_concurrency_limit_is_a_throttle():
-    event = {"event": "error", "task_id": "t", "status": 400, "code": "invalid_param", "message": DIFY_CONCURRENCY_LIMIT}
+    event = {"event": "error", "task_id": "t", "status": 400, "code": "invalid_param",
+             "message": DIFY_CONCURRENCY_LIMIT}
     error = classify_stream_error(event)
     assert error.code == "too_many_requests"
     assert error.throttled and error.retryable
@@ -281,7 +283,8 @@ def test_stream_error_event_with_a_quota_error_stops_the_run():
 
 
 def test_stream_error_event_with_a_record_problem_is_permanent():
-    error = classify_stream_error({"event": "error", "status": 400, "code": "completion_request_error", "message": "bad"})
+    error = classify_stream_error({"event": "error", "status": 400, "code": "completion_request_error",
+                                   "message": "bad"})
     assert error.code == "completion_request_error"
     assert not error.retryable and not error.fatal
 

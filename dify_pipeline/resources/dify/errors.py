@@ -110,7 +110,8 @@ def classify_http_error(status: int, body: str, retry_after_header: str | None =
             False, fatal=True, http_status=status,
         )
     if status == 404:
-        return DifyCallError(code or "not_found", (message or "HTTP 404") + " — check DIFY_BASE_URL (it usually ends in /v1)",
+        return DifyCallError(code or "not_found",
+                             (message or "HTTP 404") + " — check DIFY_BASE_URL (it usually ends in /v1)",
                              False, fatal=True, http_status=status)
     code = code or f"http_{status}"
     return DifyCallError(code, message or f"HTTP {status}", False, fatal=code in _FATAL_CODES, http_status=status)

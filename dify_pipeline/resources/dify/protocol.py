@@ -196,7 +196,8 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict]:
                 try:
                     event = json.loads(text)
                 except ValueError:
-                    raise DifyCallError("malformed_response", f"stream event is not JSON: {text[:80]!r}", True) from None
+                    raise DifyCallError("malformed_response", f"stream event is not JSON: {text[:80]!r}",
+                                        True) from None
                 if isinstance(event, dict) and event.get("event") != "ping":
                     yield event
             # `event: ping` lines and comments carry nothing for us

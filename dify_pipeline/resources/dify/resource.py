@@ -292,8 +292,6 @@ class DifyResource(dg.ConfigurableResource):
     async def _call_with_retries(self, client, gate, counters, request, journal) -> DifyResult | None:
         if request.earlier is not None and self.app_mode == "workflow":
             found = await self._find_run(client, counters, request, request.earlier.run_id, LOOKUP_PATIENCE_SECONDS)
-            if counters.workflow_id and isinstance(found, DifyResult) and found.workflow_id != counters.workflow_id:
-                found = None  # answered by another version than the day's: ask the pinned one
             if isinstance(found, DifyResult):  # answered before the crash: nothing to send
                 counters.resumed_runs += 1
                 found.attempts, found.recovered = 0, True
@@ -462,7 +460,8 @@ class DifyResource(dg.ConfigurableResource):
         """The run Dify made for `request`: its result, its failure, or None when none showed up in `patience` s.
 
         Without a run id, the record's runs are listed by its end user (GET /workflows/logs); a run still
-        running is waited for (up to 10 × the request timeout), not sent again.
+        running is waited for (up to 10 × the request timeout), not sent again. In a pinned batch, a run of
+        another version counts as none.
         """
         user = self._user(request)
         now = time.monotonic()
@@ -478,6 +477,8 @@ class DifyResource(dg.ConfigurableResource):
                     if status in ("running", "paused"):
                         deadline = max(deadline, min(run_deadline, time.monotonic() + 2 * delay))
                     elif status is not None:
+                        if counters.workflow_id and detail.get("workflow_id") not in (None, counters.workflow_id):
+                            return None  # run by another version than the day's: the pinned one is asked instead
                         try:
                             return workflow_result(request.record_key, detail, run_id)
                         except DifyCallError as failed:
