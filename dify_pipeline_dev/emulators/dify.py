@@ -3,8 +3,10 @@
 Shapes, headers and error bodies follow Dify's OpenAPI spec (v1.16.0) and responses captured from a real
 Dify 1.11.4 server. Each accepted request starts a run that lasts a sampled latency on the event loop, so
 thousands can be in flight; runs are kept so `GET /v1/workflows/run/{id}` can report them, also after the
-client lost the stream. Faults are injected per request. Drive it in-process through `DifyEmulator`, or over
-HTTP through `/_emulator/...` (for `python -m dify_pipeline_dev.emulators.dify`).
+client lost the stream. Faults are injected per request. Each API key reaches its own app (`DifyApp`: its mode,
+what it answers, its input form); an app can be republished mid-run (`publish`), its earlier versions still run
+by their id. Drive it in-process through `DifyEmulator`, or over HTTP through `/_emulator/...` (for
+`python -m dify_pipeline_dev.emulators.dify`).
 """
 
 from __future__ import annotations
