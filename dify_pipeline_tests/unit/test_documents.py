@@ -3,6 +3,7 @@ import math
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
+from dify_pipeline.contract import TICKET_OUTPUTS, parse_contract
 from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping, to_documents
 from dify_pipeline.schemas import CLEAN_FIELDS, ENRICHMENT_FIELDS
 
@@ -12,7 +13,7 @@ CREATED = datetime(2026, 3, 8, 9, 15, 0, tzinfo=timezone.utc)
 
 
 def mapping() -> dict:
-    return index_mapping(TEXT_COLUMNS, TIMESTAMP_COLUMNS)
+    return index_mapping(TEXT_COLUMNS, TIMESTAMP_COLUMNS, TICKET_OUTPUTS)
 
 
 def enriched_row(**overrides) -> dict:
@@ -69,9 +70,24 @@ def test_label_columns_are_keywords_and_the_summary_is_full_text():
 
 
 def test_mapping_differs_only_in_the_columns_asked_for():
-    bare = index_mapping([], [])["properties"]
+    bare = index_mapping([], [], TICKET_OUTPUTS)["properties"]
     assert "subject" not in bare and "created_at" not in bare
     assert set(mapping()["properties"]) - set(bare) == set(TEXT_COLUMNS) | set(TIMESTAMP_COLUMNS)
+
+
+def test_each_declared_output_is_mapped_by_its_type_and_a_new_one_is_one_more_field():
+    outputs = parse_contract({"name": "reviews", "outputs": {
+        "sentiment": {"type": "label", "allowed": ["positive", "negative"]}, "score": {"type": "integer"},
+        "aspects": {"type": "list"}, "confidence": {"type": "number"}, "spam": {"type": "boolean"},
+        "note": {"type": "text"}, "details": {"type": "json"}}}).outputs
+    properties = index_mapping([], [], outputs)["properties"]
+    assert {name: properties[name]["type"] for name in outputs} == {
+        "sentiment": "keyword", "score": "long", "aspects": "keyword", "confidence": "double", "spam": "boolean",
+        "note": "text", "details": "text"}
+    assert properties["details"]["index"] is False  # the app's JSON is kept, not indexed
+    assert "category" not in properties  # nothing of the ticket example in another contract's mapping
+    fewer = index_mapping([], [], {name: outputs[name] for name in list(outputs)[:-1]})["properties"]
+    assert set(properties) - set(fewer) == {"details"}
 
 
 # -- documents -------------------------------------------------------------------------------------
