@@ -202,3 +202,13 @@ def _advice(code: str, label_outputs: tuple[str, ...]) -> str:
     if code.startswith("invalid_") and label in label_outputs:
         return label_advice(label)
     return ADVICE.get(code, DEFAULT_ADVICE)
+
+
+def labels_outside(table: pa.Table, allowed: dict[str, list[str]]) -> dict[str, Counter]:
+    """Per label output of `allowed` (name → its values), the values in `table` that are not allowed, counted."""
+    found = {}
+    for name, values in allowed.items():
+        column = pc.cast(table.column(name), pa.string())
+        outside = pc.filter(column, pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, pa.array(values)))))
+        found[name] = Counter({item["values"]: item["counts"] for item in pc.value_counts(outside).to_pylist()})
+    return found

@@ -100,3 +100,13 @@ def test_the_blocked_day_message_says_rate_codes_examples_keys_and_what_to_do():
     assert "invalid_category × 1" in message and "outputs.category.allowed" in message
     assert "app's logs in Dify" in message
     assert "alice" not in message
+
+
+def test_labels_outside_their_allowed_values_are_counted_per_output():
+    from dify_pipeline.infer.stats import labels_outside
+
+    day = pa.table({"category": pa.array(["其他", "投诉", "投诉", None]).dictionary_encode(),
+                    "sentiment": ["positive", "angry", "neutral", "negative"]})
+    found = labels_outside(day, {"category": ["其他"], "sentiment": ["positive", "neutral", "negative"]})
+    assert found == {"category": {"投诉": 2}, "sentiment": {"angry": 1}}
+    assert labels_outside(day, {"sentiment": ["positive", "neutral", "negative", "angry"]}) == {"sentiment": {}}
