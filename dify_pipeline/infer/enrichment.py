@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -87,7 +87,7 @@ def enrichment_columns(
     """The `schemas.enrichment_fields(fields)` of `plans`, in order: each declared output, then the pipeline's. A repeat of an input already answered this run, or an
     answer from the cache, is marked `cache_hit` (paid once). Built column by column: each distinct outcome
     once, then taken into row order."""
-    enriched_at = enriched_at or datetime.now(timezone.utc)
+    enriched_at = enriched_at or datetime.now(UTC)
     positions: dict[str, int] = {}
     index = pa.array([positions.setdefault(plan.cache_key, len(positions)) for plan in plans], pa.int32())
     distinct = [outcomes[key] for key in positions]

@@ -1,6 +1,6 @@
 import json
 import math
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from dify_pipeline.contract import TICKET_OUTPUTS, parse_contract
@@ -9,7 +9,7 @@ from dify_pipeline.schemas import CLEAN_FIELDS, ENRICHMENT_FIELDS
 
 TEXT_COLUMNS = ["subject", "body"]
 TIMESTAMP_COLUMNS = ["created_at", "updated_at"]
-CREATED = datetime(2026, 3, 8, 9, 15, 0, tzinfo=timezone.utc)
+CREATED = datetime(2026, 3, 8, 9, 15, 0, tzinfo=UTC)
 
 
 def mapping() -> dict:
@@ -26,7 +26,7 @@ def enriched_row(**overrides) -> dict:
         "outputs_json": '{"category": "物流问题"}', "dify_status": "succeeded", "error_code": None,
         "error_message": None, "attempts": 1, "latency_ms": 812.5, "total_tokens": 321, "total_price": 0.0012,
         "currency": "USD", "dify_run_id": "run-1", "dify_workflow_id": "wf-1", "cache_hit": False,
-        "inputs_truncated": False, "enriched_at": datetime(2026, 3, 9, 1, 0, tzinfo=timezone.utc),
+        "inputs_truncated": False, "enriched_at": datetime(2026, 3, 9, 1, 0, tzinfo=UTC),
         "app_identity": "app-3f2a", "cache_version": "v1", "pipeline_version": "dify_pipeline/0.1.0",
     }
     return {**row, **overrides}

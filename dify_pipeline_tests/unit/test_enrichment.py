@@ -2,14 +2,14 @@ import json
 import math
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from dify_pipeline.contract import DEFAULT_INPUT_MAPPING, TICKET_OUTPUTS
 from dify_pipeline.infer.app_form import InputVariable
 from dify_pipeline.infer.cache_key import cache_key
-from dify_pipeline.contract import DEFAULT_INPUT_MAPPING, TICKET_OUTPUTS
 from dify_pipeline.infer.enrichment import Outcome, enrichment_columns, outcome_from_answer, plan_records
 from dify_pipeline.infer.progress import Progress
 from dify_pipeline.infer.stats import error_counts, latency_percentiles
@@ -22,7 +22,7 @@ VARIABLES = {
     "body": InputVariable("body", required=True, max_length=None, options=()),
 }
 ANSWER = {"category": "物流问题", "summary": "包裹三天未到。", "sentiment": "negative"}
-ENRICHED_AT = datetime(2026, 3, 9, 1, 2, 3, tzinfo=timezone.utc)
+ENRICHED_AT = datetime(2026, 3, 9, 1, 2, 3, tzinfo=UTC)
 
 
 def row(key: str, subject: str | None = "快递没到", body: str | None = "三天了还没收到包裹", **other) -> dict:

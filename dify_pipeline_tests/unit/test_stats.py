@@ -1,10 +1,16 @@
 """The day's figures: where answers came from, what the day cost and what this run spent, failures with examples."""
 
 import pyarrow as pa
-import pytest
 
 from dify_pipeline.infer.stats import (
-    CACHE, DUPLICATE, REFUSED, SENT, DayFigures, TokenPrices, blocked_day_message, row_costs,
+    CACHE,
+    DUPLICATE,
+    REFUSED,
+    SENT,
+    DayFigures,
+    TokenPrices,
+    blocked_day_message,
+    row_costs,
 )
 from dify_pipeline.schemas import ENRICHMENT_FIELDS
 
