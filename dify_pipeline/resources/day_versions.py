@@ -7,7 +7,7 @@ both read back the same version. It lives in the result cache's database, in its
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
@@ -47,7 +47,7 @@ class DayVersions:
     def pin(self, enrichment: str, day: date, app_identity: str, workflow_id: str) -> str:
         """Pin the day to `workflow_id` unless it is pinned already; returns the version it is pinned to."""
         row = {"enrichment": enrichment, "day": day, "app_identity": app_identity, "workflow_id": workflow_id,
-               "pinned_at": datetime.now(timezone.utc)}
+               "pinned_at": datetime.now(UTC)}
         try:
             with self._engine.begin() as connection:
                 connection.execute(sa.insert(DAY_VERSIONS), row)

@@ -18,6 +18,7 @@ import aiohttp
 import httpx
 import pytest
 
+from dify_pipeline.contract import DEFAULT_CATEGORIES, SENTIMENTS
 from dify_pipeline_dev.emulators.dify import (
     DifyApp,
     DifyEmulator,
@@ -30,7 +31,6 @@ from dify_pipeline_dev.emulators.dify import (
 )
 from dify_pipeline_dev.emulators.dify_answers import CATEGORY_RULES, INVALID_CATEGORY
 from dify_pipeline_dev.emulators.server import serve_in_thread
-from dify_pipeline.contract import DEFAULT_CATEGORIES, SENTIMENTS
 
 SAMPLES = Path("/work/shared/dify-samples")
 KEY = "app-emulator-key"
@@ -321,7 +321,7 @@ def test_connections_beyond_the_worker_cap_wait_unaccepted_while_served_ones_sta
     assert (len(served), len(waiting)) == (10, 6)
     stats = emulator.stats()
     assert (stats["open_connections"], stats["accept_queue"], stats["paid_runs"]) == (10, 6, 10)
-    for round_ in range(3):  # a pooling client reuses its served connections: the waiting six starve
+    for _ in range(3):  # a pooling client reuses its served connections: the waiting six starve
         for client in served:
             assert read_response(client)[0] == 200
             client.sendall(raw_run_request(url))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC
 
 import pytest
 
-from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault, answer_for, reviews_app
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault, answer_for, reviews_app
 from dify_pipeline_tests.integration.pipeline import DIFY_KEY
 
 COMPLETION_KEY = "app-completion-test-key"
@@ -456,7 +457,7 @@ def test_pinning_is_for_workflow_apps_only(dify_emulator):
 
 @pytest.mark.parametrize("pinned_to", ["the run's version", "a newer version"])
 def test_a_resumed_record_uses_its_earlier_run_only_when_the_pinned_version_ran_it(dify_emulator, pinned_to):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import httpx
 
@@ -470,7 +471,7 @@ def test_a_resumed_record_uses_its_earlier_run_only_when_the_pinned_version_ran_
     new = dify_emulator.publish(DIFY_KEY)
     pinned = old if pinned_to == "the run's version" else new
     resumed = DifyRequest(request.record_key, request.inputs,
-                          Attempt(user, datetime.now(timezone.utc), earlier["workflow_run_id"]))
+                          Attempt(user, datetime.now(UTC), earlier["workflow_run_id"]))
     results, counters = run_pinned(client(dify_emulator), [resumed], workflow_id=pinned)
     assert results[request.record_key].workflow_id == pinned
     if pinned == old:

@@ -1,5 +1,5 @@
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -31,13 +31,13 @@ def test_retry_after_in_seconds_is_read_as_seconds():
 
 
 def test_retry_after_as_http_date_is_the_time_left_until_that_date():
-    now = datetime(2026, 3, 8, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 8, 12, 0, 0, tzinfo=UTC)
     header = format_datetime(now + timedelta(seconds=90), usegmt=True)
     assert parse_retry_after(header, now=now) == 90.0
 
 
 def test_retry_after_in_the_past_or_negative_means_no_wait():
-    now = datetime(2026, 3, 8, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 8, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after(format_datetime(now - timedelta(minutes=5), usegmt=True), now=now) == 0.0
     assert parse_retry_after("-3") == 0.0
 
@@ -59,7 +59,7 @@ def test_429_with_retry_after_seconds_is_a_throttle_carrying_the_wait():
 
 
 def test_429_with_retry_after_http_date_waits_until_that_date():
-    header = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=60), usegmt=True)
+    header = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
     error = classify_http_error(429, "", header)
     assert error.throttled
     assert 55.0 <= error.retry_after <= 60.0

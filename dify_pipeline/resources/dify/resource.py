@@ -32,16 +32,15 @@ from dify_pipeline.resources.dify.protocol import (
     AppMode,
     DifyRequest,
     DifyResult,
+    ResponseMode,
     blocking_result,
     endpoint,
     json_or_error,
     payload,
-    ResponseMode,
     sse_events,
     workflow_result,
 )
 from dify_pipeline.resources.run_journal import RunJournal
-
 
 THROTTLED_ATTEMPTS_FACTOR = 4
 # How long a run that may exist is looked for before the record is sent again. A request that timed out may
@@ -158,7 +157,7 @@ class DifyResource(dg.ConfigurableResource):
                     f"the TLS certificate of {self.base_url} could not be verified: if it comes from a private "
                     "certificate authority, give its CA bundle in DIFY_CA_FILE"
                 ) from None
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            except (TimeoutError, aiohttp.ClientError) as error:
                 raise DifyFatalError(
                     f"cannot reach Dify at {self.base_url}: {type(error).__name__}. Check DIFY_BASE_URL."
                 ) from None
@@ -413,7 +412,7 @@ class DifyResource(dg.ConfigurableResource):
                     raise
                 return blocking_result(self.app_mode, request.record_key, answer)
             return await self._call_streaming(client, request, counters, journal)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DifyCallError("timeout", "no answer within the request timeout", True, outcome_unknown=True) from None
         except aiohttp.ClientConnectorError as error:  # never connected: nothing was sent
             raise DifyCallError("connection_error", f"{type(error).__name__}: connection failed", True) from None
@@ -441,7 +440,7 @@ class DifyResource(dg.ConfigurableResource):
                         run_id = stream.run_id
                         if journal is not None:
                             await journal.run_started(request.record_key, run_id)
-        except (aiohttp.ClientError, asyncio.TimeoutError, DifyCallError) as error:
+        except (TimeoutError, aiohttp.ClientError, DifyCallError) as error:
             broken_stream = not isinstance(error, DifyCallError) or error.code == "malformed_response"
             if not broken_stream:
                 raise
@@ -487,7 +486,7 @@ class DifyResource(dg.ConfigurableResource):
                         run_id = None  # Dify answers an unknown run id with a 200 of nulls
                 elif failure is not None:
                     return failure
-            except (DifyCallError, aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, DifyCallError, aiohttp.ClientError):
                 pass  # the lookup failed this time; try again until the deadline
             if time.monotonic() > deadline or counters.stop.is_set():
                 return None
