@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from benchmarks._harness import emulator_process, measured, report
+from dify_pipeline.contract import TICKET_OUTPUTS
 from dify_pipeline.schemas import CLEAN_FIELDS, ENRICHMENT_FIELDS, PIPELINE_VERSION, SHARD_FIELD, with_fields
 
 DAY = "2026-11-20"
@@ -154,12 +155,13 @@ def case_parquet_ours(stage_url: str, s3_url: str, prefix: str) -> dict:
     import s3fs  # noqa: F401 - imported before the clock starts, as the raw case does
 
     from dify_pipeline.publish.parquet_assets import tickets_parquet
+    from dify_pipeline.settings import PipelineSettings
     from dify_pipeline.resources.storage import ObjectStorage
 
     stage = ObjectStorage(url=stage_url)
     output = ObjectStorage(url=f"s3://{BUCKET}/{prefix}", s3_endpoint_url=s3_url, s3_region="us-east-1")
     output.filesystem().ls(BUCKET)  # warm-up before the clock; the step makes its own client (as raw does, inside the clock)
-    outcome = materialize(tickets_parquet, {"stage_storage": stage, "parquet_output": output})
+    outcome = materialize(tickets_parquet, {"stage_storage": stage, "parquet_output": output, "settings": PipelineSettings()})
     return {"rows": outcome["metadata"]["rows"], "usage": outcome["usage"]}
 
 
@@ -203,7 +205,7 @@ def case_elasticsearch_raw(stage_url: str, es_url: str, index: str) -> dict:
     from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping, to_documents
 
     table = ds.dataset(f"{stage_url}/enriched_tickets/dt={DAY}", format="parquet").to_table()
-    mapping = index_mapping(["subject", "body"], ["created_at", "updated_at"])
+    mapping = index_mapping(["subject", "body"], ["created_at", "updated_at"], TICKET_OUTPUTS)
     physical = f"{index}-v{MAPPING_VERSION}"
     documents = list(to_documents(table.to_pylist(), DAY, "raw", set(mapping["properties"]), physical))
     del table
@@ -230,7 +232,7 @@ def case_bulk_ours(stage_url: str, sink_url: str, index: str) -> dict:
     from dify_pipeline.stages import day_folder
 
     stage = ObjectStorage(url=stage_url)
-    mapped_fields = set(index_mapping(["subject", "body"], ["created_at", "updated_at"])["properties"])
+    mapped_fields = set(index_mapping(["subject", "body"], ["created_at", "updated_at"], TICKET_OUTPUTS)["properties"])
     physical = f"{index}-v{MAPPING_VERSION}"
     start_rss = current_rss_mb()
     with measured() as usage:
@@ -257,7 +259,7 @@ def case_bulk_raw(stage_url: str, sink_url: str, index: str) -> dict:
     from dify_pipeline.stages import day_folder
 
     stage = ObjectStorage(url=stage_url)
-    mapped_fields = set(index_mapping(["subject", "body"], ["created_at", "updated_at"])["properties"])
+    mapped_fields = set(index_mapping(["subject", "body"], ["created_at", "updated_at"], TICKET_OUTPUTS)["properties"])
     physical = f"{index}-v{MAPPING_VERSION}"
     start_rss = current_rss_mb()
     with measured() as usage:

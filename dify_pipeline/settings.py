@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from dify_pipeline.contract import DEFAULT_CATEGORIES, DEFAULT_INPUT_MAPPING
+from dify_pipeline.contract import DEFAULT_CATEGORIES, DEFAULT_INPUT_MAPPING, TICKET_OUTPUTS, OutputField
 
 
 class PipelineSettings(dg.ConfigurableResource):
@@ -26,3 +26,7 @@ class PipelineSettings(dg.ConfigurableResource):
     price_per_1k_input_tokens: float | None = Field(default=None, ge=0, description="Model price per 1,000 input tokens.")
     price_per_1k_output_tokens: float | None = Field(default=None, ge=0, description="Model price per 1,000 output tokens.")
     price_currency: str = Field(default="USD", description="Currency of the token prices above.")
+
+    def outputs(self) -> dict[str, OutputField]:
+        """The ticket outputs, with the categories above as the labels `category` allows."""
+        return {**TICKET_OUTPUTS, "category": TICKET_OUTPUTS["category"].model_copy(update={"allowed": self.categories})}

@@ -36,7 +36,7 @@ from dify_pipeline.resources.result_cache import CachedResult, CacheWriteError, 
 from dify_pipeline.resources.run_journal import RunJournal
 from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.schemas import ENRICHMENT_FIELDS, with_fields
+from dify_pipeline.schemas import enrichment_fields, with_fields
 from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_folder, shard_file
 
@@ -100,6 +100,7 @@ def enriched_tickets(
         return plan_records(shard.select(needed).to_pylist(), settings.input_mapping, variables, app_identity,
                             settings.cache_version)
 
+    outputs = settings.outputs()
     cache = result_cache.open()
     journal = RunJournal.open(result_cache.url) if result_cache.enabled else None
     answered: set[str] = set()
@@ -132,7 +133,7 @@ def enriched_tickets(
         uncached: dict[str, Outcome] = {}  # this run's outcomes the cache does not hold (failed runs; all when off)
 
         def on_result(result: DifyResult) -> None:
-            outcome = _from_call(result, settings.categories)
+            outcome = _from_call(result, outputs)
             if result.succeeded:  # what Dify answered, kept whatever the contract says: judged when rows are built
                 cache.store(result.record_key, app_identity, settings.cache_version, _cacheable(outcome))
             if not result.succeeded or not cache.enabled:
@@ -156,17 +157,18 @@ def enriched_tickets(
 
         # Second pass, one shard at a time: every answer judged against today's contract, the rows written.
         token_prices = _token_prices(settings)
-        figures = DayFigures(mask=_masker(settings), estimate_currency=settings.price_currency)
+        figures = DayFigures(mask=_masker(settings), estimate_currency=settings.price_currency,
+                             label_outputs=tuple(name for name, f in outputs.items() if f.type == "label"))
         output_folder = day_folder(stage_storage, "enriched_tickets", context.partition_key)
         written = []
         seen = set()
         for index, path in enumerate(shard_paths):
             shard = stage_storage.read_parquet(path)
             plans = plan_shard(shard)
-            outcomes = _judge(plans, cache, uncached, pending_keys, settings.categories)
+            outcomes = _judge(plans, cache, uncached, pending_keys, outputs)
             sources, first_in_day = answer_sources(plans, outcomes, seen)
             paying = {plan.record_key for plan, source in zip(plans, sources) if source == SENT}
-            enrichment = enrichment_columns(plans, outcomes, paying, app_identity, settings.cache_version)
+            enrichment = enrichment_columns(plans, outcomes, paying, app_identity, settings.cache_version, fields=outputs)
             per_row = [outcomes[plan.cache_key] for plan in plans]
             cost, estimated = row_costs(
                 enrichment.column("total_price"), pa.array([o.prompt_tokens for o in per_row], pa.int64()),
@@ -175,7 +177,7 @@ def enriched_tickets(
             )
             figures.add_shard(enrichment, shard.column("record_key"), pa.array(sources, pa.string()),
                               pa.array(first_in_day, pa.bool_()), cost, estimated)
-            table = _join(shard, enrichment)
+            table = _join(shard, enrichment, outputs)
             path = shard_file(stage_storage, "enriched_tickets", context.partition_key, index)
             stage_storage.write_parquet(path, table.schema, [table])
             written.append(path)
@@ -220,9 +222,9 @@ def enriched_tickets(
     yield from check_results
 
 def _judge(plans: list[RecordPlan], cache: ResultCacheSession, uncached: dict[str, Outcome], sent_keys: set[str],
-           categories) -> dict[str, Outcome]:
+           outputs) -> dict[str, Outcome]:
     """The outcome of each distinct input of a shard: refused inputs, this run's uncached failures, and every
-    stored answer judged against `categories` now (a contract failure stored earlier is judged again, free)."""
+    stored answer judged against the contract's `outputs` now (a contract failure stored earlier is judged again, free)."""
     outcomes: dict[str, Outcome] = {}
     stored = cache.lookup(p.cache_key for p in plans if not p.input_problem and p.cache_key not in uncached)
     for plan in plans:
@@ -234,7 +236,7 @@ def _judge(plans: list[RecordPlan], cache: ResultCacheSession, uncached: dict[st
         elif key in uncached:
             outcomes[key] = uncached[key]
         elif key in stored:
-            outcomes[key] = _from_cache(stored[key], categories, from_cache=key not in sent_keys)
+            outcomes[key] = _from_cache(stored[key], outputs, from_cache=key not in sent_keys)
         else:  # the run stopped before it was answered
             outcomes[key] = Outcome(False, error_code="not_answered", error_message="not answered by this run")
     return outcomes
@@ -253,19 +255,19 @@ def _masker(settings: PipelineSettings):
     return lambda text: masker.mask(text)[0]
 
 
-def _from_call(result: DifyResult, categories) -> Outcome:
+def _from_call(result: DifyResult, outputs) -> Outcome:
     call = dict(attempts=result.attempts, latency_ms=result.latency_ms, total_tokens=result.total_tokens,
                 total_price=result.total_price, currency=result.currency, run_id=result.run_id,
                 workflow_id=result.workflow_id, prompt_tokens=getattr(result, "prompt_tokens", None),
                 completion_tokens=getattr(result, "completion_tokens", None))
     if not result.succeeded:
         return Outcome(False, error_code=result.error_code, error_message=result.error_message, **call)
-    return outcome_from_answer(result.outputs, categories, **call)
+    return outcome_from_answer(result.outputs, outputs, **call)
 
 
-def _from_cache(cached: CachedResult, categories, from_cache: bool = True) -> Outcome:
+def _from_cache(cached: CachedResult, outputs, from_cache: bool = True) -> Outcome:
     outcome = outcome_from_answer(
-        cached.outputs, categories, attempts=cached.attempts or 0, latency_ms=cached.latency_ms,
+        cached.outputs, outputs, attempts=cached.attempts or 0, latency_ms=cached.latency_ms,
         total_tokens=cached.total_tokens, total_price=cached.total_price, currency=cached.currency,
         run_id=cached.run_id, workflow_id=cached.workflow_id, prompt_tokens=cached.prompt_tokens,
         completion_tokens=cached.completion_tokens,
@@ -280,9 +282,9 @@ def _cacheable(outcome: Outcome) -> CachedResult:
                         prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens)
 
 
-def _join(shard: pa.Table, enrichment: pa.Table) -> pa.Table:
+def _join(shard: pa.Table, enrichment: pa.Table, outputs) -> pa.Table:
     base = shard.drop_columns([n for n in enrichment.column_names if n in shard.column_names])
-    schema = with_fields(base.schema, ENRICHMENT_FIELDS)
+    schema = with_fields(base.schema, enrichment_fields(outputs))
     return pa.Table.from_arrays([*base.columns, *enrichment.columns], schema=schema)
 
 
@@ -319,7 +321,7 @@ def _metadata(figures: DayFigures, sent: int, call_counters: dict, fresh_latenci
         "latency_p50_ms": percentiles["p50"],
         "latency_p95_ms": percentiles["p95"],
         "latency_p99_ms": percentiles["p99"],
-        "categories": dg.MetadataValue.json(dict(figures.categories.most_common())),
+        "labels": dg.MetadataValue.json({name: dict(counts.most_common()) for name, counts in figures.labels.items()}),
         "dify_workflow_ids": dg.MetadataValue.json(sorted(figures.workflow_ids)),
         "path": dg.MetadataValue.path(path),
     }

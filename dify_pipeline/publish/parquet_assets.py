@@ -7,12 +7,14 @@ from dify_pipeline.funnel import funnel_table, recorded_counts
 from dify_pipeline.partitions import daily_partitions
 from dify_pipeline.resources.storage import DAY_FILE_NAME, PARQUET_WRITE_OPTIONS, ObjectStorage
 from dify_pipeline.schemas import conform, published_schema
+from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_folder
 
 
 @dg.asset(partitions_def=daily_partitions, group_name="tickets", deps=["enriched_tickets"], kinds={"s3", "parquet"})
 def tickets_parquet(
-    context: dg.AssetExecutionContext, stage_storage: ObjectStorage, parquet_output: ObjectStorage
+    context: dg.AssetExecutionContext, stage_storage: ObjectStorage, parquet_output: ObjectStorage,
+    settings: PipelineSettings,
 ) -> dg.MaterializeResult:
     """One Parquet object per day, replaced whole on a re-run.
 
@@ -26,7 +28,7 @@ def tickets_parquet(
     shard_paths = stage_storage.list_files(day_folder(stage_storage, "enriched_tickets", day))
     if not shard_paths:
         raise dg.Failure(f"no enriched data for {day}: materialize enriched_tickets first")
-    schema = published_schema(stage_storage.read_schema(shard_paths[0]))
+    schema = published_schema(stage_storage.read_schema(shard_paths[0]), settings.outputs())
     folder = parquet_output.path(f"dt={day}")
     path = f"{folder}/{DAY_FILE_NAME}"
 

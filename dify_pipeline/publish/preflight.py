@@ -28,7 +28,7 @@ def check_sinks_before_paying(parquet_output: ObjectStorage, search: SearchClust
                         f"{str(error)[:300]}){hint}")
     try:
         with search.connect() as sink:
-            physical = sink.ensure_index(index_mapping(settings.text_columns, []), MAPPING_VERSION)
+            physical = sink.ensure_index(index_mapping(settings.text_columns, [], settings.outputs()), MAPPING_VERSION)
             probe = f"dify_pipeline-preflight-{uuid.uuid4().hex}"  # no day: no count of a day ever sees it
             version = sink.create_document(physical, probe, {"record_key": probe})
             if version is not None:

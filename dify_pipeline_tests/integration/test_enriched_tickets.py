@@ -122,7 +122,7 @@ def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rej
     accepted = materialization_metadata(fixed, "enriched_tickets")
     assert dify_emulator.stats()["paid_runs"] == paid
     assert fixed.success and accepted["failed"] == 0 and accepted["requests_sent"] == 0
-    assert accepted["categories"][INVALID_CATEGORY] == judged["failed"]
+    assert accepted["labels"]["category"][INVALID_CATEGORY] == judged["failed"]
 
 
 def test_a_blocked_day_says_why_in_its_check_with_samples(pipeline_env, source_tickets, dagster_instance, dify_emulator):

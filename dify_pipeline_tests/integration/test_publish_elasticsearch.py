@@ -26,6 +26,7 @@ from dify_pipeline_dev.emulators.elasticsearch import (
     RequestFault,
     SigV4Credentials,
 )
+from dify_pipeline.contract import TICKET_OUTPUTS
 from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping
 from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
 from dify_pipeline.publish.parquet_assets import tickets_parquet
@@ -389,7 +390,7 @@ def test_tls_with_a_private_ca_file(emulator, es, publish_stage, output, write_e
 
 def test_a_new_mapping_version_is_filled_behind_the_alias_then_swapped_in_one_step(emulator, es):
     with es.connect() as sink:
-        mapping = index_mapping(["subject"], [])
+        mapping = index_mapping(["subject"], [], TICKET_OUTPUTS)
         v1 = sink.ensure_index(mapping, 1)
         sink.create_document(es.index, "a", {"dt": PUBLISH_DAY, "record_key": "a"})
 
@@ -406,8 +407,8 @@ def test_a_new_mapping_version_is_filled_behind_the_alias_then_swapped_in_one_st
 
 def test_a_column_added_to_the_source_is_added_to_the_existing_index(emulator, es):
     with es.connect() as sink:
-        physical = sink.ensure_index(index_mapping(["subject"], []), MAPPING_VERSION)
-        sink.ensure_index(index_mapping(["subject", "title"], ["closed_at"]), MAPPING_VERSION)
+        physical = sink.ensure_index(index_mapping(["subject"], [], TICKET_OUTPUTS), MAPPING_VERSION)
+        sink.ensure_index(index_mapping(["subject", "title"], ["closed_at"], TICKET_OUTPUTS), MAPPING_VERSION)
     properties = read(emulator, f"/{physical}/_mapping")[physical]["mappings"]["properties"]
     assert properties["title"] == {"type": "text"} and properties["closed_at"] == {"type": "date"}
 
