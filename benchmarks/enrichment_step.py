@@ -40,6 +40,7 @@ from dify_pipeline.stages import shard_file
 KEY = "app-benchmark"
 DAY = "2026-11-20"
 BOUND = 1000.0
+RUN_PATHS = ("/workflows/run", "/chat-messages", "/completion-messages")  # a request that starts a run
 
 
 def write_shards(storage: ObjectStorage, records: int, shard_rows: int = 500) -> None:
@@ -109,7 +110,7 @@ def run(cache_url: str, records: int, concurrency: int, dify_url: str, es_url: s
         "records": records, "paid_runs": paid, "step_seconds": seconds, "answers/s": rate, "bound/s": bound,
         "concurrency": concurrency, "failed": metadata["failed"], "peak_rss_mb": peak_rss_mb(),
         "attempts_per_record": sum(count for path, count in stats["requests_by_path"].items()
-                                   if path.endswith(("/workflows/run", "/chat-messages", "/completion-messages"))) / records,
+                                   if path.endswith(RUN_PATHS)) / records,
     }, rate / bound, least, passed)
     return passed
 
@@ -119,7 +120,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="the emulator's run duration (median)")
-    parser.add_argument("--server-limit", type=int, help="the app's limit of runs in flight (Dify's max_active_requests)")
+    parser.add_argument("--server-limit", type=int,
+                        help="the app's limit of runs in flight (Dify's max_active_requests)")
     parser.add_argument("--cache", choices=["env", "sqlite", "postgresql", "both", "off"], default="env",
                         help="env: RESULT_CACHE_URL when set, else SQLite; both: SQLite then PostgreSQL; "
                              "off: the cache disabled, the client's own ceiling for comparison")

@@ -271,7 +271,8 @@ def main() -> int:
     parser.add_argument("--reuse-source", action="store_true",
                         help=f"keep each size's source in its own database ({DATABASE}_<rows>) and reuse it")
     parser.add_argument("--stages", nargs="+", choices=["extract", "infer", "publish"],
-                        default=["extract", "infer", "publish"], help="the runs to make (extract: extract, clean, shard)")
+                        default=["extract", "infer", "publish"],
+                        help="the runs to make (extract: extract, clean, shard)")
     parser.add_argument("--json", help="also write the figures to this file (after each day)")
     args = parser.parse_args()
 

@@ -14,7 +14,7 @@ import asyncio
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -55,7 +55,7 @@ class RunJournal:
     # -- from the client's event loop ------------------------------------------------------------------
     async def sending(self, key: str, user: str) -> None:
         """Returns once the attempt is committed: only then may its request leave."""
-        await self._write("sent", {"cache_key": key, "user": user, "sent_at": datetime.now(timezone.utc)})
+        await self._write("sent", {"cache_key": key, "user": user, "sent_at": datetime.now(UTC)})
 
     async def run_started(self, key: str, run_id: str) -> None:
         await self._write("run", {"cache_key": key, "run_id": run_id})

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
-
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -77,11 +76,11 @@ def test_a_run_id_announced_later_is_kept_and_forget_drops_the_attempt(journal_u
 def test_one_group_keeps_the_order_of_its_writes_and_the_last_attempt_of_a_record(journal_url):
     journal = RunJournal.open(journal_url)
     journal._commit([
-        ("sent", {"cache_key": "a", "user": "u-a", "sent_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}),
-        ("sent", {"cache_key": "b", "user": "u-b", "sent_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}),
+        ("sent", {"cache_key": "a", "user": "u-a", "sent_at": datetime(2026, 1, 1, tzinfo=UTC)}),
+        ("sent", {"cache_key": "b", "user": "u-b", "sent_at": datetime(2026, 1, 1, tzinfo=UTC)}),
         ("run", {"cache_key": "a", "run_id": "run-a1"}),
-        ("sent", {"cache_key": "a", "user": "u-a", "sent_at": datetime(2026, 1, 2, tzinfo=timezone.utc)}),  # a retry
-        ("sent", {"cache_key": "b", "user": "u-b", "sent_at": datetime(2026, 1, 3, tzinfo=timezone.utc)}),
+        ("sent", {"cache_key": "a", "user": "u-a", "sent_at": datetime(2026, 1, 2, tzinfo=UTC)}),  # a retry
+        ("sent", {"cache_key": "b", "user": "u-b", "sent_at": datetime(2026, 1, 3, tzinfo=UTC)}),
         ("run", {"cache_key": "b", "run_id": "run-b2"}),
     ])
     pending = journal.pending(["a", "b"])
@@ -92,7 +91,7 @@ def test_one_group_keeps_the_order_of_its_writes_and_the_last_attempt_of_a_recor
 
 def test_forget_drops_every_given_attempt_however_many(journal_url):
     journal = RunJournal.open(journal_url)
-    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
     journal._commit([("sent", {"cache_key": f"k{i}", "user": f"u{i}", "sent_at": at}) for i in range(2500)])
     journal.forget(f"k{i}" for i in range(2000))
     assert set(journal.pending(f"k{i}" for i in range(2500))) == {f"k{i}" for i in range(2000, 2500)}
