@@ -9,12 +9,11 @@ import dagster as dg
 from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping
 from dify_pipeline.resources.search import SearchCluster, SearchClusterError
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.settings import PipelineSettings
 
 S3_VARIABLES = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), AWS_REGION and S3_ENDPOINT_URL"
 
 
-def check_sinks_before_paying(parquet_output: ObjectStorage, search: SearchCluster, settings: PipelineSettings) -> None:
+def check_sinks_before_paying(parquet_output: ObjectStorage, search: SearchCluster, text_columns: list[str]) -> None:
     """The Parquet prefix takes a tiny object (written, then removed); the search cluster answers, is a product
     and version the package supports, and its index takes a document (written, then removed).
 
@@ -28,7 +27,7 @@ def check_sinks_before_paying(parquet_output: ObjectStorage, search: SearchClust
                         f"{str(error)[:300]}){hint}")
     try:
         with search.connect() as sink:
-            physical = sink.ensure_index(index_mapping(settings.text_columns, []), MAPPING_VERSION)
+            physical = sink.ensure_index(index_mapping(text_columns, []), MAPPING_VERSION)
             probe = f"dify_pipeline-preflight-{uuid.uuid4().hex}"  # no day: no count of a day ever sees it
             version = sink.create_document(physical, probe, {"record_key": probe})
             if version is not None:
