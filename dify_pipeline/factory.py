@@ -90,6 +90,21 @@ def build_code_location(contracts: Sequence[EnrichmentContract], environment: Pi
                           resources={**resources, **resource_overrides}, executor=step_processes)
 
 
+def steps_of(contract: EnrichmentContract, start_date: str = "2026-01-01", timezone: str = "UTC") -> dict:
+    """The assets and checks of `contract`'s chain by name (`raw_<name>`, ..., `parquet_matches_enriched`,
+    `elasticsearch_matches_parquet`, `enriched_day_checks`), without resources: for materializing single steps
+    with resources of one's own (tests, benchmarks)."""
+    chain = Chain(contract, _partitions(start_date, timezone), timezone, primary=True)
+    parquet_check, elasticsearch_check = build_publish_checks(chain)
+    return {
+        chain.raw: build_raw_asset(chain), chain.clean: build_clean_assets(chain),
+        chain.shards: build_shards_asset(chain), chain.enriched: build_enriched_asset(chain),
+        chain.parquet: build_parquet_asset(chain), chain.elasticsearch: build_elasticsearch_asset(chain),
+        "parquet_matches_enriched": parquet_check, "elasticsearch_matches_parquet": elasticsearch_check,
+        "enriched_day_checks": build_enriched_day_checks(chain),
+    }
+
+
 def check_side_by_side(contracts: Sequence[EnrichmentContract], environment: PipelineEnvironment) -> None:
     """Enrichments of one code location must not write over each other: distinct names, and with more than one,
     each its own Parquet folder and search alias. Raises ContractError naming every clash."""
@@ -118,7 +133,9 @@ def chain_of(contract: EnrichmentContract, environment: PipelineEnvironment, *, 
     return Chain(
         contract=contract,
         partitions=_partitions(environment.pipeline_start_date, environment.pipeline_timezone),
-        source_timezone=source.timezone or environment.pipeline_timezone,
+        # SOURCE_TIMEZONE is the default source's (SOURCE_DATABASE_URL, SOURCE_TABLE); a contract may name its own.
+        source_timezone=source.timezone or (environment.source_timezone if default_source else None)
+        or environment.pipeline_timezone,
         source_resource=source_key,
         primary=primary,
     )

@@ -12,15 +12,15 @@ import pyarrow as pa
 import pymysql
 import pytest
 
-from dify_pipeline.extract.assets import raw_tickets
 from dify_pipeline.partitions import day_window
 from dify_pipeline.resources.source_database import SourceDatabase
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_file
 from dify_pipeline_tests.integration import services
+from dify_pipeline_tests.integration.pipeline import ticket_steps
 
 DAY = "2026-11-20"
+raw_tickets = ticket_steps()["raw_tickets"]
 DRIVERS = ["mysqldb", "pymysql"]
 
 # Every column type a ticket table is likely to have, with the values that have tripped exports before.
@@ -120,7 +120,7 @@ def test_rows_arrive_in_batches_of_the_configured_size(source, monkeypatch, driv
 def test_raw_tickets_exports_the_day_and_says_which_driver_read_it(source, tmp_path):
     stage = ObjectStorage(url=str(tmp_path / "stages"))
     result = dg.materialize([raw_tickets], partition_key=DAY, resources={
-        "source_database": source, "stage_storage": stage, "settings": PipelineSettings()})
+        "source_database": source, "stage_storage": stage})
     [event] = result.asset_materializations_for_node("raw_tickets")
     assert event.metadata["rows"].value == len(IN_DAY)
     assert event.metadata["driver"].value == "mysqldb"
@@ -130,7 +130,7 @@ def test_raw_tickets_exports_the_day_and_says_which_driver_read_it(source, tmp_p
 
 def test_rows_without_a_timestamp_are_counted_and_warned_about(source, mariadb_url, tmp_path):
     stage = ObjectStorage(url=str(tmp_path / "stages"))
-    resources = {"source_database": source, "stage_storage": stage, "settings": PipelineSettings()}
+    resources = {"source_database": source, "stage_storage": stage}
     checks = lambda result: {c.check_name: c for c in result.get_asset_check_evaluations()}  # noqa: E731
     clean = dg.materialize([raw_tickets], partition_key=DAY, resources=resources)
     assert clean.asset_materializations_for_node("raw_tickets")[0].metadata["source_rows_without_timestamp"].value == 0

@@ -18,7 +18,6 @@ import httpx
 import pytest
 import uvicorn
 
-from dify_pipeline.checks import elasticsearch_matches_parquet
 from dify_pipeline_dev.emulators.elasticsearch import (
     FLAVOURS,
     ElasticsearchEmulatorConfig,
@@ -27,14 +26,14 @@ from dify_pipeline_dev.emulators.elasticsearch import (
     SigV4Credentials,
 )
 from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping
-from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
-from dify_pipeline.publish.parquet_assets import tickets_parquet
 from dify_pipeline.resources.search import SearchCluster, SearchClusterError
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline_tests.integration.conftest import PUBLISH_DAY
+from dify_pipeline_tests.integration.pipeline import ticket_steps
 
 OTHER_DAY = "2026-11-19"
+tickets_parquet, tickets_elasticsearch, elasticsearch_matches_parquet = (
+    ticket_steps()[name] for name in ("tickets_parquet", "tickets_elasticsearch", "elasticsearch_matches_parquet"))
 
 
 @pytest.fixture(params=sorted(FLAVOURS))
@@ -80,8 +79,7 @@ def load(es: SearchCluster, stage: ObjectStorage, output: ObjectStorage, day: st
     return dg.materialize(
         [tickets_parquet, tickets_elasticsearch, elasticsearch_matches_parquet], partition_key=day,
         raise_on_error=False,
-        resources={"stage_storage": stage, "parquet_output": output, "elasticsearch": es,
-                   "settings": PipelineSettings()},
+        resources={"stage_storage": stage, "parquet_output": output, "elasticsearch": es},
     )
 
 
