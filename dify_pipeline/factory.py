@@ -13,7 +13,9 @@ source URL, another app's URL and key) are checked here, at load time, and reach
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -95,6 +97,11 @@ def steps_of(contract: EnrichmentContract, start_date: str = "2026-01-01", timez
     `elasticsearch_matches_parquet`, `enriched_day_checks`), without resources: for materializing single steps
     with resources of one's own (tests, benchmarks)."""
     chain = Chain(contract, _partitions(start_date, timezone), timezone, primary=True)
+    with _partitioned_checks_allowed():
+        return _steps(chain)
+
+
+def _steps(chain: Chain) -> dict:
     parquet_check, elasticsearch_check = build_publish_checks(chain)
     return {
         chain.raw: build_raw_asset(chain), chain.clean: build_clean_assets(chain),
@@ -146,7 +153,21 @@ def _partitions(start_date: str, timezone: str) -> dg.DailyPartitionsDefinition:
     return daily_partitions(start_date, timezone)  # one object: assets of several enrichments share it
 
 
+@contextlib.contextmanager
+def _partitioned_checks_allowed():
+    # Every check is partitioned like its asset, so its results carry their day; Dagster 1.13 calls that argument
+    # a preview, and the warning says nothing else.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Specifying a partitions_def on an AssetCheckSpec", dg.PreviewWarning)
+        yield
+
+
 def _chain_parts(chain: Chain, environment: PipelineEnvironment) -> dict:
+    with _partitioned_checks_allowed():
+        return _build_parts(chain, environment)
+
+
+def _build_parts(chain: Chain, environment: PipelineEnvironment) -> dict:
     job = build_daily_job(chain)
     freshness_checks, freshness_sensor = build_chain_freshness_checks(chain, environment.published_by_hour)
     return {

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
-
-# Every check is partitioned like its asset (AssetCheckSpec(partitions_def=...)), so its results carry their
-# day. Dagster 1.13 calls that argument a preview; the warning says nothing else, so it is not shown.
-warnings.filterwarnings("ignore", "Specifying a partitions_def on an AssetCheckSpec", dg.PreviewWarning)
 
 
 def daily_partitions(start_date: str, timezone: str) -> dg.DailyPartitionsDefinition:
