@@ -115,5 +115,6 @@ class Chain:
 
 
 def _default_app(contract: EnrichmentContract) -> bool:
-    return contract.app.api_key_env == DEFAULT_DIFY_API_KEY_ENV and contract.app.base_url_env == DEFAULT_DIFY_BASE_URL_ENV
+    app = contract.app
+    return (app.base_url_env, app.api_key_env) == (DEFAULT_DIFY_BASE_URL_ENV, DEFAULT_DIFY_API_KEY_ENV)
 

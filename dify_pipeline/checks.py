@@ -75,7 +75,8 @@ def freshness_check_keys(chain: Chain) -> list[dg.AssetCheckKey]:
 
 
 def build_freshness_checks(
-    published_by_hour: int, timezone: str, assets: Sequence[dg.AssetKey | str] = ("tickets_parquet", "tickets_elasticsearch"),
+    published_by_hour: int, timezone: str,
+    assets: Sequence[dg.AssetKey | str] = ("tickets_parquet", "tickets_elasticsearch"),
     sensor_name: str = "published_by_deadline",
 ) -> tuple[list, dg.SensorDefinition]:
     """`freshness_check` on each of `assets` (an enrichment's published ones), and the sensor that runs them (on by
@@ -96,5 +97,5 @@ def build_freshness_checks(
 
 def build_chain_freshness_checks(chain: Chain, published_by_hour: int) -> tuple[list, dg.SensorDefinition]:
     """The freshness checks of an enrichment's published assets, and their sensor."""
-    return build_freshness_checks(published_by_hour, chain.partitions.timezone,
-                                  [chain.key(chain.parquet), chain.key(chain.elasticsearch)], chain.freshness_sensor_name)
+    published = [chain.key(chain.parquet), chain.key(chain.elasticsearch)]
+    return build_freshness_checks(published_by_hour, chain.partitions.timezone, published, chain.freshness_sensor_name)

@@ -35,7 +35,8 @@ def build_raw_asset(chain: Chain) -> dg.AssetsDefinition:
         schema, batches = database.stream_day(source.timestamp_column, window_start, window_end)
         path = day_file(stage_storage, chain.raw, context.partition_key)
         rows = stage_storage.write_parquet(path, schema, batches)
-        context.log.info(f"exported {rows} rows created in [{window_start}, {window_end}) ({chain.partitions.timezone})")
+        context.log.info(f"exported {rows} rows created in [{window_start}, {window_end}) "
+                         f"({chain.partitions.timezone})")
         undated = database.rows_without_timestamp(source.timestamp_column)
         if undated:
             context.log.warning(f"{undated} rows of {database.table} have no {source.timestamp_column}: "

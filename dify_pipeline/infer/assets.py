@@ -55,7 +55,8 @@ def build_enriched_asset(chain: Chain) -> dg.AssetsDefinition:
         kinds={"dify", "parquet"},
         pool=chain.dify_pool,  # one step at a time across all runs holds the app's budget (dagster.yaml: pools)
         output_required=False,  # a blocked day is materialized without its output, so the publishing steps are skipped
-        required_resource_keys={chain.dify_resource, "result_cache", "stage_storage", "parquet_output", "elasticsearch"},
+        required_resource_keys={chain.dify_resource, "result_cache", "stage_storage", "parquet_output",
+                                "elasticsearch"},
         check_specs=[
             dg.AssetCheckSpec(
                 # Blocks the day by skipping the publishing steps rather than failing the run (blocking=True would),

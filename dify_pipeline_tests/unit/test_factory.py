@@ -62,7 +62,8 @@ def test_two_enrichments_have_their_own_keys_groups_jobs_schedules_sensors_pools
     tickets_checks = {key.name for key in graph.asset_check_keys if len(key.asset_key.path) == 1}
     assert reviews_checks == tickets_checks and "categories_allowed" in reviews_checks
     resources = defs.resources
-    assert {"source_database", "source_reviews_reviews_database_url", "dify", "dify_reviews_dify_api_key"} <= set(resources)
+    assert {"source_database", "source_reviews_reviews_database_url", "dify",
+            "dify_reviews_dify_api_key"} <= set(resources)
     assert resources["dify_reviews_dify_api_key"].app_mode == "completion" and resources["dify"].app_mode == "workflow"
     assert resources["source_reviews_reviews_database_url"].table == "reviews"
     daily_reviews = defs.resolve_job_def("daily_reviews")
@@ -103,7 +104,8 @@ def test_a_missing_or_malformed_variable_of_a_contract_fails_the_load_naming_it(
     with pytest.raises(ConfigurationError) as raised:
         build_code_location([tickets_beside_others(), reviews_contract()], environment)
     assert raised.value.problems == [
-        "REVIEWS_DIFY_API_KEY is not set (enrichment 'reviews', app.api_key_env): e.g. REVIEWS_DIFY_API_KEY=app-xxxxxxxxxxxxxxxx"]
+        "REVIEWS_DIFY_API_KEY is not set (enrichment 'reviews', app.api_key_env): "
+        "e.g. REVIEWS_DIFY_API_KEY=app-xxxxxxxxxxxxxxxx"]
     with pytest.raises(ConfigurationError) as raised:
         build_enrichment(reviews_contract(), environment)
     assert "REVIEWS_DIFY_API_KEY is not set" in str(raised.value)
