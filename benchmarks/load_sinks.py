@@ -39,13 +39,14 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from benchmarks._harness import emulator_process, measured, report
+from dify_pipeline.contract import TICKET_OUTPUTS
 from dify_pipeline.schemas import CLEAN_FIELDS, ENRICHMENT_FIELDS, PIPELINE_VERSION, SHARD_FIELD, with_fields
 
 DAY = "2026-11-20"
@@ -70,7 +71,7 @@ def enriched_day(rows: int) -> pa.Table:
     """A day as enriched_tickets leaves it: source, clean and enrichment columns, realistic text sizes."""
     rng = np.random.default_rng(1)
     keys = np.arange(rows)
-    start = datetime.fromisoformat(DAY).replace(tzinfo=timezone.utc)
+    start = datetime.fromisoformat(DAY).replace(tzinfo=UTC)
     micros = int(start.timestamp() * 1_000_000) + rng.integers(0, 86_400_000_000, rows)
     pick = lambda pool: pa.array(np.array(pool, dtype=object)[rng.integers(0, len(pool), rows)], pa.string())  # noqa: E731
     source = pa.schema([("id", pa.int64()), ("subject", pa.string()), ("body", pa.string()), ("channel", pa.string()),
@@ -204,7 +205,7 @@ def case_elasticsearch_raw(stage_url: str, es_url: str, index: str) -> dict:
     from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping, to_documents
 
     table = ds.dataset(f"{stage_url}/enriched_tickets/dt={DAY}", format="parquet").to_table()
-    mapping = index_mapping(["subject", "body"], ["created_at", "updated_at"])
+    mapping = index_mapping(["subject", "body"], ["created_at", "updated_at"], TICKET_OUTPUTS)
     physical = f"{index}-v{MAPPING_VERSION}"
     documents = list(to_documents(table.to_pylist(), DAY, "raw", set(mapping["properties"]), physical))
     del table
@@ -231,7 +232,7 @@ def case_bulk_ours(stage_url: str, sink_url: str, index: str) -> dict:
     from dify_pipeline.stages import day_folder
 
     stage = ObjectStorage(url=stage_url)
-    mapped_fields = set(index_mapping(["subject", "body"], ["created_at", "updated_at"])["properties"])
+    mapped_fields = set(index_mapping(["subject", "body"], ["created_at", "updated_at"], TICKET_OUTPUTS)["properties"])
     physical = f"{index}-v{MAPPING_VERSION}"
     start_rss = current_rss_mb()
     with measured() as usage:
@@ -258,7 +259,7 @@ def case_bulk_raw(stage_url: str, sink_url: str, index: str) -> dict:
     from dify_pipeline.stages import day_folder
 
     stage = ObjectStorage(url=stage_url)
-    mapped_fields = set(index_mapping(["subject", "body"], ["created_at", "updated_at"])["properties"])
+    mapped_fields = set(index_mapping(["subject", "body"], ["created_at", "updated_at"], TICKET_OUTPUTS)["properties"])
     physical = f"{index}-v{MAPPING_VERSION}"
     start_rss = current_rss_mb()
     with measured() as usage:

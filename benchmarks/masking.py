@@ -22,7 +22,6 @@ import sys
 import time
 import types
 import unicodedata
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 

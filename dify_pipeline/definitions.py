@@ -12,7 +12,7 @@ import dagster as dg
 
 from dify_pipeline.contract import AppContract, EnrichmentContract, SourceContract, tickets_contract
 from dify_pipeline.environment import PipelineEnvironment, read_environment
-from dify_pipeline.factory import build_code_location, own_resources, chain_of, shared_resources, step_processes
+from dify_pipeline.factory import build_code_location, chain_of, own_resources, shared_resources, step_processes
 
 __all__ = ["build_definitions", "build_resources", "defs", "step_processes", "tickets_from_environment"]
 

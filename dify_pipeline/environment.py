@@ -24,9 +24,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from dify_pipeline.resources.source_query import validate_identifier
 from dify_pipeline.resources.dify import DifyResource
 from dify_pipeline.resources.search import SearchCluster
+from dify_pipeline.resources.source_query import validate_identifier
 from dify_pipeline.resources.storage import ObjectStorage, storage_url
 
 

@@ -1,10 +1,24 @@
-"""Arrow schemas of the stages, defined once. Source columns pass through; enrichment columns are fixed."""
+"""Arrow schemas of the stages, defined once. Source columns pass through; the enrichment columns are the
+contract's outputs, typed by their declared type, then the pipeline's own fixed columns."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+
 import pyarrow as pa
 
-PIPELINE_VERSION = "dify_pipeline/0.1.0"
+from dify_pipeline.contract import TICKET_OUTPUTS, OutputField
+
+
+def _package_version() -> str:
+    try:
+        return version("dify_pipeline")
+    except PackageNotFoundError:  # a checkout on sys.path without installing it
+        return "unknown"
+
+
+PIPELINE_VERSION = f"dify_pipeline/{_package_version()}"
 
 # Added by clean_tickets (the rest of its columns are the source table's own).
 RECORD_KEY = "record_key"
@@ -20,11 +34,19 @@ QUARANTINE_FIELDS = pa.schema([
 ])
 SHARD_FIELD = pa.field("shard", pa.int32(), nullable=False)
 
-# Added by enriched_tickets, one row per clean record whether Dify succeeded or not.
-ENRICHMENT_FIELDS = pa.schema([
-    pa.field("category", pa.dictionary(pa.int32(), pa.string())),
-    pa.field("summary", pa.string()),
-    pa.field("sentiment", pa.dictionary(pa.int32(), pa.string())),
+# Each output type of a contract as an Arrow type (a label is dictionary-encoded: few distinct values).
+OUTPUT_ARROW_TYPES: dict[str, pa.DataType] = {
+    "text": pa.string(),
+    "label": pa.dictionary(pa.int32(), pa.string()),
+    "integer": pa.int64(),
+    "number": pa.float64(),
+    "boolean": pa.bool_(),
+    "list": pa.list_(pa.string()),
+    "json": pa.string(),  # the value as JSON text
+}
+
+# Added by the enrichment step after the outputs, one row per clean record whether Dify succeeded or not.
+PIPELINE_ENRICHMENT_FIELDS = pa.schema([
     pa.field("outputs_json", pa.string()),
     pa.field("dify_status", pa.dictionary(pa.int32(), pa.string()), nullable=False),  # succeeded | failed
     pa.field("error_code", pa.string()),
@@ -45,6 +67,19 @@ ENRICHMENT_FIELDS = pa.schema([
 ])
 
 
+def output_fields(outputs: Mapping[str, OutputField]) -> pa.Schema:
+    """The contract's outputs as columns, in declared order, nullable (a failed record has none)."""
+    return pa.schema([pa.field(name, OUTPUT_ARROW_TYPES[field.type]) for name, field in outputs.items()])
+
+
+def enrichment_fields(outputs: Mapping[str, OutputField]) -> pa.Schema:
+    """What the enrichment step adds to each clean row: the outputs, then the pipeline's fixed columns."""
+    return pa.schema(list(output_fields(outputs)) + list(PIPELINE_ENRICHMENT_FIELDS))
+
+
+ENRICHMENT_FIELDS = enrichment_fields(TICKET_OUTPUTS)  # the ticket example's
+
+
 def with_fields(base: pa.Schema, extra: pa.Schema) -> pa.Schema:
     """`base` without any field `extra` redefines, then `extra`'s fields."""
     names = set(extra.names)
@@ -56,12 +91,12 @@ PARTITION_COLUMN = "dt"  # in the folder name only, never inside the files (read
 INTERNAL_COLUMNS = frozenset({SHARD_FIELD.name})  # how the pipeline cut its work: not part of the data
 
 
-def published_schema(enriched: pa.Schema) -> pa.Schema:
+def published_schema(enriched: pa.Schema, outputs: Mapping[str, OutputField]) -> pa.Schema:
     """The schema of the published day: the source's own columns as exported, every timestamp with a zone
-    (UTC), then the pipeline's columns with their fixed types (CLEAN_FIELDS, then ENRICHMENT_FIELDS, which
-    carry the versions that produced each row: pipeline_version, app_identity, cache_version,
+    (UTC), then the pipeline's columns with their fixed types (CLEAN_FIELDS, then `enrichment_fields(outputs)`,
+    which carry the versions that produced each row: pipeline_version, app_identity, cache_version,
     dify_workflow_id). Internal columns are dropped."""
-    pipeline = list(CLEAN_FIELDS) + list(ENRICHMENT_FIELDS)
+    pipeline = list(CLEAN_FIELDS) + list(enrichment_fields(outputs))
     pipeline_names = {f.name for f in pipeline}
     source = [f for f in enriched if f.name not in pipeline_names and f.name not in INTERNAL_COLUMNS]
     if any(f.name == PARTITION_COLUMN for f in source):

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 import dagster as dg
 import pyarrow as pa
 
+from dify_pipeline.chain import Chain
 from dify_pipeline.clean.cleaning import ChunkCleaner, CleaningConfig, check_columns, plan_day
 from dify_pipeline.clean.outgoing_check import OutgoingScan
-from dify_pipeline.frames import to_arrow, to_pandas
-from dify_pipeline.chain import Chain
 from dify_pipeline.contract import EnrichmentContract
+from dify_pipeline.frames import to_arrow, to_pandas
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import CLEAN_FIELDS, QUARANTINE_FIELDS, with_fields
 from dify_pipeline.stages import day_file

@@ -9,7 +9,6 @@ from dify_pipeline.resources.source_database import SourceDatabase
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.stages import day_file
 
-
 EVERY_ROW_HAS_A_DAY = "every_source_row_has_a_day"
 
 

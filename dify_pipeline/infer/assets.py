@@ -6,7 +6,9 @@ from collections.abc import Iterator
 import dagster as dg
 import pyarrow as pa
 
+from dify_pipeline.chain import Chain
 from dify_pipeline.clean.pii import PiiMasker
+from dify_pipeline.contract import EnrichmentContract
 from dify_pipeline.infer.app_form import InputMappingError, check_input_mapping, input_variables
 from dify_pipeline.infer.enrichment import (
     Outcome,
@@ -29,15 +31,13 @@ from dify_pipeline.infer.stats import (
     latency_percentiles,
     row_costs,
 )
-from dify_pipeline.chain import Chain
-from dify_pipeline.contract import EnrichmentContract
 from dify_pipeline.publish.preflight import check_sinks_before_paying
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource, DifyResult
 from dify_pipeline.resources.result_cache import CachedResult, CacheWriteError, ResultCache, ResultCacheSession
 from dify_pipeline.resources.run_journal import RunJournal
 from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.schemas import ENRICHMENT_FIELDS, with_fields
+from dify_pipeline.schemas import enrichment_fields, with_fields
 from dify_pipeline.stages import day_folder, shard_file
 
 BLOCKED_TAG = "dify_pipeline/blocked_by"  # on a run whose day a check stopped: the check's name
@@ -99,13 +99,13 @@ def _enrich_day(
     """
     contract = chain.contract
     mapping = contract.app.inputs
-    categories = _categories(contract)
+    outputs = contract.outputs
     try:
         variables = input_variables(dify.fetch_parameters())
         check_input_mapping(variables, mapping)  # before any paid call
     except (DifyFatalError, InputMappingError) as error:
         raise dg.Failure(description=str(error)) from None  # the message, not a stack trace, in the UI
-    check_sinks_before_paying(parquet_output, elasticsearch, contract.source.text_columns)
+    check_sinks_before_paying(parquet_output, elasticsearch, contract)
     app_identity = dify.app_identity()
     # Which app and prompt version answered the day, on the run itself (non-secret: a digest, never the key).
     context.instance.add_run_tags(context.run.run_id, {
@@ -151,7 +151,7 @@ def _enrich_day(
         uncached: dict[str, Outcome] = {}  # this run's outcomes the cache does not hold (failed runs; all when off)
 
         def on_result(result: DifyResult) -> None:
-            outcome = _from_call(result, categories)
+            outcome = _from_call(result, outputs)
             if result.succeeded:  # what Dify answered, kept whatever the contract says: judged when rows are built
                 cache.store(result.record_key, app_identity, contract.cache_version, _cacheable(outcome))
             if not result.succeeded or not cache.enabled:
@@ -175,17 +175,19 @@ def _enrich_day(
 
         # Second pass, one shard at a time: every answer judged against today's contract, the rows written.
         token_prices = _token_prices(contract)
-        figures = DayFigures(mask=_masker(contract), estimate_currency=contract.price_currency)
+        figures = DayFigures(mask=_masker(contract), estimate_currency=contract.price_currency,
+                             label_outputs=tuple(contract.label_values()))
         output_folder = day_folder(stage_storage, chain.enriched, context.partition_key)
         written = []
         seen = set()
         for index, path in enumerate(shard_paths):
             shard = stage_storage.read_parquet(path)
             plans = plan_shard(shard)
-            outcomes = _judge(plans, cache, uncached, pending_keys, categories)
+            outcomes = _judge(plans, cache, uncached, pending_keys, outputs)
             sources, first_in_day = answer_sources(plans, outcomes, seen)
             paying = {plan.record_key for plan, source in zip(plans, sources) if source == SENT}
-            enrichment = enrichment_columns(plans, outcomes, paying, app_identity, contract.cache_version)
+            enrichment = enrichment_columns(plans, outcomes, paying, app_identity, contract.cache_version,
+                                            fields=outputs)
             per_row = [outcomes[plan.cache_key] for plan in plans]
             cost, estimated = row_costs(
                 enrichment.column("total_price"), pa.array([o.prompt_tokens for o in per_row], pa.int64()),
@@ -194,7 +196,7 @@ def _enrich_day(
             )
             figures.add_shard(enrichment, shard.column("record_key"), pa.array(sources, pa.string()),
                               pa.array(first_in_day, pa.bool_()), cost, estimated)
-            table = _join(shard, enrichment)
+            table = _join(shard, enrichment, outputs)
             path = shard_file(stage_storage, chain.enriched, context.partition_key, index)
             stage_storage.write_parquet(path, table.schema, [table])
             written.append(path)
@@ -239,9 +241,10 @@ def _enrich_day(
     yield from check_results
 
 def _judge(plans: list[RecordPlan], cache: ResultCacheSession, uncached: dict[str, Outcome], sent_keys: set[str],
-           categories) -> dict[str, Outcome]:
+           outputs) -> dict[str, Outcome]:
     """The outcome of each distinct input of a shard: refused inputs, this run's uncached failures, and every
-    stored answer judged against `categories` now (a contract failure stored earlier is judged again, free)."""
+    stored answer judged against the contract's `outputs` now (a contract failure stored earlier is judged again,
+    free)."""
     outcomes: dict[str, Outcome] = {}
     stored = cache.lookup(p.cache_key for p in plans if not p.input_problem and p.cache_key not in uncached)
     for plan in plans:
@@ -253,15 +256,10 @@ def _judge(plans: list[RecordPlan], cache: ResultCacheSession, uncached: dict[st
         elif key in uncached:
             outcomes[key] = uncached[key]
         elif key in stored:
-            outcomes[key] = _from_cache(stored[key], categories, from_cache=key not in sent_keys)
+            outcomes[key] = _from_cache(stored[key], outputs, from_cache=key not in sent_keys)
         else:  # the run stopped before it was answered
             outcomes[key] = Outcome(False, error_code="not_answered", error_message="not answered by this run")
     return outcomes
-
-
-def _categories(contract: EnrichmentContract) -> list[str]:
-    """The labels a `category` output may take (the ticket outputs' parsing judges this one label)."""
-    return contract.label_values().get("category", [])
 
 
 def _token_prices(contract: EnrichmentContract) -> TokenPrices | None:
@@ -277,19 +275,19 @@ def _masker(contract: EnrichmentContract):
     return lambda text: masker.mask(text)[0]
 
 
-def _from_call(result: DifyResult, categories) -> Outcome:
+def _from_call(result: DifyResult, outputs) -> Outcome:
     call = dict(attempts=result.attempts, latency_ms=result.latency_ms, total_tokens=result.total_tokens,
                 total_price=result.total_price, currency=result.currency, run_id=result.run_id,
                 workflow_id=result.workflow_id, prompt_tokens=getattr(result, "prompt_tokens", None),
                 completion_tokens=getattr(result, "completion_tokens", None))
     if not result.succeeded:
         return Outcome(False, error_code=result.error_code, error_message=result.error_message, **call)
-    return outcome_from_answer(result.outputs, categories, **call)
+    return outcome_from_answer(result.outputs, outputs, **call)
 
 
-def _from_cache(cached: CachedResult, categories, from_cache: bool = True) -> Outcome:
+def _from_cache(cached: CachedResult, outputs, from_cache: bool = True) -> Outcome:
     outcome = outcome_from_answer(
-        cached.outputs, categories, attempts=cached.attempts or 0, latency_ms=cached.latency_ms,
+        cached.outputs, outputs, attempts=cached.attempts or 0, latency_ms=cached.latency_ms,
         total_tokens=cached.total_tokens, total_price=cached.total_price, currency=cached.currency,
         run_id=cached.run_id, workflow_id=cached.workflow_id, prompt_tokens=cached.prompt_tokens,
         completion_tokens=cached.completion_tokens,
@@ -304,9 +302,9 @@ def _cacheable(outcome: Outcome) -> CachedResult:
                         prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens)
 
 
-def _join(shard: pa.Table, enrichment: pa.Table) -> pa.Table:
+def _join(shard: pa.Table, enrichment: pa.Table, outputs) -> pa.Table:
     base = shard.drop_columns([n for n in enrichment.column_names if n in shard.column_names])
-    schema = with_fields(base.schema, ENRICHMENT_FIELDS)
+    schema = with_fields(base.schema, enrichment_fields(outputs))
     return pa.Table.from_arrays([*base.columns, *enrichment.columns], schema=schema)
 
 
@@ -343,7 +341,7 @@ def _metadata(figures: DayFigures, sent: int, call_counters: dict, fresh_latenci
         "latency_p50_ms": percentiles["p50"],
         "latency_p95_ms": percentiles["p95"],
         "latency_p99_ms": percentiles["p99"],
-        "categories": dg.MetadataValue.json(dict(figures.categories.most_common())),
+        "labels": dg.MetadataValue.json({name: dict(counts.most_common()) for name, counts in figures.labels.items()}),
         "dify_workflow_ids": dg.MetadataValue.json(sorted(figures.workflow_ids)),
         "path": dg.MetadataValue.path(path),
     }

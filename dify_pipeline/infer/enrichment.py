@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dify_pipeline.contract import OutputField
 from dify_pipeline.infer.app_form import InputVariable, fit_inputs
 from dify_pipeline.infer.cache_key import cache_key
-from dify_pipeline.resources.dify_errors import DifyCallError
-from dify_pipeline.infer.outputs import parse_enrichment
+from dify_pipeline.infer.outputs import parse_outputs
 from dify_pipeline.infer.stats import CACHE, DUPLICATE, REFUSED, SENT
-from dify_pipeline.schemas import ENRICHMENT_FIELDS, PIPELINE_VERSION
+from dify_pipeline.resources.dify_errors import DifyCallError
+from dify_pipeline.schemas import PIPELINE_VERSION, enrichment_fields
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,12 @@ class RecordPlan:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one distinct input: a parsed answer, or an error code and message."""
+    """What happened to one distinct input: the contract's values parsed from the answer, or an error code and
+    message."""
 
     succeeded: bool
-    outputs: object = None
-    category: str | None = None
-    summary: str | None = None
-    sentiment: str | None = None
+    outputs: object = None  # the answer as Dify gave it
+    values: Mapping[str, object] | None = None  # output name → typed value (contract.outputs)
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 0
@@ -66,14 +66,14 @@ def plan_records(
     return plans
 
 
-def outcome_from_answer(outputs, categories: Sequence[str], **call: object) -> Outcome:
-    """Parse a successful call's outputs; a contract breach is a permanent failure, not a crash."""
+def outcome_from_answer(outputs, fields: Mapping[str, OutputField], **call: object) -> Outcome:
+    """Parse a successful call's outputs against the contract's `fields`; a breach is a permanent failure, not a
+    crash."""
     try:
-        parsed = parse_enrichment(outputs, categories)
+        values = parse_outputs(outputs, fields)
     except DifyCallError as error:
         return Outcome(False, outputs=outputs, error_code=error.code, error_message=error.message, **call)
-    return Outcome(True, outputs=outputs, category=parsed.category, summary=parsed.summary,
-                   sentiment=parsed.sentiment, **call)
+    return Outcome(True, outputs=outputs, values=values, **call)
 
 
 def refused_inputs_outcome(plan: RecordPlan) -> Outcome:
@@ -82,12 +82,12 @@ def refused_inputs_outcome(plan: RecordPlan) -> Outcome:
 
 def enrichment_columns(
     plans: Sequence[RecordPlan], outcomes: dict[str, Outcome], first_use: set[str],
-    app_identity: str, cache_version: str, enriched_at: datetime | None = None,
+    app_identity: str, cache_version: str, *, fields: Mapping[str, OutputField], enriched_at: datetime | None = None,
 ) -> pa.Table:
-    """The ENRICHMENT_FIELDS of `plans`, in order. A repeat of an input already answered this run, or an
+    """The `schemas.enrichment_fields(fields)` of `plans`, in order: each declared output, then the pipeline's. A repeat of an input already answered this run, or an
     answer from the cache, is marked `cache_hit` (paid once). Built column by column: each distinct outcome
     once, then taken into row order."""
-    enriched_at = enriched_at or datetime.now(timezone.utc)
+    enriched_at = enriched_at or datetime.now(UTC)
     positions: dict[str, int] = {}
     index = pa.array([positions.setdefault(plan.cache_key, len(positions)) for plan in plans], pa.int32())
     distinct = [outcomes[key] for key in positions]
@@ -100,10 +100,12 @@ def enrichment_columns(
     succeeded = column([o.succeeded for o in distinct], pa.bool_())
     outputs_json = [None if o.outputs is None else json.dumps(o.outputs, ensure_ascii=False) for o in distinct]
     rows = len(plans)
+    schema = enrichment_fields(fields)
     arrays = {
-        "category": column([o.category for o in distinct], pa.string()).dictionary_encode(),
-        "summary": column([o.summary for o in distinct], pa.string()),
-        "sentiment": column([o.sentiment for o in distinct], pa.string()).dictionary_encode(),
+        name: column([None if o.values is None else o.values.get(name) for o in distinct], schema.field(name).type)
+        for name in fields
+    }
+    arrays |= {
         "outputs_json": column(outputs_json, pa.string()),
         "dify_status": pc.if_else(succeeded, "succeeded", "failed").dictionary_encode(),
         "error_code": column([o.error_code for o in distinct], pa.string()),
@@ -123,7 +125,7 @@ def enrichment_columns(
         "cache_version": pa.repeat(pa.scalar(cache_version, pa.string()), rows),
         "pipeline_version": pa.repeat(pa.scalar(PIPELINE_VERSION, pa.string()), rows),
     }
-    return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in ENRICHMENT_FIELDS], schema=ENRICHMENT_FIELDS)
+    return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in schema], schema=schema)
 
 
 def answer_sources(plans: Sequence[RecordPlan], outcomes: dict[str, Outcome], seen: set[str]) -> tuple[list[str], list[bool]]:

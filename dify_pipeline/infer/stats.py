@@ -22,19 +22,24 @@ SAMPLES_PER_CODE = 5
 SAMPLE_MESSAGE_CHARS = 300
 
 # What to do about each kind of failure, said in the step's error when the failure-rate check blocks a day.
+# A label outside its allowed values is `invalid_<output>` (label_advice).
 ADVICE = {
-    "invalid_category": "the app answered labels outside settings.categories: add them to settings.categories "
-                        "(re-judged from the cache, no paid call) or fix the prompt and change settings.cache_version "
-                        "(pays for fresh answers)",
-    "invalid_output": "the app's answers break the output contract (category, summary, sentiment): fix the app's "
-                      "output and change settings.cache_version to pay for fresh answers",
+    "invalid_output": "the app's answers break the contract's outputs (a required output missing, a wrong type, "
+                      "a value out of range): fix the app's output and change the contract's cache_version to pay "
+                      "for fresh answers",
     "invalid_input": "the inputs break the app's input form (a select option, a required variable): fix the data "
-                     "or settings.input_mapping",
+                     "or the contract's app.inputs",
     "run_failed": "the app's runs fail inside Dify: read the error in the app's logs in Dify, fix the app, then "
                   "materialize the day again (failed runs are not cached, so only they are sent again)",
 }
 DEFAULT_ADVICE = ("Dify or the network failed these records: materialize the day again once it is healthy; the "
                   "answers received are cached, so only the failed records are sent")
+
+
+def label_advice(output: str) -> str:
+    return (f"the app answered {output} labels outside the contract's outputs.{output}.allowed: add them there "
+            "(re-judged from the cache, no paid call) or fix the prompt and change the contract's cache_version "
+            "(pays for fresh answers)")
 
 
 @dataclass(frozen=True)
@@ -88,10 +93,11 @@ class DayFigures:
 
     mask: Callable[[str], str] = lambda text: text  # masks personal data in error messages
     estimate_currency: str | None = None  # the currency of the token prices behind estimated costs
+    label_outputs: tuple[str, ...] = ()  # the contract's label outputs, counted by value
     rows: int = 0
     failed: int = 0
     by_source: Counter = field(default_factory=Counter)
-    categories: Counter = field(default_factory=Counter)
+    labels: dict = field(default_factory=dict)  # label output → Counter of its values
     failures: Counter = field(default_factory=Counter)
     samples: dict = field(default_factory=dict)  # code → {"example": message, "records": [keys]}
     workflow_ids: set = field(default_factory=set)
@@ -117,8 +123,10 @@ class DayFigures:
         self.failed += int(_sum(pc.cast(failed, pa.int64())))
         for value in pc.value_counts(source).to_pylist():
             self.by_source[value["values"]] += value["counts"]
-        for value in pc.value_counts(pc.drop_null(pc.cast(enrichment.column("category"), pa.string()))).to_pylist():
-            self.categories[value["values"]] += value["counts"]
+        for name in self.label_outputs:
+            counts = self.labels.setdefault(name, Counter())
+            for value in pc.value_counts(pc.drop_null(pc.cast(enrichment.column(name), pa.string()))).to_pylist():
+                counts[value["values"]] += value["counts"]
         workflow_ids = pc.unique(pc.drop_null(enrichment.column("dify_workflow_id")))
         self.workflow_ids.update(workflow_ids.to_pylist())
         this_run = pc.equal(source, SENT)
@@ -185,5 +193,22 @@ def blocked_day_message(figures: DayFigures, threshold: float, day: str) -> str:
     for code, sample in list(figures.failure_samples().items())[:3]:
         records = ", ".join(str(key) for key in sample["records"])
         lines.append(f"  {code} × {sample['count']}: e.g. {sample['example']!r} (records {records})")
-        lines.append(f"    what to do: {ADVICE.get(code, DEFAULT_ADVICE)}")
+        lines.append(f"    what to do: {_advice(code, figures.label_outputs)}")
     return "\n".join(lines)
+
+
+def _advice(code: str, label_outputs: tuple[str, ...]) -> str:
+    label = code.removeprefix("invalid_")
+    if code.startswith("invalid_") and label in label_outputs:
+        return label_advice(label)
+    return ADVICE.get(code, DEFAULT_ADVICE)
+
+
+def labels_outside(table: pa.Table, allowed: dict[str, list[str]]) -> dict[str, Counter]:
+    """Per label output of `allowed` (name → its values), the values in `table` that are not allowed, counted."""
+    found = {}
+    for name, values in allowed.items():
+        column = pc.cast(table.column(name), pa.string())
+        outside = pc.filter(column, pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, pa.array(values)))))
+        found[name] = Counter({item["values"]: item["counts"] for item in pc.value_counts(outside).to_pylist()})
+    return found

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from itertools import repeat
@@ -11,17 +11,28 @@ from itertools import repeat
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dify_pipeline.contract import OutputField
+
 MAPPING_VERSION = 1
 DAY_FIELD = "dt"  # the day a document belongs to: what a re-run replaces and the count check counts
+
+# Each output type of a contract in the index: labels and lists of text are exact values (filters, aggregations),
+# text is full text, JSON is kept in the document but not indexed (its shape is the app's).
+OUTPUT_PROPERTIES: dict[str, dict] = {
+    "text": {"type": "text"},
+    "label": {"type": "keyword"},
+    "integer": {"type": "long"},
+    "number": {"type": "double"},
+    "boolean": {"type": "boolean"},
+    "list": {"type": "keyword"},
+    "json": {"type": "text", "index": False},
+}
 
 # Fields every document has, with their types; the source's other columns go under `attributes`.
 _FIXED_PROPERTIES: dict[str, dict] = {
     "record_key": {"type": "keyword"},
     "dt": {"type": "date", "format": "yyyy-MM-dd"},
     "load_id": {"type": "keyword"},
-    "category": {"type": "keyword"},
-    "sentiment": {"type": "keyword"},
-    "summary": {"type": "text"},
     "dify_status": {"type": "keyword"},
     "error_code": {"type": "keyword"},
     "error_message": {"type": "text"},
@@ -47,9 +58,12 @@ _NOT_INDEXED = {"outputs_json", "shard"}  # kept in Parquet only
 _SET_BY_LOAD = {DAY_FIELD, "load_id"}  # never taken from a row
 
 
-def index_mapping(text_columns: Iterable[str], timestamp_columns: Iterable[str]) -> dict:
-    """`dynamic: strict` at the top level, so a field nobody planned for is an error, not a surprise."""
-    properties = dict(_FIXED_PROPERTIES)
+def index_mapping(text_columns: Iterable[str], timestamp_columns: Iterable[str],
+                  outputs: Mapping[str, OutputField]) -> dict:
+    """`dynamic: strict` at the top level, so a field nobody planned for is an error, not a surprise; each of the
+    contract's `outputs` typed by its declared type (a new output is added to an existing index's mapping)."""
+    properties = {name: dict(OUTPUT_PROPERTIES[field.type]) for name, field in outputs.items()}
+    properties.update(_FIXED_PROPERTIES)
     properties.update({name: {"type": "text"} for name in text_columns})
     properties.update({name: {"type": "date"} for name in timestamp_columns})
     return {"dynamic": "strict", "_meta": {"dify_pipeline_mapping_version": MAPPING_VERSION}, "properties": properties}

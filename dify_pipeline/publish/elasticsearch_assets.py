@@ -61,7 +61,7 @@ def _load_day(context, sink, lease: DayLease, stage_storage: ObjectStorage, chai
         raise dg.Failure(f"no enriched data for {day}: materialize {chain.enriched} first")
     schema = stage_storage.read_schema(shard_paths[0])
     timestamp_columns = [f.name for f in schema if pa.types.is_timestamp(f.type) and f.name != "enriched_at"]
-    mapping = index_mapping(text_columns, timestamp_columns)
+    mapping = index_mapping(text_columns, timestamp_columns, chain.contract.outputs)
     mapped_fields = set(mapping["properties"])
 
     physical = sink.ensure_index(mapping, MAPPING_VERSION)

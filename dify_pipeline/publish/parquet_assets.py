@@ -3,8 +3,8 @@
 
 import dagster as dg
 
-from dify_pipeline.funnel import funnel_table, recorded_counts
 from dify_pipeline.chain import Chain
+from dify_pipeline.funnel import funnel_table, recorded_counts
 from dify_pipeline.resources.storage import DAY_FILE_NAME, PARQUET_WRITE_OPTIONS, ObjectStorage
 from dify_pipeline.schemas import conform, published_schema
 from dify_pipeline.stages import day_folder
@@ -37,7 +37,7 @@ def _publish_day(context: dg.AssetExecutionContext, chain: Chain, stage_storage:
     shard_paths = stage_storage.list_files(day_folder(stage_storage, chain.enriched, day))
     if not shard_paths:
         raise dg.Failure(f"no enriched data for {day}: materialize {chain.enriched} first")
-    schema = published_schema(stage_storage.read_schema(shard_paths[0]))
+    schema = published_schema(stage_storage.read_schema(shard_paths[0]), chain.contract.outputs)
     folder = parquet_output.path(*chain.parquet_path(f"dt={day}"))
     path = f"{folder}/{DAY_FILE_NAME}"
 

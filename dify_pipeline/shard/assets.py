@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+
 import dagster as dg
 import numpy as np
 import pyarrow as pa

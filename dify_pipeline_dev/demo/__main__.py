@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     # partition is the demo's first day, so the UI's partition bars and plots show the demo's days only.
     os.environ["PIPELINE_TIMEZONE"] = DEMO_TIMEZONE
     os.environ["PIPELINE_START_DATE"] = days[0].isoformat()
+    import sqlalchemy as sa
     from dagster import DagsterInstance, LoggerDefinition
 
     from dify_pipeline.definitions import build_definitions
@@ -47,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulator, DifyEmulatorConfig, Fault
     from dify_pipeline_dev.emulators.elasticsearch import ElasticsearchEmulator
     from dify_pipeline_dev.emulators.server import serve_in_thread
-
-    import sqlalchemy as sa
 
     output = Path(args.output).resolve()
     if output.exists():

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from dify_pipeline.clean.pii import id_check_character, luhn_check_digit
-from dify_pipeline.frames import TEXT
 from dify_pipeline.contract import DEFAULT_CATEGORIES
+from dify_pipeline.frames import TEXT
 
 CHANNELS = {"email": 0.3, "web": 0.3, "app": 0.3, "phone": 0.1}
 PRIORITIES = {"low": 0.2, "normal": 0.6, "high": 0.15, "urgent": 0.05}

@@ -14,10 +14,10 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus as Status
 
 from dify_pipeline.definitions import build_definitions
-from dify_pipeline_dev.demo.sample_data import generate_tickets, insert_tickets
-from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.stages import day_folder
+from dify_pipeline_dev.demo.sample_data import generate_tickets, insert_tickets
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
 from dify_pipeline_tests.integration.pipeline import (
     DAY,
     DIFY_KEY,
@@ -161,6 +161,6 @@ def test_duplicate_keys_and_categories_outside_the_list_fail_their_checks(
     assert set(checks) == ENRICHED_CHECKS and not any(passed for passed, _, _ in checks.values())
     assert checks["unique_record_keys"][2]["duplicate_keys"] == 1
     assert checks["categories_allowed"][2]["rows_outside"] == 1
-    assert checks["categories_allowed"][2]["categories_outside"] == {"外星人投诉": 1}
+    assert checks["categories_allowed"][2]["labels_outside"] == {"category": {"外星人投诉": 1}, "sentiment": {}}
     assert checks["enriched_reconciles_with_clean"][2]["enriched_rows"] == checks["enriched_reconciles_with_clean"][2]["clean_rows"] + 1
     assert check_results(result) == dict.fromkeys(ENRICHED_CHECKS, False)

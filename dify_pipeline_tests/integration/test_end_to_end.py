@@ -11,12 +11,10 @@ import s3fs
 import sqlalchemy as sa
 from elasticsearch import Elasticsearch
 
-from dify_pipeline_dev.demo.sample_data import pii_values_in
-from dify_pipeline.contract import DEFAULT_CATEGORIES
+from dify_pipeline.contract import DEFAULT_CATEGORIES, CleaningContract, tickets_contract
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.contract import CleaningContract, tickets_contract
 from dify_pipeline.stages import day_folder
-
+from dify_pipeline_dev.demo.sample_data import pii_values_in
 from dify_pipeline_tests.integration.pipeline import DAY, check_results, materialization_metadata, run_day
 
 

@@ -8,9 +8,9 @@ from datetime import date, timedelta
 import pytest
 import sqlalchemy as sa
 
-from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
-from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
 from dify_pipeline.contract import TICKET_OUTPUTS, AppContract, OutputField, tickets_contract
+from dify_pipeline_dev.demo.sample_data import generate_tickets, insert_tickets
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
 from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY, check_results, materialization_metadata, run_day
 
 DAY_BEFORE = (date.fromisoformat(DAY) - timedelta(days=1)).isoformat()  # DAY is yesterday: no later partition yet
@@ -101,8 +101,8 @@ def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rej
 ):
     """The app answers a label outside the list: paid once, kept in the cache, a failed row; the next run pays 0
     and the row stays failed; adding the label to the contract's allowed categories turns the rows into successes, paying 0."""
-    from dify_pipeline_dev.emulators.dify_answers import INVALID_CATEGORY
     from dify_pipeline.contract import DEFAULT_CATEGORIES
+    from dify_pipeline_dev.emulators.dify_answers import INVALID_CATEGORY
 
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5,
                                                faults=[Fault(kind="invalid_category", match="退款")]))
@@ -123,7 +123,7 @@ def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rej
     accepted = materialization_metadata(fixed, "enriched_tickets")
     assert dify_emulator.stats()["paid_runs"] == paid
     assert fixed.success and accepted["failed"] == 0 and accepted["requests_sent"] == 0
-    assert accepted["categories"][INVALID_CATEGORY] == judged["failed"]
+    assert accepted["labels"]["category"][INVALID_CATEGORY] == judged["failed"]
 
 
 def test_a_blocked_day_says_why_in_its_check_with_samples(pipeline_env, source_tickets, dagster_instance, dify_emulator):

@@ -4,7 +4,7 @@ SQLAlchemy path reads, type by type, in bounded batches, and only the day's rows
 from __future__ import annotations
 
 import importlib.util
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import dagster as dg
@@ -98,13 +98,13 @@ def test_values_keep_their_meaning(source, monkeypatch, driver):
     assert sorted(rows) == sorted(row[0] for row in IN_DAY)  # the window is [00:00, next 00:00)
     first, empty, odd = rows[1], rows[2], rows[3]
     assert schema.field("created_at").type == pa.timestamp("us", tz="UTC")
-    assert first["created_at"] == datetime(2026, 11, 20, tzinfo=timezone.utc)
-    assert empty["created_at"] == datetime(2026, 11, 20, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    assert first["created_at"] == datetime(2026, 11, 20, tzinfo=UTC)
+    assert empty["created_at"] == datetime(2026, 11, 20, 23, 59, 59, 999999, tzinfo=UTC)
     assert first["customer"] == 4000000000 and first["amount"] == Decimal("129.90") and first["score"] == 0.1
     assert first["subject"] == "快递没到 😡" and first["raw_body"] == "退款".encode("gb18030")
     assert (first["status"], first["labels"], first["flags"]) == ("open", "refund,vip", "5")
     assert first["due_on"].isoformat() == "2026-11-21" and first["handled_in"] == "01:30:00"
-    assert first["updated_at"] == datetime(2026, 11, 20, 9, tzinfo=timezone.utc)
+    assert first["updated_at"] == datetime(2026, 11, 20, 9, tzinfo=UTC)
     assert all(value is None for name, value in empty.items() if name not in ("id", "vip", "created_at"))
     # MySQL's zero dates are no moment: null, rather than a failed export or a year-0 timestamp.
     assert (odd["due_on"], odd["seen_at"], odd["updated_at"]) == (None, None, None)

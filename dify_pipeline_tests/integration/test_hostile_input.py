@@ -191,8 +191,8 @@ def test_personal_data_in_an_outgoing_column_stops_the_day_before_anything_is_se
 ):
     """A deployment maps a Dify input to a column that cleaning does not mask (it is not a text column): the
     outgoing check finds the phones in it and stops the day after clean_tickets, before any paid request."""
-    from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
     from dify_pipeline.contract import AppContract, tickets_contract
+    from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
     from dify_pipeline_tests.integration.pipeline import check_results, materialization_metadata, run_day
 
     form = [*DifyApp(api_key=DIFY_KEY).user_input_form,

@@ -18,6 +18,10 @@ import httpx
 import pytest
 import uvicorn
 
+from dify_pipeline.contract import TICKET_OUTPUTS
+from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping
+from dify_pipeline.resources.search import SearchCluster, SearchClusterError
+from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline_dev.emulators.elasticsearch import (
     FLAVOURS,
     ElasticsearchEmulatorConfig,
@@ -25,9 +29,6 @@ from dify_pipeline_dev.emulators.elasticsearch import (
     RequestFault,
     SigV4Credentials,
 )
-from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping
-from dify_pipeline.resources.search import SearchCluster, SearchClusterError
-from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline_tests.integration.conftest import PUBLISH_DAY
 from dify_pipeline_tests.integration.pipeline import ticket_steps
 
@@ -387,7 +388,7 @@ def test_tls_with_a_private_ca_file(emulator, es, publish_stage, output, write_e
 
 def test_a_new_mapping_version_is_filled_behind_the_alias_then_swapped_in_one_step(emulator, es):
     with es.connect() as sink:
-        mapping = index_mapping(["subject"], [])
+        mapping = index_mapping(["subject"], [], TICKET_OUTPUTS)
         v1 = sink.ensure_index(mapping, 1)
         sink.create_document(es.index, "a", {"dt": PUBLISH_DAY, "record_key": "a"})
 
@@ -404,8 +405,8 @@ def test_a_new_mapping_version_is_filled_behind_the_alias_then_swapped_in_one_st
 
 def test_a_column_added_to_the_source_is_added_to_the_existing_index(emulator, es):
     with es.connect() as sink:
-        physical = sink.ensure_index(index_mapping(["subject"], []), MAPPING_VERSION)
-        sink.ensure_index(index_mapping(["subject", "title"], ["closed_at"]), MAPPING_VERSION)
+        physical = sink.ensure_index(index_mapping(["subject"], [], TICKET_OUTPUTS), MAPPING_VERSION)
+        sink.ensure_index(index_mapping(["subject", "title"], ["closed_at"], TICKET_OUTPUTS), MAPPING_VERSION)
     properties = read(emulator, f"/{physical}/_mapping")[physical]["mappings"]["properties"]
     assert properties["title"] == {"type": "text"} and properties["closed_at"] == {"type": "date"}
 
@@ -417,7 +418,7 @@ def _certificates(folder) -> tuple[str, str, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dify_pipeline test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
+from dify_pipeline.contract import TICKET_OUTPUTS
 from dify_pipeline.resources import storage as storage_module
 from dify_pipeline.resources.storage import DAY_FILE_NAME, ObjectStorage
 from dify_pipeline.schemas import ENRICHMENT_FIELDS
@@ -366,7 +367,7 @@ def test_a_source_column_named_like_the_partition_is_refused_with_a_clear_messag
     from dify_pipeline.schemas import published_schema
 
     with pytest.raises(ValueError, match="dt"):
-        published_schema(pa.schema([("id", pa.int64()), ("dt", pa.string())]))
+        published_schema(pa.schema([("id", pa.int64()), ("dt", pa.string())]), TICKET_OUTPUTS)
 
 
 def test_batches_are_conformed_to_the_published_schema():
@@ -374,7 +375,7 @@ def test_batches_are_conformed_to_the_published_schema():
     from dify_pipeline_tests.integration.conftest import enriched_table
 
     enriched = enriched_table(range(3))
-    schema = published_schema(enriched.schema)
+    schema = published_schema(enriched.schema, TICKET_OUTPUTS)
     shuffled = enriched.select(list(reversed(enriched.column_names))).to_batches()[0]
     shuffled = shuffled.set_column(shuffled.schema.get_field_index("category"), "category",
                                    shuffled.column("category").cast(pa.string()))  # a plain-string category

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -14,14 +13,15 @@ import pytest
 import sqlalchemy as sa
 
 from dify_pipeline.clean import assets as clean_assets
-from dify_pipeline.clean.cleaning import CleaningConfig, clean_tickets as clean_frame
-from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
+from dify_pipeline.clean.cleaning import CleaningConfig
+from dify_pipeline.clean.cleaning import clean_tickets as clean_frame
+from dify_pipeline.contract import CleaningContract, tickets_contract
 from dify_pipeline.frames import to_pandas
 from dify_pipeline.resources.source_database import SourceDatabase
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.contract import CleaningContract, tickets_contract
 from dify_pipeline.shard import assets as shard_assets
 from dify_pipeline.shard.sharding import assign_shards
+from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
 from dify_pipeline_tests.integration.pipeline import ticket_steps
 
 DAY = "2026-11-20"

@@ -1,18 +1,19 @@
 import json
 import math
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
+from dify_pipeline.contract import TICKET_OUTPUTS, parse_contract
 from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping, to_documents
 from dify_pipeline.schemas import CLEAN_FIELDS, ENRICHMENT_FIELDS
 
 TEXT_COLUMNS = ["subject", "body"]
 TIMESTAMP_COLUMNS = ["created_at", "updated_at"]
-CREATED = datetime(2026, 3, 8, 9, 15, 0, tzinfo=timezone.utc)
+CREATED = datetime(2026, 3, 8, 9, 15, 0, tzinfo=UTC)
 
 
 def mapping() -> dict:
-    return index_mapping(TEXT_COLUMNS, TIMESTAMP_COLUMNS)
+    return index_mapping(TEXT_COLUMNS, TIMESTAMP_COLUMNS, TICKET_OUTPUTS)
 
 
 def enriched_row(**overrides) -> dict:
@@ -25,7 +26,7 @@ def enriched_row(**overrides) -> dict:
         "outputs_json": '{"category": "物流问题"}', "dify_status": "succeeded", "error_code": None,
         "error_message": None, "attempts": 1, "latency_ms": 812.5, "total_tokens": 321, "total_price": 0.0012,
         "currency": "USD", "dify_run_id": "run-1", "dify_workflow_id": "wf-1", "cache_hit": False,
-        "inputs_truncated": False, "enriched_at": datetime(2026, 3, 9, 1, 0, tzinfo=timezone.utc),
+        "inputs_truncated": False, "enriched_at": datetime(2026, 3, 9, 1, 0, tzinfo=UTC),
         "app_identity": "app-3f2a", "cache_version": "v1", "pipeline_version": "dify_pipeline/0.1.0",
     }
     return {**row, **overrides}
@@ -69,9 +70,24 @@ def test_label_columns_are_keywords_and_the_summary_is_full_text():
 
 
 def test_mapping_differs_only_in_the_columns_asked_for():
-    bare = index_mapping([], [])["properties"]
+    bare = index_mapping([], [], TICKET_OUTPUTS)["properties"]
     assert "subject" not in bare and "created_at" not in bare
     assert set(mapping()["properties"]) - set(bare) == set(TEXT_COLUMNS) | set(TIMESTAMP_COLUMNS)
+
+
+def test_each_declared_output_is_mapped_by_its_type_and_a_new_one_is_one_more_field():
+    outputs = parse_contract({"name": "reviews", "outputs": {
+        "sentiment": {"type": "label", "allowed": ["positive", "negative"]}, "score": {"type": "integer"},
+        "aspects": {"type": "list"}, "confidence": {"type": "number"}, "spam": {"type": "boolean"},
+        "note": {"type": "text"}, "details": {"type": "json"}}}).outputs
+    properties = index_mapping([], [], outputs)["properties"]
+    assert {name: properties[name]["type"] for name in outputs} == {
+        "sentiment": "keyword", "score": "long", "aspects": "keyword", "confidence": "double", "spam": "boolean",
+        "note": "text", "details": "text"}
+    assert properties["details"]["index"] is False  # the app's JSON is kept, not indexed
+    assert "category" not in properties  # nothing of the ticket example in another contract's mapping
+    fewer = index_mapping([], [], {name: outputs[name] for name in list(outputs)[:-1]})["properties"]
+    assert set(properties) - set(fewer) == {"details"}
 
 
 # -- documents -------------------------------------------------------------------------------------

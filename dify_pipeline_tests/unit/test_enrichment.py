@@ -2,14 +2,14 @@ import json
 import math
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from dify_pipeline.contract import DEFAULT_INPUT_MAPPING, TICKET_OUTPUTS
 from dify_pipeline.infer.app_form import InputVariable
 from dify_pipeline.infer.cache_key import cache_key
-from dify_pipeline.contract import DEFAULT_CATEGORIES, DEFAULT_INPUT_MAPPING
 from dify_pipeline.infer.enrichment import Outcome, enrichment_columns, outcome_from_answer, plan_records
 from dify_pipeline.infer.progress import Progress
 from dify_pipeline.infer.stats import error_counts, latency_percentiles
@@ -22,7 +22,7 @@ VARIABLES = {
     "body": InputVariable("body", required=True, max_length=None, options=()),
 }
 ANSWER = {"category": "物流问题", "summary": "包裹三天未到。", "sentiment": "negative"}
-ENRICHED_AT = datetime(2026, 3, 9, 1, 2, 3, tzinfo=timezone.utc)
+ENRICHED_AT = datetime(2026, 3, 9, 1, 2, 3, tzinfo=UTC)
 
 
 def row(key: str, subject: str | None = "快递没到", body: str | None = "三天了还没收到包裹", **other) -> dict:
@@ -110,20 +110,20 @@ def test_plan_keeps_record_order():
 
 
 def test_a_valid_answer_is_a_success_with_typed_fields_and_the_call_details():
-    outcome = outcome_from_answer(ANSWER, DEFAULT_CATEGORIES, attempts=2, latency_ms=812.5, total_tokens=321, run_id="run-1")
+    outcome = outcome_from_answer(ANSWER, TICKET_OUTPUTS, attempts=2, latency_ms=812.5, total_tokens=321, run_id="run-1")
     assert outcome.succeeded
-    assert (outcome.category, outcome.summary, outcome.sentiment) == ("物流问题", "包裹三天未到。", "negative")
+    assert outcome.values == {"category": "物流问题", "summary": "包裹三天未到。", "sentiment": "negative"}
     assert (outcome.attempts, outcome.latency_ms, outcome.total_tokens, outcome.run_id) == (2, 812.5, 321, "run-1")
     assert outcome.outputs == ANSWER
 
 
 def test_an_answer_breaking_the_contract_is_a_failed_outcome_not_a_crash():
     outputs = {**ANSWER, "category": "投诉"}
-    outcome = outcome_from_answer(outputs, DEFAULT_CATEGORIES, attempts=1, total_tokens=99)
+    outcome = outcome_from_answer(outputs, TICKET_OUTPUTS, attempts=1, total_tokens=99)
     assert not outcome.succeeded
     assert outcome.error_code == "invalid_category"
     assert "投诉" in outcome.error_message
-    assert outcome.category is None
+    assert outcome.values is None
     assert (outcome.outputs, outcome.attempts, outcome.total_tokens) == (outputs, 1, 99)  # kept for diagnosis
 
 
@@ -131,13 +131,13 @@ def test_an_answer_breaking_the_contract_is_a_failed_outcome_not_a_crash():
 
 
 def columns_for(plans, outcomes, paying):
-    table = enrichment_columns(plans, outcomes, paying, APP, VERSION, enriched_at=ENRICHED_AT)
+    table = enrichment_columns(plans, outcomes, paying, APP, VERSION, fields=TICKET_OUTPUTS, enriched_at=ENRICHED_AT)
     return table, {name: table.column(name).to_pylist() for name in table.column_names}
 
 
 def test_enrichment_columns_follow_the_enrichment_schema():
     plans = plan([row("r1")])
-    outcomes = {plans[0].cache_key: outcome_from_answer(ANSWER, DEFAULT_CATEGORIES, attempts=1)}
+    outcomes = {plans[0].cache_key: outcome_from_answer(ANSWER, TICKET_OUTPUTS, attempts=1)}
     table, _ = columns_for(plans, outcomes, {"r1"})
     assert table.schema == ENRICHMENT_FIELDS
 
@@ -151,7 +151,7 @@ def test_no_plans_give_an_empty_table_with_the_schema():
 def test_only_the_paying_record_carries_attempts_and_latency_and_its_repeats_are_cache_hits():
     plans = plan([row("r1"), row("r2"), row("r3")])
     assert len({p.cache_key for p in plans}) == 1
-    outcomes = {plans[0].cache_key: outcome_from_answer(ANSWER, DEFAULT_CATEGORIES, attempts=3, latency_ms=950.0)}
+    outcomes = {plans[0].cache_key: outcome_from_answer(ANSWER, TICKET_OUTPUTS, attempts=3, latency_ms=950.0)}
     _, columns = columns_for(plans, outcomes, {"r2"})  # r2 paid; r1 and r3 reuse its answer
     assert columns["attempts"] == [0, 3, 0]
     assert columns["latency_ms"] == [None, 950.0, None]
@@ -161,7 +161,7 @@ def test_only_the_paying_record_carries_attempts_and_latency_and_its_repeats_are
 
 def test_an_answer_from_the_cache_is_a_cache_hit_without_attempts_or_latency():
     plans = plan([row("r1")])
-    cached = Outcome(**{**outcome_from_answer(ANSWER, DEFAULT_CATEGORIES, attempts=2, latency_ms=700.0).__dict__,
+    cached = Outcome(**{**outcome_from_answer(ANSWER, TICKET_OUTPUTS, attempts=2, latency_ms=700.0).__dict__,
                         "from_cache": True})
     _, columns = columns_for(plans, {plans[0].cache_key: cached}, {"r1"})
     assert columns["cache_hit"] == [True]
@@ -184,7 +184,7 @@ def test_a_failure_is_never_a_cache_hit_and_its_attempts_stay_on_the_paying_reco
 
 def test_enrichment_columns_carry_the_answer_and_the_run_identity():
     plans = plan([row("r1", subject="快递" * 20)])
-    outcome = outcome_from_answer(ANSWER, DEFAULT_CATEGORIES, attempts=1, latency_ms=10.0, total_tokens=321,
+    outcome = outcome_from_answer(ANSWER, TICKET_OUTPUTS, attempts=1, latency_ms=10.0, total_tokens=321,
                                   total_price=0.0012, currency="USD", run_id="run-1", workflow_id="wf-1")
     _, columns = columns_for(plans, {plans[0].cache_key: outcome}, {"r1"})
     assert json.loads(columns["outputs_json"][0]) == ANSWER
@@ -200,7 +200,7 @@ def test_enrichment_columns_carry_the_answer_and_the_run_identity():
 
 def test_rows_follow_the_order_of_the_plans():
     plans = plan([row(f"r{i}", body=f"body {i}") for i in range(5)])
-    outcomes = {p.cache_key: outcome_from_answer({**ANSWER, "summary": p.record_key}, DEFAULT_CATEGORIES) for p in plans}
+    outcomes = {p.cache_key: outcome_from_answer({**ANSWER, "summary": p.record_key}, TICKET_OUTPUTS) for p in plans}
     _, columns = columns_for(plans, outcomes, {p.record_key for p in plans})
     assert columns["summary"] == [p.record_key for p in plans]
 
@@ -281,7 +281,7 @@ def test_answer_sources_tell_sent_from_duplicate_within_the_day_from_cache_and_r
     first_shard = plan([row("r1", body="a"), row("r2", body="a"), row("r3", body="cached")])
     second_shard = plan([row("r4", body="a"), row("r5", body="cached")])
     refused = [RecordPlanWithProblem("r6")]
-    answer = outcome_from_answer(ANSWER, DEFAULT_CATEGORIES)
+    answer = outcome_from_answer(ANSWER, TICKET_OUTPUTS)
     cached = Outcome(**{**answer.__dict__, "from_cache": True})
     outcomes = {first_shard[0].cache_key: answer, first_shard[2].cache_key: cached,
                 refused[0].cache_key: refused_inputs_outcome(refused[0])}
@@ -296,3 +296,23 @@ def RecordPlanWithProblem(key):
 
     return RecordPlan(record_key=key, inputs={}, cache_key=f"refused-{key}", inputs_truncated=False,
                       input_problem="option 'x' is not allowed")
+
+
+def test_another_contracts_outputs_become_typed_columns_and_nothing_of_the_tickets():
+    from dify_pipeline.contract import parse_contract
+    from dify_pipeline.schemas import enrichment_fields
+
+    outputs = parse_contract({"name": "reviews", "outputs": {
+        "sentiment": {"type": "label", "allowed": ["positive", "negative"]},
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
+        "aspects": {"type": "list", "required": False}}}).outputs
+    plans = plan([row("r1", body="a"), row("r2", body="b")])
+    outcomes = {plans[0].cache_key: outcome_from_answer({"sentiment": "positive", "score": 5, "aspects": ["fit"]},
+                                                        outputs, attempts=1),
+                plans[1].cache_key: outcome_from_answer({"sentiment": "positive", "score": 9}, outputs, attempts=1)}
+    table = enrichment_columns(plans, outcomes, {"r1", "r2"}, APP, VERSION, fields=outputs, enriched_at=ENRICHED_AT)
+    assert table.schema == enrichment_fields(outputs)
+    assert table.column_names[:3] == ["sentiment", "score", "aspects"] and "category" not in table.column_names
+    assert table.column("score").to_pylist() == [5, None]
+    assert table.column("aspects").to_pylist() == [["fit"], None]
+    assert table.column("error_code").to_pylist() == [None, "invalid_output"]

@@ -1,5 +1,5 @@
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pyarrow as pa
@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
+from dify_pipeline.partitions import day_window
 from dify_pipeline.resources.source_query import (
     arrow_schema,
     arrow_type,
@@ -15,9 +16,8 @@ from dify_pipeline.resources.source_query import (
     to_record_batch,
     validate_identifier,
 )
-from dify_pipeline.partitions import day_window
 
-UTC = timezone.utc
+UTC = UTC
 
 
 # -- identifiers -----------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_invalid_utf8_bytes_in_a_text_column_become_text():
     gb18030 = "退款申请".encode("gb18030")
     with pytest.raises(UnicodeDecodeError):
         gb18030.decode("utf-8")
-    assert batch_of([gb18030, "已是文本".encode("utf-8"), None], pa.string()) == ["退款申请", "已是文本", None]
+    assert batch_of([gb18030, "已是文本".encode(), None], pa.string()) == ["退款申请", "已是文本", None]
 
 
 def test_bytes_broken_in_every_encoding_still_become_text():

@@ -319,7 +319,7 @@ def _timestamps(draw) -> str:
     moment = draw(st.datetimes(datetime.datetime(2001, 9, 9, 2, 0), datetime.datetime(2033, 5, 18)))
     style = draw(st.sampled_from(["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y/%m/%d %H:%M", "%Y.%m.%d", "%d.%m.%Y",
                                   "%Y%m%d%H%M%S", "%Y%m%d", "%Y年%m月%d日 %H:%M", "unix", "unix_ms"]))
-    seconds = int(moment.replace(tzinfo=datetime.timezone.utc).timestamp())
+    seconds = int(moment.replace(tzinfo=datetime.UTC).timestamp())
     if style == "unix":
         return str(seconds)
     if style == "unix_ms":

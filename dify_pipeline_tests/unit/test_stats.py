@@ -1,10 +1,16 @@
 """The day's figures: where answers came from, what the day cost and what this run spent, failures with examples."""
 
 import pyarrow as pa
-import pytest
 
 from dify_pipeline.infer.stats import (
-    CACHE, DUPLICATE, REFUSED, SENT, DayFigures, TokenPrices, blocked_day_message, row_costs,
+    CACHE,
+    DUPLICATE,
+    REFUSED,
+    SENT,
+    DayFigures,
+    TokenPrices,
+    blocked_day_message,
+    row_costs,
 )
 from dify_pipeline.schemas import ENRICHMENT_FIELDS
 
@@ -45,7 +51,7 @@ def add(figures: DayFigures, rows: list[dict], sources: list[str], first: list[b
 
 
 def test_sources_are_counted_apart_and_the_day_costs_each_input_once():
-    figures = DayFigures()
+    figures = DayFigures(label_outputs=("category",))
     ok = {"category": "其他", "total_tokens": 100, "total_price": 0.1, "currency": "USD"}
     add(figures, [{"key": "a", **ok}, {"key": "b", **ok}, {"key": "c", **ok}, {"key": "d", **ok}],
         [SENT, DUPLICATE, CACHE, CACHE], [True, False, True, False], [0.1] * 4, [False] * 4)
@@ -57,7 +63,7 @@ def test_sources_are_counted_apart_and_the_day_costs_each_input_once():
     cost = figures.cost()
     assert (cost["cost_day"], cost["cost_spent_this_run"], cost["cost_currency"]) == (0.2, 0.1, "USD")
     assert cost["cost_is_estimate"] is False
-    assert figures.categories == {"其他": 4}
+    assert figures.labels == {"category": {"其他": 4}}
 
 
 def test_a_failed_run_dify_charged_counts_in_what_the_run_spent():
@@ -71,7 +77,7 @@ def test_a_failed_run_dify_charged_counts_in_what_the_run_spent():
 
 
 def failing_day() -> DayFigures:
-    figures = DayFigures(mask=lambda text: text.replace("alice@example.com", "[EMAIL]"))
+    figures = DayFigures(label_outputs=("category", "sentiment"), mask=lambda text: text.replace("alice@example.com", "[EMAIL]"))
     rows = [{"key": f"k{i}", "dify_status": "failed", "error_code": "run_failed",
              "error_message": "model failed for alice@example.com " + "x" * 500} for i in range(7)]
     rows += [{"key": "k-cat", "dify_status": "failed", "error_code": "invalid_category",
@@ -97,6 +103,16 @@ def test_the_blocked_day_message_says_rate_codes_examples_keys_and_what_to_do():
     message = blocked_day_message(failing_day(), 0.02, "2026-11-20")
     assert "8 of 20 records failed (40.0%, threshold 2.0%)" in message
     assert "run_failed × 7" in message and "k0, k1, k2, k3, k4" in message and "k5" not in message
-    assert "invalid_category × 1" in message and "settings.categories" in message
+    assert "invalid_category × 1" in message and "outputs.category.allowed" in message
     assert "app's logs in Dify" in message
     assert "alice" not in message
+
+
+def test_labels_outside_their_allowed_values_are_counted_per_output():
+    from dify_pipeline.infer.stats import labels_outside
+
+    day = pa.table({"category": pa.array(["其他", "投诉", "投诉", None]).dictionary_encode(),
+                    "sentiment": ["positive", "angry", "neutral", "negative"]})
+    found = labels_outside(day, {"category": ["其他"], "sentiment": ["positive", "neutral", "negative"]})
+    assert found == {"category": {"投诉": 2}, "sentiment": {"angry": 1}}
+    assert labels_outside(day, {"sentiment": ["positive", "neutral", "negative", "angry"]}) == {"sentiment": {}}

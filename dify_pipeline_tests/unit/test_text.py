@@ -49,7 +49,7 @@ def test_newlines_and_tabs_become_spaces_and_whitespace_collapses():
 
 
 def test_bytes_are_decoded_as_utf8():
-    assert normalize_text("快递没到 😡".encode("utf-8")) == "快递没到 😡"
+    assert normalize_text("快递没到 😡".encode()) == "快递没到 😡"
 
 
 def test_bytes_that_are_not_utf8_are_decoded_as_gb18030():
