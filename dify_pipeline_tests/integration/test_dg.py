@@ -31,9 +31,9 @@ attributes:
   source: {table: reviews}
   app: {api_key_env: REVIEWS_DIFY_API_KEY, mode: completion}
   outputs:
-    category: {type: label, allowed: [物流问题, 退款申请, 功能建议, 账户问题, 支付问题, 产品质量, 售后维修, 订单修改, 技术故障, 其他]}
-    summary: {type: text, required: false}
     sentiment: {type: label, allowed: [positive, neutral, negative]}
+    score: {type: integer, minimum: 1, maximum: 5, required: false}
+    aspects: {type: list, required: false}
   sinks: {parquet_prefix: reviews, index_alias: ALIAS}
 """
 TICKETS_YAML = """\

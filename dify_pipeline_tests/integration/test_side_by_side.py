@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from datetime import date
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 import s3fs
 import sqlalchemy as sa
 
-from dify_pipeline.contract import TICKET_OUTPUTS, AppContract, EnrichmentContract, SinksContract, SourceContract
+from dify_pipeline.contract import AppContract, EnrichmentContract, OutputField, SinksContract, SourceContract
 from dify_pipeline.definitions import build_definitions, tickets_from_environment
 from dify_pipeline.environment import ConfigurationError, read_environment
 from dify_pipeline.resources.search import SearchCluster
@@ -22,12 +23,19 @@ from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
 from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY, materialization_metadata
 
 REVIEWS_KEY = "app-reviews-completion-key"
+# Other outputs than the tickets': the emulator's apps answer a sentiment (and a category and summary, ignored here);
+# score and aspects are optional, so their columns exist and stay empty.
+REVIEW_OUTPUTS = {
+    "sentiment": OutputField(type="label", allowed=["positive", "neutral", "negative"]),
+    "score": OutputField(type="integer", minimum=1, maximum=5, required=False),
+    "aspects": OutputField(type="list", required=False),
+}
 
 
 def reviews_contract(alias: str) -> EnrichmentContract:
     return EnrichmentContract(
         name="reviews", key_prefix=["shop"], source=SourceContract(table="reviews"),
-        app=AppContract(api_key_env="REVIEWS_DIFY_API_KEY", mode="completion"), outputs=TICKET_OUTPUTS,
+        app=AppContract(api_key_env="REVIEWS_DIFY_API_KEY", mode="completion"), outputs=REVIEW_OUTPUTS,
         sinks=SinksContract(parquet_prefix="reviews", index_alias=alias),
     )
 
@@ -89,6 +97,10 @@ def test_two_enrichments_run_their_day_side_by_side_in_one_code_location(
                  for name in ("tickets", "reviews")}
     assert published["tickets"] == materialization_metadata(tickets, "tickets_parquet")["rows"]
     assert published["reviews"] == materialization_metadata(reviews, "reviews_parquet")["rows"] > 0
+    columns = ds.dataset(f"{root}/reviews/dt={DAY}", filesystem=fs, format="parquet").schema
+    assert {"sentiment", "score", "aspects"} <= set(columns.names) and "category" not in columns.names
+    assert str(columns.field("score").type) == "int64" and pa.types.is_list(columns.field("aspects").type)
+    assert materialization_metadata(reviews, "enriched_reviews")["failed"] == 0
     es = materialization_metadata(reviews, "reviews_elasticsearch")
     assert es["index"] == f"{pipeline_env['ELASTICSEARCH_INDEX']}_reviews"
     assert materialization_metadata(tickets, "tickets_elasticsearch")["index"] == pipeline_env["ELASTICSEARCH_INDEX"]
