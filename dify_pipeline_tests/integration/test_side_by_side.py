@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import httpx
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
@@ -104,6 +105,10 @@ def test_two_enrichments_run_their_day_side_by_side_in_one_code_location(
     es = materialization_metadata(reviews, "reviews_elasticsearch")
     assert es["index"] == f"{pipeline_env['ELASTICSEARCH_INDEX']}_reviews"
     assert materialization_metadata(tickets, "tickets_elasticsearch")["index"] == pipeline_env["ELASTICSEARCH_INDEX"]
+    mapping = httpx.get(f"{pipeline_env['ELASTICSEARCH_URL']}/{es['physical_index']}/_mapping").json()
+    properties = mapping[es["physical_index"]]["mappings"]["properties"]
+    assert properties["score"] == {"type": "long"} and properties["sentiment"] == {"type": "keyword"}
+    assert "category" not in properties
     cluster = SearchCluster(url=pipeline_env["ELASTICSEARCH_URL"], index=es["index"])
     with cluster.connect() as sink:
         sink.refresh(es["physical_index"])
