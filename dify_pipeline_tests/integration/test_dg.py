@@ -41,7 +41,10 @@ type: dify_pipeline.DifyEnrichment
 attributes:
   name: tickets
   outputs:
-    category: {type: label, allowed: [物流问题, 退款申请, 功能建议, 账户问题, 支付问题, 产品质量, 售后维修, 订单修改, 技术故障, 其他]}
+    category:
+      type: label
+      allowed: [物流问题, 退款申请, 功能建议, 账户问题, 支付问题,
+                产品质量, 售后维修, 订单修改, 技术故障, 其他]
     summary: {type: text, required: false}
     sentiment: {type: label, allowed: [positive, neutral, negative]}
   sinks: {parquet_prefix: tickets}
