@@ -163,7 +163,8 @@ def test_the_day_costs_what_dify_priced_from_stream_node_events_and_completion_u
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY, mode=app_mode)], latency_ms=5))
     monkeypatch.setenv("DIFY_APP_MODE", app_mode)
     monkeypatch.setenv("DIFY_RESPONSE_MODE", response_mode)
-    priced = tickets_contract(price_per_1k_input_tokens=0.5, price_per_1k_output_tokens=1.5, price_currency="EUR")
+    priced = tickets_contract(price_per_1k_input_tokens=0.5, price_per_1k_output_tokens=1.5, price_currency="EUR",
+                              app=AppContract(mode=app_mode))  # a contract given in full: DIFY_APP_MODE is its default
     first = materialization_metadata(run_day(dagster_instance, contract=priced), "enriched_tickets")
     assert first["cost_is_estimate"] is False and first["cost_currency"] == "USD"  # Dify's price, not the estimate
     assert isinstance(first["cost_day"], float) and first["cost_day"] == first["cost_spent_this_run"] > 0
