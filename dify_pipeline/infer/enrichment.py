@@ -15,7 +15,7 @@ from dify_pipeline.infer.app_form import InputVariable, fit_inputs
 from dify_pipeline.infer.cache_key import cache_key
 from dify_pipeline.infer.outputs import parse_outputs
 from dify_pipeline.infer.stats import CACHE, DUPLICATE, REFUSED, SENT
-from dify_pipeline.resources.dify_errors import DifyCallError
+from dify_pipeline.resources.dify.errors import DifyCallError
 from dify_pipeline.schemas import PIPELINE_VERSION, enrichment_fields
 
 

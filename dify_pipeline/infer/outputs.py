@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 
 from dify_pipeline.contract import OutputField
-from dify_pipeline.resources.dify_errors import DifyCallError
+from dify_pipeline.resources.dify.errors import DifyCallError
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL | re.IGNORECASE)  # models wrap JSON in prose
 _TRUE = {"true", "yes", "1"}

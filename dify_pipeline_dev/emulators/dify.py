@@ -1,10 +1,12 @@
-"""An HTTP emulator of Dify's Service API (workflow and completion apps) for tests, benchmarks and the demo.
+"""An HTTP emulator of Dify's Service API (workflow, completion and chat apps) for tests, benchmarks and the demo.
 
 Shapes, headers and error bodies follow Dify's OpenAPI spec (v1.16.0) and responses captured from a real
 Dify 1.11.4 server. Each accepted request starts a run that lasts a sampled latency on the event loop, so
 thousands can be in flight; runs are kept so `GET /v1/workflows/run/{id}` can report them, also after the
-client lost the stream. Faults are injected per request. Drive it in-process through `DifyEmulator`, or over
-HTTP through `/_emulator/...` (for `python -m dify_pipeline_dev.emulators.dify`).
+client lost the stream. Faults are injected per request. Each API key reaches its own app (`DifyApp`: its mode,
+what it answers, its input form); an app can be republished mid-run (`publish`), its earlier versions still run
+by their id. Drive it in-process through `DifyEmulator`, or over HTTP through `/_emulator/...` (for
+`python -m dify_pipeline_dev.emulators.dify`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import random
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,14 +35,16 @@ from starlette.routing import Route
 from dify_pipeline_dev.emulators.dify_answers import (
     answer_for,
     answer_json,
+    app_text,
     faulty_answer,
-    ticket_text,
+    review_answer,
     usage_for,
     workflow_outputs,
 )
 from dify_pipeline_dev.emulators.server import AcceptGate, check_loopback, serve_in_thread
 
-__all__ = ["DifyApp", "DifyEmulator", "DifyEmulatorConfig", "Fault", "answer_for", "main", "max_runs_in_window"]
+__all__ = ["DifyApp", "DifyEmulator", "DifyEmulatorConfig", "Fault", "answer_for", "main", "max_runs_in_window",
+           "review_answer", "reviews_app"]
 
 FaultKind = Literal["http_429", "http_500", "http_502_html", "http_503", "http_504_html", "timeout", "drop",
                     "drop_mid_stream", "malformed_json", "failed_run", "failed_run_sandbox", "unauthorized",
@@ -59,13 +63,29 @@ def _default_input_form() -> list[dict]:
     ]
 
 
+def _review_input_form() -> list[dict]:
+    return [
+        {"text-input": {"label": "Title", "variable": "title", "required": True, "max_length": 200, "default": ""}},
+        {"paragraph": {"label": "Review", "variable": "review", "required": True, "max_length": 4000,
+                       "default": ""}},
+    ]
+
+
+# Dify's app modes. chat: a chatbot; advanced-chat: a chatflow; agent-chat: an agent (streaming only).
+AppMode = Literal["workflow", "completion", "chat", "advanced-chat", "agent-chat"]
+CHAT_MODES = frozenset({"chat", "advanced-chat", "agent-chat"})
+
+
 class DifyApp(BaseModel):
     """One published app served by the emulator, reached with its own API key."""
 
     model_config = ConfigDict(extra="forbid")
 
     api_key: str
-    mode: Literal["workflow", "completion"] = "workflow"
+    mode: AppMode = "workflow"
+    # What the app does: enrich a support ticket ({"category","summary","sentiment"}) or judge a product review
+    # ({"sentiment","score","aspects"}, inputs title and review).
+    answers: Literal["tickets", "reviews"] = "tickets"
     app_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     workflow_id: str = Field(default_factory=lambda: str(uuid.uuid4()))  # change it to "republish" the app
     # Versions published before the current one: POST /workflows/{workflow_id}/run still runs them.
@@ -76,6 +96,25 @@ class DifyApp(BaseModel):
     # Completion apps always answer with that JSON text.
     output_style: Literal["object", "json_string"] = "object"
     max_active_requests: int | None = None  # Dify's APP_MAX_ACTIVE_REQUESTS for this app
+
+
+def reviews_app(api_key: str, **fields) -> DifyApp:
+    """A completion app that answers a product review (inputs title, review) with its sentiment JSON."""
+    return DifyApp(api_key=api_key, **{"mode": "completion", "answers": "reviews", "name": "Product review sentiment",
+                                       "user_input_form": _review_input_form(), **fields})
+
+
+class ChatRequestPayload(BaseModel):
+    """The body of POST /chat-messages as Dify 1.11.4 validates it (so a missing `query` reads as Dify's)."""
+
+    inputs: dict[str, Any]
+    query: str
+    files: list[dict[str, Any]] | None = None
+    response_mode: Literal["blocking", "streaming"] | None = None
+    conversation_id: str | None = None
+    retriever_from: str = "dev"
+    auto_generate_name: bool = True
+    workflow_id: str | None = None
 
 
 class Fault(BaseModel):
@@ -313,7 +352,9 @@ class _Run:
     latency: float
     fault_error: str | None = None  # a failed run's error text, when the fault names one
     workflow_id: str = ""  # the published version that runs it; the app's current one unless asked otherwise
+    query: str | None = None  # a chat message's text
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    conversation_id: str = field(default_factory=lambda: str(uuid.uuid4()))  # each chat message starts its own
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: int = field(default_factory=_unix_now)
@@ -332,6 +373,11 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.workflow_id = self.workflow_id or self.app.workflow_id
+
+    @property
+    def answer_inputs(self) -> dict:
+        """What the app's answer is drawn from: its inputs, and a chat message's `query`."""
+        return self.inputs if self.query is None else {**self.inputs, "query": self.query}
 
     @property
     def ids(self) -> dict[str, str]:
@@ -360,7 +406,8 @@ class _ConnectionAwareStarlette(Starlette):
     """Starlette that behaves on the connection as Dify's gunicorn worker does.
 
     It keeps each connection's transport in the scope (so a fault can cut it), closes the connection after a
-    streamed answer when `closes_streams()` says so, and reports each run's answer as delivered or abandoned to `on_exchange_done`. A request
+    streamed answer when `closes_streams()` says so, and reports each run's answer as delivered or abandoned
+    to `on_exchange_done`. A request
     whose client left while it waited in the backlog is read and run like any other: uvicorn parses the bytes
     that arrived before it sees the end of the connection, as gevent does.
     """
@@ -442,6 +489,7 @@ class DifyEmulator:
             self._dify_route("/v1/workflows/logs", self._workflow_logs, "GET"),
             self._dify_route("/v1/workflows/{workflow_id}/run", self._workflow_version_run, "POST"),
             self._dify_route("/v1/completion-messages", self._completion_message, "POST"),
+            self._dify_route("/v1/chat-messages", self._chat_message, "POST"),
             self._dify_route("/v1/parameters", self._parameters, "GET"),
             self._dify_route("/v1/info", self._info, "GET"),
             Route("/_emulator/stats", self._get_stats, methods=["GET"]),
@@ -449,6 +497,8 @@ class DifyEmulator:
             Route("/_emulator/config", self._get_config, methods=["GET"]),
             Route("/_emulator/config", self._post_config, methods=["POST"]),
             Route("/_emulator/reset", self._post_reset, methods=["POST"]),
+            Route("/_emulator/publish", self._post_publish, methods=["POST"]),
+            Route("/_emulator/delete-version", self._post_delete_version, methods=["POST"]),
         ]
         self.app: Starlette = _ConnectionAwareStarlette(
             routes=routes, exception_handlers={404: self._not_found, 405: self._method_not_allowed},
@@ -469,6 +519,32 @@ class DifyEmulator:
             self._config = config
             self._restart_randomness()
 
+    def publish(self, api_key: str, workflow_id: str | None = None) -> str:
+        """Publish a new version of the key's app (as "Publish" in Dify's studio); returns its workflow_id.
+
+        New runs of POST /workflows/run use it; runs under way finish on their version, and every earlier
+        version still runs by its id (POST /workflows/{workflow_id}/run)."""
+        new_id = workflow_id or str(uuid.uuid4())
+        with self._lock:
+            app = self._app_with_key(api_key)
+            app.published_workflow_ids.append(app.workflow_id)
+            app.workflow_id = new_id
+        return new_id
+
+    def delete_version(self, api_key: str, workflow_id: str) -> None:
+        """Delete an earlier published version: running it by its id then answers 404, as for an unknown id."""
+        with self._lock:
+            app = self._app_with_key(api_key)
+            if workflow_id == app.workflow_id:
+                raise ValueError("the version published now cannot be deleted")
+            app.published_workflow_ids.remove(workflow_id)
+
+    def _app_with_key(self, api_key: str) -> DifyApp:
+        app = next((app for app in self._config.apps if app.api_key == api_key), None)
+        if app is None:
+            raise KeyError("no app has this api_key")
+        return app
+
     def reset(self) -> None:
         """Forget counters, recorded requests and finished runs (runs still working finish normally)."""
         with self._lock:
@@ -482,7 +558,8 @@ class DifyEmulator:
         Every run created is paid (`paid_runs`), failed ones too (`failed_runs`); `abandoned_runs` are those
         whose answer never reached its client (it left while the request waited in the backlog or the run
         worked, or the connection was cut). `runs_by_input` counts runs per distinct inputs (compact JSON),
-        `end_users` the distinct `user` values seen (each one an end-user row in Dify). The connection
+        `runs_by_workflow_id` the runs of each published version (workflow apps and chatflows), `end_users`
+        the distinct `user` values seen (each one an end-user row in Dify). The connection
         figures come from the accept gate: `accept_queue` is how many connections wait unaccepted right now.
         """
         connections = self._gate.stats()
@@ -497,6 +574,7 @@ class DifyEmulator:
                 "abandoned_runs": self._abandoned_runs,
                 "distinct_inputs": len(self._runs_by_input),
                 "runs_by_input": dict(self._runs_by_input),
+                "runs_by_workflow_id": {key: count for key, count in self._runs_by_workflow.items() if key},
                 "end_users": len(self._end_users),
                 "active_runs": sum(self._active_by_app.values()),
                 "max_active_runs": self._max_active,
@@ -521,6 +599,7 @@ class DifyEmulator:
         self._paid_runs = self._rejected_concurrency = self._rejected_rate_limit = 0
         self._failed_runs = self._abandoned_runs = self._rejected_database = 0
         self._runs_by_input: collections.Counter[str] = collections.Counter()
+        self._runs_by_workflow: collections.Counter[str] = collections.Counter()
         self._end_users: set[str] = set()
         self._gate.reset()
         self._max_active = sum(self._active_by_app.values())
@@ -558,6 +637,22 @@ class DifyEmulator:
         except ValidationError as error:
             return JSONResponse({"detail": json.loads(error.json())}, 422)
         return JSONResponse(self.config.model_dump())
+
+    async def _post_publish(self, request: Request) -> Response:
+        """{"api_key", "workflow_id"?} → {"workflow_id": the version published now}."""
+        body = json.loads(await request.body() or b"{}")
+        try:
+            return JSONResponse({"workflow_id": self.publish(body["api_key"], body.get("workflow_id"))})
+        except KeyError:
+            return JSONResponse({"detail": "no app has this api_key"}, 404)
+
+    async def _post_delete_version(self, request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        try:
+            self.delete_version(body["api_key"], body["workflow_id"])
+        except (KeyError, ValueError) as error:
+            return JSONResponse({"detail": str(error)}, 404)
+        return JSONResponse({"deleted": body["workflow_id"]})
 
     async def _post_reset(self, _: Request) -> Response:
         self.reset()
@@ -668,6 +763,9 @@ class DifyEmulator:
     async def _completion_message(self, request: Request, record: dict) -> Response:
         return await self._run_request(request, record, "completion")
 
+    async def _chat_message(self, request: Request, record: dict) -> Response:
+        return await self._run_request(request, record, "chat")
+
     async def _run_request(self, request: Request, record: dict, endpoint_mode: str,
                            workflow_id: str | None = None) -> Response:
         """Dify's order: key, `user`, app mode, concurrency and rate limits, the asked workflow version, inputs;
@@ -684,10 +782,22 @@ class DifyEmulator:
             raise DifyError(400, "invalid_param", "Arg user must be provided.")
         with self._lock:  # Dify creates the end user while checking the key, before anything else can fail
             self._end_users.add(str(user))
-        if app.mode != endpoint_mode:
+        if endpoint_mode == "chat":
+            if app.mode not in CHAT_MODES:
+                raise DifyError(400, "not_chat_app", "Please check if your app mode matches the right API route.")
+        elif app.mode != endpoint_mode:
             if endpoint_mode == "workflow":
                 raise DifyError(400, "not_workflow_app", "Please check if your app mode matches the right API route.")
             raise DifyError(400, "app_unavailable", "App unavailable, please check your app configurations.")
+        query = None
+        if endpoint_mode == "chat":
+            try:
+                chat = ChatRequestPayload.model_validate(payload)
+            except ValidationError as error:  # a pydantic error is a ValueError: Dify answers it as invalid_param
+                raise DifyError(400, "invalid_param", str(error)) from None
+            query = chat.query
+            if app.mode == "advanced-chat" and workflow_id is None:  # a chatflow runs a version named in the body
+                workflow_id = chat.workflow_id
         raw_inputs = payload.get("inputs") or {}
         if not isinstance(raw_inputs, dict):
             raise DifyError(400, "invalid_param", "inputs must be a JSON object.")
@@ -698,18 +808,22 @@ class DifyEmulator:
                 raise DifyError(400, "bad_request", f"Invalid workflow_id format: '{workflow_id}'. ")
             if workflow_id not in (app.workflow_id, *app.published_workflow_ids):
                 raise DifyError(404, "not_found", f"Workflow not found with id: {workflow_id}")
+        if app.mode == "agent-chat" and not streaming:
+            raise DifyError(400, "invalid_param", "Agent Chat App does not support blocking mode")
+        if endpoint_mode == "chat" and not query:
+            raise DifyError(400, "invalid_param", "query is required")
         inputs = validate_inputs(app.user_input_form, raw_inputs)
-        fault = self._pick_fault(raw_inputs, streaming)
+        fault = self._pick_fault(raw_inputs if query is None else {**raw_inputs, "query": query}, streaming)
         record["fault"] = fault.kind if fault else None
         if fault and fault.kind in PRE_RUN_FAULTS:
             return await self._answer_fault(request, record, fault, streaming)
-        run = self._start_run(app, inputs, str(user), fault, workflow_id)
+        run = self._start_run(app, inputs, str(user), fault, workflow_id, query)
         record["workflow_run_id"] = run.id
         request.scope[_EXCHANGE]["run"] = run
-        if streaming:
-            frames = self._workflow_frames if endpoint_mode == "workflow" else self._completion_frames
-            return _event_stream(frames(run, request))
-        return await (self._workflow_blocking(run) if endpoint_mode == "workflow" else self._completion_blocking(run))
+        frames, blocking = {"workflow": (self._workflow_frames, self._workflow_blocking),
+                            "completion": (self._completion_frames, self._completion_blocking),
+                            "chat": (self._chat_frames, self._chat_blocking)}[endpoint_mode]
+        return _event_stream(frames(run, request)) if streaming else await blocking(run)
 
     def _check_limits(self, app: DifyApp) -> None:
         """Refuse at once, before any stream starts, when the app or the gateway is saturated."""
@@ -782,15 +896,17 @@ class DifyEmulator:
                 return Response(status_code=204)  # never sent: the connection is gone
 
     def _start_run(self, app: DifyApp, inputs: dict, user: str, fault: Fault | None,
-                   workflow_id: str | None = None) -> _Run:
+                   workflow_id: str | None = None, query: str | None = None) -> _Run:
         with self._lock:
             median = self._config.latency_ms / 1000.0
             latency = median * math.exp(self._config.latency_sigma * self._latency_rng.gauss(0.0, 1.0))
             run = _Run(app=app.model_copy(), inputs=inputs, user=user, fault=fault.kind if fault else None,
-                       latency=latency, fault_error=fault.error if fault else None, workflow_id=workflow_id or "")
+                       latency=latency, fault_error=fault.error if fault else None, workflow_id=workflow_id or "",
+                       query=query)
             self._runs[run.id] = run
             self._paid_runs += 1
             self._runs_by_input[_compact(dict(sorted(inputs.items())))] += 1
+            self._runs_by_workflow[run.workflow_id if app.mode in ("workflow", "advanced-chat") else ""] += 1
             self._run_arrivals.append(run.started)
             self._rate_window.append(run.started)
             self._active_by_app[app.app_id] += 1
@@ -805,15 +921,17 @@ class DifyEmulator:
         try:
             await asyncio.sleep(run.latency)
         finally:
-            answer = faulty_answer(run.inputs, run.fault)
+            answer = faulty_answer(run.answer_inputs, run.fault, run.app.answers)
             with self._lock:
                 run.answer = answer if isinstance(answer, str) else answer_json(answer)
-                run.usage = usage_for(ticket_text(run.inputs), run.answer, round(run.latency, 6))
+                run.usage = usage_for(app_text(run.app.answers, run.answer_inputs), run.answer, round(run.latency, 6))
                 run.elapsed_time = round(time.monotonic() - run.started, 6)
                 run.finished_at = _unix_now()
                 if run.fault in FAILED_RUN_ERRORS:
                     run.status, run.error = "failed", run.fault_error or FAILED_RUN_ERRORS[run.fault]
                     self._failed_runs += 1
+                elif run.app.mode in CHAT_MODES:
+                    run.status, run.outputs = "succeeded", {"answer": run.answer}
                 else:
                     run.status, run.outputs = "succeeded", workflow_outputs(answer, run.app.output_style)
                 self._active_by_app[run.app.app_id] -= 1
@@ -863,10 +981,11 @@ class DifyEmulator:
         return {"id": str(uuid.uuid5(uuid.UUID(run.id), node_id)), "node_id": node_id, "node_type": node_type,
                 "title": title, "index": 1, "predecessor_node_id": None, "iteration_id": None, "loop_id": None}
 
-    def _node_started(self, run: _Run, node_id: str) -> str:
+    def _node_started(self, run: _Run, node_id: str, **ids: Any) -> str:
+        """node_started; a chatflow's events also carry its conversation and message (`ids`)."""
         data = {**self._node(run, node_id), "inputs": None, "inputs_truncated": False,
                 "created_at": run.created_at, "extras": {}, "agent_strategy": None}
-        return _sse({"event": "node_started", **run.ids, "data": data})
+        return _sse({"event": "node_started", **ids, **run.ids, "data": data})
 
     def _node_finished(self, run: _Run, node_id: str, inputs: dict, outputs: dict) -> str:
         """node_finished as in the captured stream; the LLM node carries the failure and the token cost."""
@@ -948,6 +1067,67 @@ class DifyEmulator:
                 await _cut_connection(request)
                 return
         end = {"event": "message_end", **ids, "id": run.message_id, "metadata": {"usage": run.usage}}
+        yield _truncated_sse(end) if run.fault == "malformed_json" else _sse(end)
+        await asyncio.sleep(STREAM_END_GAP)
+
+    # ---- chat answers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _chat_failure(run: _Run) -> DifyError:
+        """A chatflow's failed run is Dify's ValueError "Run failed: ..."; a chatbot's, its model's error."""
+        if run.app.mode == "advanced-chat":
+            return DifyError(400, "invalid_param", f"Run failed: {run.error}")
+        return DifyError(400, "completion_request_error", run.error or "Completion request failed.")
+
+    async def _chat_blocking(self, run: _Run) -> Response:
+        await asyncio.shield(run.task)
+        if run.status == "failed":
+            raise self._chat_failure(run)
+        body = json.dumps({"event": "message", "task_id": run.task_id, "id": run.message_id,
+                           "message_id": run.message_id, "conversation_id": run.conversation_id,
+                           "mode": run.app.mode, "answer": run.answer,
+                           "metadata": {"annotation_reply": None, "retriever_resources": [], "usage": run.usage},
+                           "created_at": run.created_at}, ensure_ascii=False)
+        return _json_response(body[: len(body) // 2] if run.fault == "malformed_json" else body)
+
+    async def _chat_frames(self, run: _Run, request: Request) -> AsyncIterator[str]:
+        """A chatbot streams `message` chunks; an agent `agent_thought` and `agent_message`; a chatflow wraps its
+        chunks in workflow events, workflow_finished before message_end (or, failed, before an error event)."""
+        ids = {"conversation_id": run.conversation_id, "message_id": run.message_id, "created_at": run.created_at,
+               "task_id": run.task_id}
+        chatflow, agent = run.app.mode == "advanced-chat", run.app.mode == "agent-chat"
+        if chatflow:
+            yield _sse({"event": "workflow_started", **ids, "workflow_run_id": run.id, "data": {
+                "id": run.id, "workflow_id": run.workflow_id, "inputs": run.variable_pool,
+                "created_at": run.created_at, "reason": "initial"}})
+            yield self._node_started(run, "start", **ids)
+        if agent:
+            thought = {"event": "agent_thought", **ids, "id": str(uuid.uuid5(uuid.UUID(run.id), "thought")),
+                       "position": 1, "thought": "", "observation": "", "tool": "", "tool_input": "",
+                       "message_files": []}
+            yield _sse(thought)
+        async for ping in self._until_finished(run):
+            yield ping
+        if run.status == "failed":
+            if chatflow:
+                yield _sse({"event": "workflow_finished", **ids, "workflow_run_id": run.id,
+                            "data": {**run.finished_data(), "outputs": None, "exceptions_count": 0, "files": []}})
+            yield _sse(self._chat_failure(run).event(**ids))
+            return
+        step = max(1, math.ceil(len(run.answer) / 4))
+        for index, start in enumerate(range(0, len(run.answer), step)):
+            kind = "agent_message" if agent else "message"
+            yield _sse({"event": kind, **ids, "id": run.message_id, "answer": run.answer[start:start + step]})
+            if index == 0 and run.fault == "drop_mid_stream":
+                await _cut_connection(request)
+                return
+        if agent:
+            yield _sse({**thought, "thought": run.answer})
+        if chatflow:
+            yield _sse({"event": "workflow_finished", **ids, "workflow_run_id": run.id,
+                        "data": {**run.finished_data(), "exceptions_count": 0, "files": []}})
+        end = {"event": "message_end", **ids, "id": run.message_id, "files": [],
+               "metadata": {"annotation_reply": None, "retriever_resources": [], "usage": run.usage}}
         yield _truncated_sse(end) if run.fault == "malformed_json" else _sse(end)
         await asyncio.sleep(STREAM_END_GAP)
 

@@ -1,4 +1,5 @@
-"""What the emulated Dify app answers: a deterministic enrichment of a ticket, and its token usage."""
+"""What the emulated Dify apps answer: a deterministic enrichment of a ticket or of a product review, and its
+token usage."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ PRICE_PLACES = Decimal("0.0000001")
 
 
 def ticket_text(inputs: dict) -> str:
-    """The ticket text the app reads: the contract's variables in order, else every string input by name."""
-    parts = [inputs[name] for name in DEFAULT_INPUT_MAPPING if isinstance(inputs.get(name), str)]
+    """The ticket text the app reads: the contract's variables in order (then a chat app's `query`), else every
+    string input by name."""
+    parts = [inputs[name] for name in (*DEFAULT_INPUT_MAPPING, "query") if isinstance(inputs.get(name), str)]
     if not parts:
         parts = [value for _, value in sorted(inputs.items()) if isinstance(value, str)]
     return " ".join(" ".join(parts).split())
@@ -63,10 +65,50 @@ def answer_json(answer: dict) -> str:
     return json.dumps(answer, ensure_ascii=False)
 
 
-def faulty_answer(inputs: dict, fault: str | None) -> dict | str:
+# The review app: aspects in the order they are listed, each found by its keywords.
+REVIEW_ASPECTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("price", ("price", "expensive", "cheap", "value", "价格", "贵", "便宜")),
+    ("quality", ("quality", "broke", "broken", "sturdy", "flimsy", "质量", "做工")),
+    ("delivery", ("delivery", "shipping", "arrived", "package", "快递", "物流", "发货")),
+    ("battery", ("battery", "charge", "charging", "电池", "续航")),
+    ("size", ("size", "fit", "small", "large", "尺寸", "大小")),
+    ("service", ("service", "support", "seller", "客服", "服务")),
+)
+REVIEW_POSITIVE_CUES = (*POSITIVE_CUES, "recommend", "perfect", "good", "works well", "推荐", "好用", "不错")
+REVIEW_NEGATIVE_CUES = (*NEGATIVE_CUES, "return", "waste", "bad", "poor", "useless", "退货", "难用", "垃圾")
+INVALID_SENTIMENT = "mixed"  # what `invalid_category` makes the review app answer: outside its labels
+
+
+def review_text(inputs: dict) -> str:
+    """The review the app reads: its title, then its text."""
+    return " ".join(" ".join(str(inputs.get(name) or "") for name in ("title", "review")).split())
+
+
+def review_answer(inputs: dict) -> dict:
+    """The deterministic {"sentiment", "score" (1-5), "aspects"} of a product review."""
+    lowered = review_text(inputs).lower()
+    mood = (sum(cue in lowered for cue in REVIEW_POSITIVE_CUES)
+            - sum(cue in lowered for cue in REVIEW_NEGATIVE_CUES))
+    score = max(1, min(5, 3 + mood))
+    sentiment = "positive" if score >= 4 else "negative" if score <= 2 else "neutral"
+    aspects = [name for name, keywords in REVIEW_ASPECTS if any(keyword in lowered for keyword in keywords)]
+    return {"sentiment": sentiment, "score": score, "aspects": aspects}
+
+
+def app_text(answers: str, inputs: dict) -> str:
+    """The text an app of this kind reads (its prompt grows with it)."""
+    return review_text(inputs) if answers == "reviews" else ticket_text(inputs)
+
+
+def faulty_answer(inputs: dict, fault: str | None, answers: str = "tickets") -> dict | str:
     """The app's answer, broken as the fault asks: a dict when well formed, else the unparseable text."""
     if fault == "bad_output":
         return BAD_OUTPUT_TEXT
+    if answers == "reviews":
+        answer = review_answer(inputs)
+        if fault == "invalid_category":
+            answer["sentiment"] = INVALID_SENTIMENT
+        return answer
     answer = answer_for(inputs)
     if fault == "invalid_category":
         answer["category"] = INVALID_CATEGORY

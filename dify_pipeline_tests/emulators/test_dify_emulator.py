@@ -18,6 +18,7 @@ import aiohttp
 import httpx
 import pytest
 
+from dify_pipeline.contract import DEFAULT_CATEGORIES, SENTIMENTS
 from dify_pipeline_dev.emulators.dify import (
     DifyApp,
     DifyEmulator,
@@ -25,10 +26,11 @@ from dify_pipeline_dev.emulators.dify import (
     Fault,
     answer_for,
     max_runs_in_window,
+    review_answer,
+    reviews_app,
 )
 from dify_pipeline_dev.emulators.dify_answers import CATEGORY_RULES, INVALID_CATEGORY
 from dify_pipeline_dev.emulators.server import serve_in_thread
-from dify_pipeline.contract import DEFAULT_CATEGORIES, SENTIMENTS
 
 SAMPLES = Path("/work/shared/dify-samples")
 KEY = "app-emulator-key"
@@ -319,7 +321,7 @@ def test_connections_beyond_the_worker_cap_wait_unaccepted_while_served_ones_sta
     assert (len(served), len(waiting)) == (10, 6)
     stats = emulator.stats()
     assert (stats["open_connections"], stats["accept_queue"], stats["paid_runs"]) == (10, 6, 10)
-    for round_ in range(3):  # a pooling client reuses its served connections: the waiting six starve
+    for _ in range(3):  # a pooling client reuses its served connections: the waiting six starve
         for client in served:
             assert read_response(client)[0] == 200
             client.sendall(raw_run_request(url))
@@ -795,3 +797,200 @@ def test_module_runs_as_a_subprocess_and_prints_its_url() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# ---- chat apps ------------------------------------------------------------------------------------------
+
+CHAT_KEY = "app-chat-key"
+CHAT_FORM = [{"text-input": {"label": "Subject", "variable": "subject", "required": True, "max_length": 200,
+                             "default": ""}}]
+CHAT_AUTH = {"Authorization": f"Bearer {CHAT_KEY}"}
+
+
+def chat_body(mode: str = "blocking", **extra) -> dict:
+    return {"inputs": {"subject": "快递还没到"}, "query": "包裹一周了还没到，太慢了，很失望", "response_mode": mode,
+            "user": "tester", **extra}
+
+
+def chat_answer() -> dict:
+    return answer_for({"subject": "快递还没到", "query": "包裹一周了还没到，太慢了，很失望"})
+
+
+@pytest.mark.parametrize("app_mode", ["chat", "advanced-chat"])
+def test_a_chat_app_answers_a_blocking_message_in_a_new_conversation(serve: Serve, app_mode: str) -> None:
+    emulator, url = serve(apps=[DifyApp(api_key=CHAT_KEY, mode=app_mode, user_input_form=CHAT_FORM)])
+    first = httpx.post(f"{url}/chat-messages", json=chat_body(), headers=CHAT_AUTH).json()
+    second = httpx.post(f"{url}/chat-messages", json=chat_body(), headers=CHAT_AUTH).json()
+    assert (first["event"], first["mode"], first["id"]) == ("message", app_mode, first["message_id"])
+    assert json.loads(first["answer"]) == chat_answer()
+    assert first["metadata"]["usage"]["total_price"] and first["conversation_id"] != second["conversation_id"]
+    assert emulator.stats()["paid_runs"] == 2
+
+
+def test_a_chatflow_streams_workflow_events_around_its_message_chunks(serve: Serve) -> None:
+    emulator, url = serve(ping_interval=0.005, latency_ms=40,
+                          apps=[DifyApp(api_key=CHAT_KEY, mode="advanced-chat", user_input_form=CHAT_FORM)])
+    text = httpx.post(f"{url}/chat-messages", json=chat_body("streaming"), headers=CHAT_AUTH).text
+    events = events_of(text)
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "workflow_started" and kinds[-2:] == ["workflow_finished", "message_end"]
+    assert "event: ping" in text and kinds.count("message") >= 2
+    assert events[0]["data"]["workflow_id"] == emulator.config.apps[0].workflow_id
+    assert len({event["conversation_id"] for event in events}) == 1
+    assert json.loads("".join(e["answer"] for e in events if e["event"] == "message")) == chat_answer()
+    assert events[-1]["metadata"]["usage"]["total_tokens"] > 0
+
+
+def test_an_agent_streams_agent_messages_and_refuses_blocking_mode(serve: Serve) -> None:
+    emulator, url = serve(apps=[DifyApp(api_key=CHAT_KEY, mode="agent-chat", user_input_form=CHAT_FORM)])
+    events = events_of(httpx.post(f"{url}/chat-messages", json=chat_body("streaming"), headers=CHAT_AUTH).text)
+    assert {"agent_thought", "agent_message", "message_end"} <= {event["event"] for event in events}
+    assert json.loads("".join(e["answer"] for e in events if e["event"] == "agent_message")) == chat_answer()
+    blocking = httpx.post(f"{url}/chat-messages", json=chat_body(), headers=CHAT_AUTH)
+    assert (blocking.status_code, error_body(blocking)) == (
+        400, {"code": "invalid_param", "message": "Agent Chat App does not support blocking mode", "status": 400})
+    assert emulator.stats()["paid_runs"] == 1
+
+
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_a_failed_chatflow_run_answers_run_failed_and_is_paid(serve: Serve, mode: str) -> None:
+    emulator, url = serve(ping_interval=0.005, faults=[Fault(kind="failed_run_sandbox")],
+                          apps=[DifyApp(api_key=CHAT_KEY, mode="advanced-chat", user_input_form=CHAT_FORM)])
+    response = httpx.post(f"{url}/chat-messages", json=chat_body(mode), headers=CHAT_AUTH)
+    if mode == "blocking":
+        assert response.status_code == 400 and error_body(response)["code"] == "invalid_param"
+        assert error_body(response)["message"].startswith("Run failed: Failed to execute code")
+    else:
+        events = events_of(response.text)
+        assert [event["event"] for event in events][-2:] == ["workflow_finished", "error"]
+        assert events[-2]["data"]["status"] == "failed" and events[-1]["message"].startswith("Run failed: ")
+    assert emulator.stats()["paid_runs"] == emulator.stats()["failed_runs"] == 1
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"inputs": {"subject": "s"}, "user": "u"}, "1 validation error for ChatRequestPayload\nquery\n  Field required"),
+    ({"inputs": {"subject": "s"}, "user": "u", "query": ""}, "query is required"),
+])
+def test_a_chat_message_needs_a_query(serve: Serve, body: dict, message: str) -> None:
+    emulator, url = serve(apps=[DifyApp(api_key=CHAT_KEY, mode="advanced-chat", user_input_form=CHAT_FORM)])
+    response = httpx.post(f"{url}/chat-messages", json=body, headers=CHAT_AUTH)
+    assert response.status_code == 400 and error_body(response)["code"] == "invalid_param"
+    assert error_body(response)["message"].startswith(message)
+    assert emulator.stats()["paid_runs"] == 0
+
+
+def test_chat_messages_refuse_other_apps_and_other_routes_refuse_chat_apps(serve: Serve) -> None:
+    _, url = serve(apps=[DifyApp(api_key=KEY), DifyApp(api_key=CHAT_KEY, mode="chat", user_input_form=CHAT_FORM)])
+    wrong = httpx.post(f"{url}/chat-messages", json=chat_body(), headers=AUTH)
+    assert (wrong.status_code, error_body(wrong)["code"]) == (400, "not_chat_app")
+    workflow = httpx.post(f"{url}/workflows/run", json=chat_body(), headers=CHAT_AUTH)
+    assert (workflow.status_code, error_body(workflow)["code"]) == (400, "not_workflow_app")
+
+
+@pytest.mark.parametrize("mode", ["blocking", "streaming"])
+def test_a_chat_message_under_the_app_limit_is_refused_like_any_run(serve: Serve, mode: str) -> None:
+    emulator, url = serve(latency_ms=300, apps=[DifyApp(api_key=CHAT_KEY, mode="advanced-chat", max_active_requests=1,
+                                                        user_input_form=CHAT_FORM)])
+
+    async def two_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            return await asyncio.gather(*(client.post(f"{url}/chat-messages", json=chat_body(mode), headers=CHAT_AUTH)
+                                          for _ in range(2)))
+
+    statuses = sorted(response.status_code for response in asyncio.run(two_at_once()))
+    assert statuses == [200, 400] and emulator.stats()["rejected_concurrency"] == 1
+
+
+def test_a_chat_message_whose_client_left_in_the_backlog_is_still_run_and_paid(serve: Serve) -> None:
+    emulator, url = serve(latency_ms=300, server_worker_connections=1,
+                          apps=[DifyApp(api_key=CHAT_KEY, mode="advanced-chat", user_input_form=CHAT_FORM)])
+
+    async def one_waits_and_leaves() -> None:
+        async with httpx.AsyncClient(timeout=5) as patient, httpx.AsyncClient(timeout=0.1) as hasty:
+            served = asyncio.create_task(patient.post(f"{url}/chat-messages", json=chat_body(), headers=CHAT_AUTH))
+            await asyncio.sleep(0.05)
+            with pytest.raises(httpx.TimeoutException):
+                await hasty.post(f"{url}/chat-messages", json=chat_body(), headers=CHAT_AUTH)
+            await served
+
+    asyncio.run(one_waits_and_leaves())
+    deadline = time.monotonic() + 5
+    while emulator.stats()["abandoned_runs"] < 1 and time.monotonic() < deadline:  # run out its latency first
+        time.sleep(0.05)
+    stats = emulator.stats()
+    assert stats["paid_runs"] == 2 and stats["abandoned_runs"] == 1
+
+
+# ---- republishing ---------------------------------------------------------------------------------------
+
+
+def test_publish_changes_the_version_new_runs_use_and_keeps_the_old_one_runnable(serve: Serve) -> None:
+    emulator, url = serve()
+    old = emulator.config.apps[0].workflow_id
+    control = url.removesuffix("/v1") + "/_emulator"
+    new = httpx.post(f"{control}/publish", json={"api_key": KEY}).json()["workflow_id"]
+    assert new != old and emulator.config.apps[0].published_workflow_ids == [old]
+    assert httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()["data"]["workflow_id"] == new
+    pinned = httpx.post(f"{url}/workflows/{old}/run", json=run_body(), headers=AUTH).json()
+    assert pinned["data"]["workflow_id"] == old
+    assert emulator.stats()["runs_by_workflow_id"] == {new: 1, old: 1}
+    assert httpx.post(f"{control}/publish", json={"api_key": "nobody"}).status_code == 404
+
+
+def test_a_run_under_way_finishes_on_the_version_it_started_with(serve: Serve) -> None:
+    emulator, url = serve(latency_ms=300)
+    old = emulator.config.apps[0].workflow_id
+
+    async def publish_mid_run() -> dict:
+        async with httpx.AsyncClient(timeout=5) as client:
+            run = asyncio.create_task(client.post(f"{url}/workflows/run", json=run_body(), headers=AUTH))
+            await asyncio.sleep(0.1)
+            emulator.publish(KEY)
+            return (await run).json()
+
+    assert asyncio.run(publish_mid_run())["data"]["workflow_id"] == old
+
+
+def test_a_deleted_version_answers_difys_404_and_the_current_one_cannot_be_deleted(serve: Serve) -> None:
+    emulator, url = serve()
+    old = emulator.config.apps[0].workflow_id
+    new = emulator.publish(KEY)
+    control = url.removesuffix("/v1") + "/_emulator"
+    assert httpx.post(f"{control}/delete-version", json={"api_key": KEY, "workflow_id": old}).status_code == 200
+    gone = httpx.post(f"{url}/workflows/{old}/run", json=run_body(), headers=AUTH)
+    assert (gone.status_code, error_body(gone)) == (
+        404, {"code": "not_found", "message": f"Workflow not found with id: {old}", "status": 404})
+    with pytest.raises(ValueError):
+        emulator.delete_version(KEY, new)
+    assert emulator.stats()["paid_runs"] == 0
+
+
+# ---- a second app: product reviews ----------------------------------------------------------------------
+
+
+def test_each_key_reaches_its_own_app_and_the_reviews_app_answers_review_json(serve: Serve) -> None:
+    _, url = serve(apps=[DifyApp(api_key=KEY), reviews_app("app-reviews-key")])
+    reviews_auth = {"Authorization": "Bearer app-reviews-key"}
+    review = {"title": "Too expensive", "review": "Poor quality and the delivery was late, I will return it"}
+    body = httpx.post(f"{url}/completion-messages", json=run_body(inputs=review), headers=reviews_auth).json()
+    assert json.loads(body["answer"]) == review_answer(review) == {
+        "sentiment": "negative", "score": 1, "aspects": ["price", "quality", "delivery"]}
+    form = httpx.get(f"{url}/parameters", headers=reviews_auth).json()["user_input_form"]
+    assert [next(iter(item.values()))["variable"] for item in form] == ["title", "review"]
+    assert httpx.get(f"{url}/info", headers=reviews_auth).json()["mode"] == "completion"
+    missing = httpx.post(f"{url}/completion-messages", json=run_body(), headers=reviews_auth)
+    assert error_body(missing)["message"] == "title is required in input form"
+    ticket = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH).json()
+    assert ticket["data"]["outputs"] == answer_for(TICKET)
+
+
+@pytest.mark.parametrize(("title", "review", "sentiment", "score"), [
+    ("Perfect", "Great quality, I love it and recommend it", "positive", 5),
+    ("Fine", "Good", "positive", 4),
+    ("Meh", "It is a case", "neutral", 3),
+    ("Size", "Poor fit", "negative", 2),
+])
+def test_review_answer_scores_follow_the_sentiment(title: str, review: str, sentiment: str, score: int) -> None:
+    answer = review_answer({"title": title, "review": review})
+    assert (answer["sentiment"], answer["score"]) == (sentiment, score)
+    assert answer == review_answer({"review": review, "title": title})

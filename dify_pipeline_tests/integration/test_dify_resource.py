@@ -1,13 +1,16 @@
-"""The Dify client against the Dify emulator over real HTTP: retries, throttling, modes, recovery, fatal errors."""
+"""The Dify client against the Dify emulator over real HTTP: retries, throttling, modes, recovery, fatal errors,
+chat apps, version pinning."""
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC
 
 import pytest
 
-from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault, answer_for
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault, answer_for, reviews_app
 from dify_pipeline_tests.integration.pipeline import DIFY_KEY
 
 COMPLETION_KEY = "app-completion-test-key"
@@ -25,7 +28,8 @@ def client(emulator, **settings) -> DifyResource:
 
 
 def requests_for(count: int, prefix: str = "ticket") -> list[DifyRequest]:
-    return [DifyRequest(f"{prefix}-{i}", {"subject": f"{prefix} {i}: 快递 delayed", "body": f"body {i}"}) for i in range(count)]
+    return [DifyRequest(f"{prefix}-{i}", {"subject": f"{prefix} {i}: 快递 delayed", "body": f"body {i}"})
+            for i in range(count)]
 
 
 def run(resource: DifyResource, requests: list[DifyRequest]):
@@ -89,7 +93,8 @@ def test_a_200_whose_body_was_cut_is_looked_up_not_paid_again(dify_emulator):
 def test_transient_failures_are_retried_until_success(dify_emulator, kind):
     configure(dify_emulator, faults=[Fault(kind=kind, times_per_input=1)])
     results, counters = run(client(dify_emulator), requests_for(6))
-    assert all(r.succeeded and r.attempts == 2 for r in results.values()), {k: (r.error_code, r.attempts) for k, r in results.items()}
+    assert all(r.succeeded and r.attempts == 2 for r in results.values()), {
+        k: (r.error_code, r.attempts) for k, r in results.items()}
     assert counters["retries"] == 6
 
 
@@ -150,7 +155,7 @@ def test_both_app_kinds_in_both_modes_give_the_same_answer(dify_emulator, app_mo
     for request in requests:
         result = results[request.record_key]
         assert result.succeeded and result.run_id and result.total_tokens
-        answer = result.outputs if app_mode == "workflow" else __import__("json").loads(result.outputs)
+        answer = result.outputs if app_mode == "workflow" else json.loads(result.outputs)
         assert answer == answer_for(request.inputs)
 
 
@@ -275,3 +280,201 @@ def test_requests_that_time_out_in_the_servers_backlog_are_found_again_not_paid_
     stats = dify_emulator.stats()
     assert counters["recovered_runs"] > 0  # some did time out in the backlog
     assert stats["paid_runs"] == stats["distinct_inputs"] == 24, stats["runs_by_input"]
+
+
+# ---- chat apps ------------------------------------------------------------------------------------------
+
+CHAT_KEY = "app-chat-test-key"
+SUBJECT_ONLY_FORM = [{"text-input": {"label": "Subject", "variable": "subject", "required": True, "max_length": 200,
+                                     "default": ""}}]
+
+
+def chat_requests(count: int) -> list[DifyRequest]:
+    return [DifyRequest(f"chat-{i}", {"subject": f"chat {i}: 快递"}, query=f"my delivery {i} is late, thanks")
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("dify_mode,response_mode", [("advanced-chat", "blocking"), ("advanced-chat", "streaming"),
+                                                     ("chat", "blocking"), ("chat", "streaming"),
+                                                     ("agent-chat", "streaming")])
+def test_a_chat_app_answers_each_record_as_a_conversation_of_its_own(dify_emulator, dify_mode, response_mode):
+    configure(dify_emulator, ping_interval=0.01,
+              apps=[DifyApp(api_key=CHAT_KEY, mode=dify_mode, user_input_form=SUBJECT_ONLY_FORM)])
+    requests = chat_requests(6)
+    results, counters = run(client(dify_emulator, api_key=CHAT_KEY, app_mode="chat", response_mode=response_mode),
+                            requests)
+    for request in requests:
+        result = results[request.record_key]
+        assert result.succeeded and result.run_id and result.total_price and result.prompt_tokens
+        assert json.loads(result.outputs) == answer_for({**request.inputs, "query": request.query})
+    if dify_mode == "advanced-chat" and response_mode == "streaming":  # the version is in its workflow events
+        assert results["chat-0"].workflow_id == dify_emulator.config.apps[0].workflow_id
+    bodies = [record["body"] for record in dify_emulator.requests()]
+    assert {record["path"] for record in dify_emulator.requests()} == {"/v1/chat-messages"}
+    assert all("conversation_id" not in body and body["auto_generate_name"] is False for body in bodies)
+    assert sorted(body["query"] for body in bodies) == sorted(request.query for request in requests)
+    assert dify_emulator.stats()["paid_runs"] == 6 == counters["http_attempts"]
+
+
+@pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
+def test_a_failed_chatflow_run_is_a_paid_failed_run_not_a_refused_input(dify_emulator, response_mode):
+    """A chatflow's failed run comes back as 400 invalid_param "Run failed: ..." (blocking) or an error event."""
+    configure(dify_emulator, ping_interval=0.01, faults=[Fault(kind="failed_run_sandbox", match="chat 0:")],
+              apps=[DifyApp(api_key=CHAT_KEY, mode="advanced-chat", user_input_form=SUBJECT_ONLY_FORM)])
+    results, counters = run(client(dify_emulator, api_key=CHAT_KEY, app_mode="chat", response_mode=response_mode),
+                            chat_requests(3))
+    failed = results["chat-0"]
+    assert not failed.succeeded and failed.error_code == "run_failed" and "Connection refused" in failed.error_message
+    assert counters["failed_runs"] == dify_emulator.stats()["failed_runs"] == 1  # not retried: it would fail again
+    assert results["chat-1"].succeeded and results["chat-2"].succeeded
+
+
+def test_a_chat_app_refuses_a_request_without_its_query_before_sending_anything(dify_emulator):
+    configure(dify_emulator, apps=[DifyApp(api_key=CHAT_KEY, mode="advanced-chat")])
+    with pytest.raises(ValueError, match="query"):
+        run(client(dify_emulator, api_key=CHAT_KEY, app_mode="chat"), requests_for(2))
+    assert dify_emulator.stats()["requests_total"] == 0
+
+
+def test_a_workflow_key_used_as_a_chat_app_stops_the_run(dify_emulator):
+    configure(dify_emulator)
+    with pytest.raises(DifyFatalError, match="not_chat_app"):
+        run(client(dify_emulator, app_mode="chat", max_concurrency=1), chat_requests(20))
+    assert dify_emulator.stats()["requests_total"] <= 2
+
+
+# ---- a second example: product reviews on a completion app -----------------------------------------------
+
+REVIEWS_KEY = "app-reviews-test-key"
+
+
+@pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
+def test_a_reviews_completion_app_beside_the_tickets_app_answers_by_its_own_key(dify_emulator, response_mode):
+    configure(dify_emulator, ping_interval=0.01, apps=[DifyApp(api_key=DIFY_KEY), reviews_app(REVIEWS_KEY)])
+    reviews = [DifyRequest("r-1", {"title": "Great value",
+                                   "review": "Love it, the battery lasts and the price is low"}),
+               DifyRequest("r-2", {"title": "Broke", "review": "Terrible quality, it broke, I want to return it"}),
+               DifyRequest("r-3", {"title": "OK", "review": "It is a phone case"})]
+    results, _ = run(client(dify_emulator, api_key=REVIEWS_KEY, app_mode="completion", response_mode=response_mode),
+                     reviews)
+    answers = {key: json.loads(result.outputs) for key, result in results.items()}
+    assert answers["r-1"] == {"sentiment": "positive", "score": 5, "aspects": ["price", "battery"]}
+    assert answers["r-2"]["sentiment"] == "negative" and answers["r-2"]["score"] <= 2
+    assert answers["r-2"]["aspects"] == ["quality"]
+    assert answers["r-3"] == {"sentiment": "neutral", "score": 3, "aspects": []}
+    assert all(result.total_price and result.total_tokens for result in results.values())
+    tickets, _ = run(client(dify_emulator), requests_for(2))  # the tickets app answers its own key as before
+    assert tickets["ticket-0"].outputs == answer_for(requests_for(1)[0].inputs)
+
+
+# ---- version pinning ------------------------------------------------------------------------------------
+
+
+def test_a_pinned_run_asks_that_version_by_its_id_and_every_answer_names_it(dify_emulator):
+    old = dify_emulator.config.apps[0].workflow_id
+    new = dify_emulator.publish(DIFY_KEY)
+    results, _ = run_pinned(client(dify_emulator), requests_for(10), workflow_id=old)
+    assert {result.workflow_id for result in results.values()} == {old}
+    assert {record["path"] for record in dify_emulator.requests()} == {f"/v1/workflows/{old}/run"}
+    assert dify_emulator.stats()["runs_by_workflow_id"] == {old: 10} and new != old
+
+
+def run_pinned(resource: DifyResource, requests: list[DifyRequest], **pinning):
+    results = {}
+    counters = resource.run_all(requests, lambda r: results.__setitem__(r.record_key, r), **pinning)
+    return results, counters
+
+
+@pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
+def test_a_republish_mid_run_with_pinning_on_leaves_every_answer_on_the_first_version(dify_emulator, response_mode):
+    configure(dify_emulator, latency_ms=20, ping_interval=0.01)
+    first = dify_emulator.config.apps[0].workflow_id
+    pins: list[str] = []
+    published: list[str] = []
+
+    def on_result(result):
+        if len(results) == 5:  # a few answers in: someone publishes the app again
+            published.append(dify_emulator.publish(DIFY_KEY))
+        results[result.record_key] = result
+
+    def pin(workflow_id: str) -> str:
+        pins.append(workflow_id)
+        return workflow_id
+
+    results: dict = {}
+    client(dify_emulator, max_concurrency=4, response_mode=response_mode).run_all(requests_for(40), on_result,
+                                                                                  pin=pin)
+    assert published and pins == [first]
+    assert len(results) == 40 and {result.workflow_id for result in results.values()} == {first}
+    stats = dify_emulator.stats()
+    assert stats["runs_by_workflow_id"] == {first: 40} and stats["paid_runs"] == 40
+    paths = [record["path"] for record in dify_emulator.requests()]
+    assert paths[0] == "/v1/workflows/run" and set(paths[1:]) == {f"/v1/workflows/{first}/run"}
+
+
+def test_a_republish_mid_run_without_pinning_mixes_versions(dify_emulator):
+    configure(dify_emulator, latency_ms=20)
+    first = dify_emulator.config.apps[0].workflow_id
+    results: dict = {}
+    published: list[str] = []
+
+    def on_result(result):
+        if len(results) == 5:
+            published.append(dify_emulator.publish(DIFY_KEY))
+        results[result.record_key] = result
+
+    client(dify_emulator, max_concurrency=4).run_all(requests_for(40), on_result)
+    versions = dify_emulator.stats()["runs_by_workflow_id"]
+    assert set(versions) == {first, published[0]} and sum(versions.values()) == 40
+    assert {result.workflow_id for result in results.values()} == {first, published[0]}
+
+
+def test_a_day_pinned_by_another_run_first_runs_that_version_and_asks_the_first_record_again(dify_emulator):
+    old = dify_emulator.config.apps[0].workflow_id
+    new = dify_emulator.publish(DIFY_KEY)  # this run's first record is answered by `new`; the day holds `old`
+    results, _ = run_pinned(client(dify_emulator), requests_for(6), pin=lambda workflow_id: old)
+    assert {result.workflow_id for result in results.values()} == {old}
+    assert dify_emulator.stats()["runs_by_workflow_id"] == {new: 1, old: 6}  # one record paid twice, once per version
+
+
+def test_a_pinned_version_that_is_gone_stops_the_run_with_difys_error(dify_emulator):
+    old = dify_emulator.config.apps[0].workflow_id
+    dify_emulator.publish(DIFY_KEY)
+    dify_emulator.delete_version(DIFY_KEY, old)
+    with pytest.raises(DifyFatalError) as raised:
+        run_pinned(client(dify_emulator, max_concurrency=2), requests_for(30), workflow_id=old)
+    assert raised.value.code == "workflow_version_unavailable"
+    assert f"Workflow not found with id: {old}" in str(raised.value) and DIFY_KEY not in str(raised.value)
+    stats = dify_emulator.stats()
+    assert stats["requests_by_status"] == {"404": stats["requests_total"]} and stats["requests_total"] <= 3
+    assert stats["paid_runs"] == 0
+
+
+def test_pinning_is_for_workflow_apps_only(dify_emulator):
+    with pytest.raises(ValueError, match="workflow"):
+        client(dify_emulator, app_mode="completion").run_all(requests_for(1), lambda r: None, workflow_id="x")
+
+
+@pytest.mark.parametrize("pinned_to", ["the run's version", "a newer version"])
+def test_a_resumed_record_uses_its_earlier_run_only_when_the_pinned_version_ran_it(dify_emulator, pinned_to):
+    from datetime import datetime
+
+    import httpx
+
+    from dify_pipeline.resources.run_journal import Attempt
+
+    old = dify_emulator.config.apps[0].workflow_id
+    request = requests_for(1)[0]
+    user = f"dify-pipeline:{request.record_key}"  # the client's user for this record: the earlier run sent it
+    earlier = httpx.post(f"{dify_emulator.base_url}/workflows/run", headers={"Authorization": f"Bearer {DIFY_KEY}"},
+                         json={"inputs": request.inputs, "user": user, "response_mode": "blocking"}).json()
+    new = dify_emulator.publish(DIFY_KEY)
+    pinned = old if pinned_to == "the run's version" else new
+    resumed = DifyRequest(request.record_key, request.inputs,
+                          Attempt(user, datetime.now(UTC), earlier["workflow_run_id"]))
+    results, counters = run_pinned(client(dify_emulator), [resumed], workflow_id=pinned)
+    assert results[request.record_key].workflow_id == pinned
+    if pinned == old:
+        assert counters["resumed_runs"] == 1 and dify_emulator.stats()["paid_runs"] == 1
+    else:
+        assert counters["resumed_runs"] == 0 and dify_emulator.stats()["runs_by_workflow_id"] == {old: 1, new: 1}

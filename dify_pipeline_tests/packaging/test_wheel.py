@@ -16,4 +16,4 @@ def test_the_wheel_contains_only_the_product(tmp_path):
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_level == {"dify_pipeline"}
     assert not [name for name in names if "emulators" in name or "/demo/" in name]
-    assert "dify_pipeline/definitions.py" in names and "dify_pipeline/resources/dify.py" in names
+    assert "dify_pipeline/definitions.py" in names and "dify_pipeline/resources/dify/resource.py" in names

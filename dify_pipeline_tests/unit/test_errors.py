@@ -1,10 +1,10 @@
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 
-from dify_pipeline.resources.dify_errors import (
+from dify_pipeline.resources.dify.errors import (
     FailureBreaker,
     classify_failed_run,
     classify_http_error,
@@ -31,13 +31,13 @@ def test_retry_after_in_seconds_is_read_as_seconds():
 
 
 def test_retry_after_as_http_date_is_the_time_left_until_that_date():
-    now = datetime(2026, 3, 8, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 8, 12, 0, 0, tzinfo=UTC)
     header = format_datetime(now + timedelta(seconds=90), usegmt=True)
     assert parse_retry_after(header, now=now) == 90.0
 
 
 def test_retry_after_in_the_past_or_negative_means_no_wait():
-    now = datetime(2026, 3, 8, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 8, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after(format_datetime(now - timedelta(minutes=5), usegmt=True), now=now) == 0.0
     assert parse_retry_after("-3") == 0.0
 
@@ -59,7 +59,7 @@ def test_429_with_retry_after_seconds_is_a_throttle_carrying_the_wait():
 
 
 def test_429_with_retry_after_http_date_waits_until_that_date():
-    header = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=60), usegmt=True)
+    header = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
     error = classify_http_error(429, "", header)
     assert error.throttled
     assert 55.0 <= error.retry_after <= 60.0
@@ -107,7 +107,8 @@ def test_500_with_an_html_body_is_a_retryable_server_error():
 
 
 def test_500_keeps_difys_own_error_code_and_message():
-    error = classify_http_error(500, dify_body("internal_server_error", "The server encountered an internal error.", 500))
+    error = classify_http_error(500, dify_body("internal_server_error", "The server encountered an internal error.",
+                                               500))
     assert error.code == "internal_server_error"
     assert error.message == "The server encountered an internal error."
     assert error.retryable
@@ -269,7 +270,8 @@ def test_successes_dilute_the_breakers_window():
 
 
 def test_stream_error_event_with_difys_concurrency_limit_is_a_throttle():
-    event = {"event": "error", "task_id": "t", "status": 400, "code": "invalid_param", "message": DIFY_CONCURRENCY_LIMIT}
+    event = {"event": "error", "task_id": "t", "status": 400, "code": "invalid_param",
+             "message": DIFY_CONCURRENCY_LIMIT}
     error = classify_stream_error(event)
     assert error.code == "too_many_requests"
     assert error.throttled and error.retryable
@@ -281,7 +283,8 @@ def test_stream_error_event_with_a_quota_error_stops_the_run():
 
 
 def test_stream_error_event_with_a_record_problem_is_permanent():
-    error = classify_stream_error({"event": "error", "status": 400, "code": "completion_request_error", "message": "bad"})
+    error = classify_stream_error({"event": "error", "status": 400, "code": "completion_request_error",
+                                   "message": "bad"})
     assert error.code == "completion_request_error"
     assert not error.retryable and not error.fatal
 
@@ -290,3 +293,38 @@ def test_stream_error_event_without_a_status_is_a_retryable_server_error():
     error = classify_stream_error({"event": "error", "message": "Internal Server Error"})
     assert error.retryable and not error.fatal
     assert error.http_status == 500
+
+
+# -- chat apps and pinned versions ---------------------------------------------------------------------
+
+
+def test_a_chatflow_run_that_failed_is_judged_as_a_failed_run_not_as_a_refused_input():
+    sandbox = "Failed to execute code ( Error: [Errno 111] Connection refused )"
+    error = classify_http_error(400, dify_body("invalid_param", f"Run failed: {sandbox}"))
+    assert (error.code, error.message, error.retryable, error.fatal) == ("run_failed", sandbox, False, False)
+    throttled = classify_stream_error({"event": "error", "status": 400, "code": "invalid_param",
+                                       "message": "Run failed: Rate limit reached for requests"})
+    assert throttled.code == "run_failed" and throttled.retryable
+
+
+@pytest.mark.parametrize(("status", "code", "message"), [
+    (404, "not_found", "Workflow not found with id: 0b5c8a34-4e0b-4a3f-8f0e-0d1e2f3a4b5c"),
+    (400, "bad_request", "Invalid workflow_id format: 'v1'. "),
+    (400, "bad_request", "Cannot use draft workflow version. Workflow ID: 0b5c. Please use a published workflow "
+                         "version or leave workflow_id empty."),
+])
+def test_a_pinned_version_dify_refuses_stops_the_run_with_its_own_code(status, code, message):
+    error = classify_http_error(status, dify_body(code, message, status))
+    assert (error.code, error.fatal, error.retryable) == ("workflow_version_unavailable", True, False)
+    assert error.message.startswith(message) and "DIFY_API_KEY" in error.message
+
+
+def test_another_404_still_points_at_the_base_url():
+    error = classify_http_error(404, dify_body("not_found", "The requested URL was not found on the server.", 404))
+    assert error.code == "not_found" and "DIFY_BASE_URL" in error.message
+
+
+def test_a_key_of_another_kind_of_app_stops_a_chat_run():
+    error = classify_http_error(400, dify_body("not_chat_app", "Please check if your app mode matches the right API "
+                                                               "route."))
+    assert error.fatal

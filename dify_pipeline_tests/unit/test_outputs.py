@@ -4,7 +4,7 @@ import pytest
 
 from dify_pipeline.contract import TICKET_OUTPUTS, OutputField, parse_contract
 from dify_pipeline.infer.outputs import parse_outputs
-from dify_pipeline.resources.dify_errors import DifyCallError
+from dify_pipeline.resources.dify.errors import DifyCallError
 
 ANSWER = {"category": "退款申请", "summary": "客户要求退回重复扣款。", "sentiment": "negative"}
 EXPECTED = dict(ANSWER)

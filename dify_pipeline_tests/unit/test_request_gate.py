@@ -5,7 +5,7 @@ import heapq
 
 import pytest
 
-from dify_pipeline.resources.request_gate import MAX_PATIENCE, RequestGate
+from dify_pipeline.resources.dify.gate import MAX_PATIENCE, RequestGate
 from dify_pipeline_dev.emulators.dify import max_runs_in_window  # the server's own count of a window
 
 EPSILON = 1e-9

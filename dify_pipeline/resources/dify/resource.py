@@ -1,8 +1,7 @@
-"""The Dify Service API: one configured HTTP client, admission control and bounded retries.
+"""The Dify client resource: one configured HTTP client, admission control and bounded retries.
 
-aiohttp rather than httpx here: at 50 requests in flight httpx's connection pool cost ~0.37 CPU cores
-for 235 requests/s against ~0.07 for aiohttp at 243/s (benchmarks/inference_throughput.py), and the
-client's CPU is what stands between us and the server's rate.
+aiohttp rather than httpx here: at the same rate its connection pool costs a fraction of httpx's CPU
+(benchmarks/inference_throughput.py), and the client's CPU is what stands between us and the server's rate.
 
 Assets hand it (record_key, inputs) pairs and get one `DifyResult` per record back through a callback,
 so results can be persisted the moment they exist. Only a fatal error (bad key, app gone, quota) stops
@@ -20,46 +19,28 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import aiohttp
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from dify_pipeline.resources.dify_errors import (
-    DifyCallError,
-    FailureBreaker,
-    classify_failed_run,
-    classify_http_error,
-    classify_stream_error,
+from dify_pipeline.resources.dify.backoff import Backoff
+from dify_pipeline.resources.dify.errors import DifyCallError, FailureBreaker, classify_failed_run, classify_http_error
+from dify_pipeline.resources.dify.gate import RequestGate
+from dify_pipeline.resources.dify.protocol import (
+    AnswerStream,
+    AppMode,
+    DifyRequest,
+    DifyResult,
+    ResponseMode,
+    blocking_result,
+    endpoint,
+    json_or_error,
+    payload,
+    sse_events,
+    workflow_result,
 )
-from dify_pipeline.resources.request_gate import RequestGate
-from dify_pipeline.resources.run_journal import Attempt, RunJournal
-
-
-@dataclass(frozen=True)
-class DifyRequest:
-    record_key: str
-    inputs: dict[str, Any]
-    earlier: Attempt | None = None  # an attempt of an interrupted earlier run: look its run up before paying again
-
-
-@dataclass
-class DifyResult:
-    record_key: str
-    succeeded: bool
-    attempts: int
-    latency_ms: float | None = None
-    outputs: Any = None  # workflow `outputs` object, or a completion app's `answer` text
-    run_id: str | None = None  # workflow_run_id or message_id
-    workflow_id: str | None = None
-    total_tokens: int | None = None
-    total_price: float | None = None
-    currency: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    recovered: bool = False  # fetched with GET /workflows/run/{id} after a stream broke
-
+from dify_pipeline.resources.run_journal import RunJournal
 
 THROTTLED_ATTEMPTS_FACTOR = 4
 # How long a run that may exist is looked for before the record is sent again. A request that timed out may
@@ -72,7 +53,12 @@ SUSTAINED_TROUBLE = 5  # answers in a row that are 429/5xx/timeouts: the server 
 
 
 class DifyFatalError(RuntimeError):
-    """No record can succeed (bad key, wrong app, quota): the run stops instead of failing every row."""
+    """No record can succeed (bad key, wrong app, quota, a pinned version gone): the run stops instead of failing
+    every row. `code` is Dify's error code when Dify refused (e.g. `workflow_version_unavailable`), else None."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -92,6 +78,7 @@ class _Counters:
     last_trouble: DifyCallError | None = None
     finished: collections.deque = field(default_factory=collections.deque)  # when records became final
     breaker: FailureBreaker = field(default_factory=FailureBreaker)
+    workflow_id: str | None = None  # the published version every request of this batch runs, when pinned
 
     def halt(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
@@ -103,11 +90,13 @@ class DifyResource(dg.ConfigurableResource):
 
     base_url: str = Field(description="Service API base URL, e.g. https://api.dify.ai/v1.")
     api_key: str = Field(description="The app's API key (from the DIFY_API_KEY environment variable).")
-    app_mode: Literal["workflow", "completion"] = "workflow"
-    response_mode: Literal["blocking", "streaming"] = "blocking"
+    app_mode: AppMode = Field(default="workflow", description=(
+        "workflow: POST /workflows/run; completion: /completion-messages; chat (chatflow, chatbot and agent "
+        "apps): /chat-messages, each record a conversation of its own."))
+    response_mode: ResponseMode = "blocking"
     user: str = Field(default="dify-pipeline", description=(
         "Prefix of the Dify end user sent with each run: `<user>:<record>` for workflow apps, so a run can be "
-        "found again; completion apps send it as is."))
+        "found again; completion and chat apps send it as is."))
     max_concurrency: int = Field(default=16, ge=1, le=1000)
     requests_per_minute: int | None = Field(default=None, ge=1, description="Pace of new runs; unlimited when unset.")
     adaptive_concurrency: bool = Field(default=True, description="Lower concurrency when the server throttles.")
@@ -125,6 +114,9 @@ class DifyResource(dg.ConfigurableResource):
     ca_file: str | None = Field(default=None, description="CA bundle for a private certificate authority.")
 
     _rng: random.Random = PrivateAttr(default_factory=random.Random)
+
+    def _policy(self) -> Backoff:
+        return Backoff(self.backoff_initial_seconds, self.backoff_max_seconds, self._rng)
 
     # -- identity -------------------------------------------------------------------------------------
     def app_identity(self) -> str:
@@ -165,7 +157,7 @@ class DifyResource(dg.ConfigurableResource):
                     f"the TLS certificate of {self.base_url} could not be verified: if it comes from a private "
                     "certificate authority, give its CA bundle in DIFY_CA_FILE"
                 ) from None
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            except (TimeoutError, aiohttp.ClientError) as error:
                 raise DifyFatalError(
                     f"cannot reach Dify at {self.base_url}: {type(error).__name__}. Check DIFY_BASE_URL."
                 ) from None
@@ -178,6 +170,8 @@ class DifyResource(dg.ConfigurableResource):
         on_result: Callable[[DifyResult], None],
         journal: RunJournal | None = None,
         log: Callable[[str], None] | None = None,
+        workflow_id: str | None = None,
+        pin: Callable[[str], str] | None = None,
     ) -> dict[str, int]:
         """Send every request, calling `on_result` once per record as soon as it is final.
 
@@ -189,11 +183,24 @@ class DifyResource(dg.ConfigurableResource):
         With a `journal`, every attempt is committed there before it is sent, under a `user` that names the
         record; a workflow run whose outcome is unknown (timeout, cut body, broken stream, 502/504) or that an
         interrupted earlier run sent (`DifyRequest.earlier`) is looked up in Dify and its answer used.
+
+        With a `workflow_id` (workflow apps), every request runs that published version
+        (POST /workflows/{workflow_id}/run) whatever is published meanwhile; each result names the version that
+        answered. A version Dify does not know stops the run (DifyFatalError, code `workflow_version_unavailable`).
+        Without one but with `pin`, requests go one at a time to the published version until one is answered;
+        `pin(its workflow_id)` records it and returns the version the day is pinned to (another run may have
+        pinned first), and the rest run that version. An answer of another version than the pin is asked again.
+        Chat apps send each request's `query`.
         """
+        requests = list(requests)
+        if (workflow_id is not None or pin is not None) and self.app_mode != "workflow":
+            raise ValueError(f"workflow_id pins a workflow app's version; this is a {self.app_mode} app")
+        if self.app_mode == "chat" and any(request.query is None for request in requests):
+            raise ValueError("a chat app needs each DifyRequest's `query` (the message)")
         log = log or dg.get_dagster_logger().info
-        counters = _run(self._run_all(list(requests), on_result, journal, log))
+        counters = _run(self._run_all(requests, on_result, journal, log, workflow_id, pin))
         if counters.fatal is not None:
-            raise DifyFatalError(f"Dify refused the run: {counters.fatal}")
+            raise DifyFatalError(f"Dify refused the run: {counters.fatal}", code=counters.fatal.code)
         if counters.stop_reason is not None:
             raise DifyFatalError(counters.stop_reason)
         return {
@@ -206,8 +213,8 @@ class DifyResource(dg.ConfigurableResource):
             "failed_runs": counters.failed_runs,
         }
 
-    async def _run_all(self, requests, on_result, journal, log) -> _Counters:
-        counters = _Counters()
+    async def _run_all(self, requests, on_result, journal, log, workflow_id, pin) -> _Counters:
+        counters = _Counters(workflow_id=workflow_id)
 
         async def nap(seconds: float) -> None:  # every wait ends early when the day stops
             await _sleep_unless(counters.stop, seconds)
@@ -231,10 +238,27 @@ class DifyResource(dg.ConfigurableResource):
                         counters.finished.append(time.monotonic())
                         on_result(result)
 
-            # More workers than slots: a worker sleeping out a backoff or looking a run up must not idle a slot.
-            workers = min(queue.qsize(), self.max_concurrency * 4)
+            async def until_pinned() -> None:
+                """One request at a time to the published version, until an answer names the version to pin."""
+                while counters.workflow_id is None and not counters.stop.is_set() and not queue.empty():
+                    request = queue.get_nowait()
+                    result = await self._call_with_retries(client, gate, counters, request, journal)
+                    if result is None:
+                        continue
+                    if result.workflow_id:
+                        counters.workflow_id = await asyncio.to_thread(pin, result.workflow_id)
+                        if counters.workflow_id != result.workflow_id:  # another run pinned another version first
+                            queue.put_nowait(request)
+                            continue
+                    counters.finished.append(time.monotonic())
+                    on_result(result)
+
             watch = asyncio.create_task(self._watch_outage(counters, log))
             try:
+                if pin is not None:
+                    await until_pinned()
+                # More workers than slots: a worker sleeping out a backoff or looking a run up must not idle a slot.
+                workers = min(queue.qsize(), self.max_concurrency * 4)
                 await asyncio.gather(*(worker() for _ in range(workers)))
             finally:
                 watch.cancel()
@@ -351,15 +375,7 @@ class DifyResource(dg.ConfigurableResource):
                     error_code=error.code, error_message=error.message,
                 )
             counters.retries += 1
-            await _sleep_unless(counters.stop, self._backoff(attempts, error))
-
-    def _backoff(self, attempts: int, error: DifyCallError) -> float:
-        """Exponential backoff with jitter; a server's Retry-After is a floor."""
-        ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (attempts - 1))
-        delay = self._rng.uniform(ceiling / 2, ceiling)
-        if error.retry_after is not None:
-            delay = max(delay, error.retry_after + self._rng.uniform(0, 0.1 * max(error.retry_after, 1)))
-        return delay
+            await _sleep_unless(counters.stop, self._policy().delay(attempts, error.retry_after))
 
     def _cool_down(self, gate: RequestGate, counters: _Counters, error: DifyCallError) -> None:
         """Pause every new request when the server says so (Retry-After) or when its trouble is sustained.
@@ -370,9 +386,7 @@ class DifyResource(dg.ConfigurableResource):
         if error.retry_after is not None:
             gate.pause(error.retry_after)
         elif error.http_status != 400 and counters.consecutive_trouble >= SUSTAINED_TROUBLE:
-            steps = counters.consecutive_trouble - SUSTAINED_TROUBLE
-            ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** min(steps, 30))
-            gate.pause(self._rng.uniform(ceiling / 2, ceiling))
+            gate.pause(self._policy().delay(counters.consecutive_trouble - SUSTAINED_TROUBLE + 1))
 
     # -- one HTTP attempt -----------------------------------------------------------------------------
     def _user(self, request: DifyRequest) -> str:
@@ -382,27 +396,23 @@ class DifyResource(dg.ConfigurableResource):
         """
         return f"{self.user}:{request.record_key}" if self.app_mode == "workflow" else self.user
 
-    def _payload(self, request: DifyRequest) -> dict:
-        return {"inputs": request.inputs, "response_mode": self.response_mode, "user": self._user(request)}
-
-    def _endpoint(self) -> str:
-        return "/workflows/run" if self.app_mode == "workflow" else "/completion-messages"
-
     async def _call_once(self, client: aiohttp.ClientSession, request: DifyRequest, counters, journal) -> DifyResult:
         try:
             if self.response_mode == "blocking":
-                async with client.post(self._url(self._endpoint()), json=self._payload(request)) as response:
+                url = self._url(endpoint(self.app_mode, counters.workflow_id))
+                body = payload(self.app_mode, request, self.response_mode, self._user(request))
+                async with client.post(url, json=body) as response:
                     text = await response.text()
                     if response.status != 200:
                         raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
                 try:
-                    body = _json_or_error(text)
+                    answer = json_or_error(text)
                 except DifyCallError as cut:  # a 200 whose body was cut: the run finished in Dify
                     cut.outcome_unknown = True
                     raise
-                return self._parse_blocking(request.record_key, body)
+                return blocking_result(self.app_mode, request.record_key, answer)
             return await self._call_streaming(client, request, counters, journal)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DifyCallError("timeout", "no answer within the request timeout", True, outcome_unknown=True) from None
         except aiohttp.ClientConnectorError as error:  # never connected: nothing was sent
             raise DifyCallError("connection_error", f"{type(error).__name__}: connection failed", True) from None
@@ -410,48 +420,27 @@ class DifyResource(dg.ConfigurableResource):
             raise DifyCallError("connection_error", f"{type(error).__name__}: connection failed or dropped", True,
                                 outcome_unknown=True) from None
 
-    def _parse_blocking(self, record_key: str, body: dict) -> DifyResult:
-        if self.app_mode == "workflow":
-            return _workflow_result(record_key, body.get("data") or {}, body.get("workflow_run_id"))
-        usage = (body.get("metadata") or {}).get("usage") or {}
-        return _completion_result(record_key, body.get("message_id") or body.get("id"), body.get("answer"), usage)
-
     async def _call_streaming(self, client: aiohttp.ClientSession, request: DifyRequest, counters,
                               journal) -> DifyResult:
-        run_id: str | None = None
-        answer: list[str] = []
-        node_prices: list[tuple[float, str | None]] = []  # a workflow run's price is only in its nodes' events
+        stream = AnswerStream(self.app_mode, request.record_key)
+        run_id: str | None = None  # a workflow run that announced itself, to look up when the stream breaks
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=self.stream_idle_timeout_seconds)
         try:
-            url = self._url(self._endpoint())
-            async with client.post(url, json=self._payload(request), timeout=timeout) as response:
+            url = self._url(endpoint(self.app_mode, counters.workflow_id))
+            body = payload(self.app_mode, request, self.response_mode, self._user(request))
+            async with client.post(url, json=body, timeout=timeout) as response:
                 if response.status != 200:
                     text = await response.text()
                     raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
-                async for event in _sse_events(response):
-                    kind = event.get("event")
-                    if kind == "workflow_started":
-                        run_id = event.get("workflow_run_id")
-                        if journal is not None and run_id:
-                            await journal.run_started(request.record_key, run_id)
-                    elif kind == "node_finished":
-                        price = _node_price((event.get("data") or {}).get("execution_metadata"))
-                        if price is not None:
-                            node_prices.append(price)
-                    elif kind == "workflow_finished":
-                        result = _workflow_result(request.record_key, event.get("data") or {}, event.get("workflow_run_id"))
-                        if node_prices:
-                            result.total_price = sum(price for price, _ in node_prices)
-                            result.currency = next((currency for _, currency in node_prices if currency), None)
+                async for event in sse_events(response.content.iter_any()):
+                    result = stream.feed(event)
+                    if result is not None:
                         return result
-                    elif kind == "message":
-                        answer.append(event.get("answer") or "")
-                    elif kind == "message_end":
-                        usage = (event.get("metadata") or {}).get("usage") or {}
-                        return _completion_result(request.record_key, event.get("message_id") or event.get("id"), "".join(answer), usage)
-                    elif kind == "error":
-                        raise classify_stream_error(event)
-        except (aiohttp.ClientError, asyncio.TimeoutError, DifyCallError) as error:
+                    if self.app_mode == "workflow" and run_id is None and stream.run_id:
+                        run_id = stream.run_id
+                        if journal is not None:
+                            await journal.run_started(request.record_key, run_id)
+        except (TimeoutError, aiohttp.ClientError, DifyCallError) as error:
             broken_stream = not isinstance(error, DifyCallError) or error.code == "malformed_response"
             if not broken_stream:
                 raise
@@ -470,7 +459,8 @@ class DifyResource(dg.ConfigurableResource):
         """The run Dify made for `request`: its result, its failure, or None when none showed up in `patience` s.
 
         Without a run id, the record's runs are listed by its end user (GET /workflows/logs); a run still
-        running is waited for (up to 10 × the request timeout), not sent again.
+        running is waited for (up to 10 × the request timeout), not sent again. In a pinned batch, a run of
+        another version counts as none.
         """
         user = self._user(request)
         now = time.monotonic()
@@ -486,15 +476,17 @@ class DifyResource(dg.ConfigurableResource):
                     if status in ("running", "paused"):
                         deadline = max(deadline, min(run_deadline, time.monotonic() + 2 * delay))
                     elif status is not None:
+                        if counters.workflow_id and detail.get("workflow_id") not in (None, counters.workflow_id):
+                            return None  # run by another version than the day's: the pinned one is asked instead
                         try:
-                            return _workflow_result(request.record_key, detail, run_id)
+                            return workflow_result(request.record_key, detail, run_id)
                         except DifyCallError as failed:
                             return failed
                     else:
                         run_id = None  # Dify answers an unknown run id with a 200 of nulls
                 elif failure is not None:
                     return failure
-            except (DifyCallError, aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, DifyCallError, aiohttp.ClientError):
                 pass  # the lookup failed this time; try again until the deadline
             if time.monotonic() > deadline or counters.stop.is_set():
                 return None
@@ -523,7 +515,7 @@ class DifyResource(dg.ConfigurableResource):
             text = await response.text()
             if response.status != 200:
                 raise classify_http_error(response.status, text, response.headers.get("Retry-After"))
-        return _json_or_error(text)
+        return json_or_error(text)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
@@ -546,83 +538,3 @@ def _run(coroutine):
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(coroutine)
-
-
-def _json_or_error(text: str) -> dict:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        raise DifyCallError("malformed_response", f"response is not JSON: {text[:80]!r}", True) from None
-    if not isinstance(body, dict):
-        raise DifyCallError("malformed_response", "response JSON is not an object", True)
-    return body
-
-
-def _workflow_result(record_key: str, data: dict, run_id: str | None) -> DifyResult:
-    status = data.get("status")
-    if status != "succeeded":
-        raise classify_failed_run(data.get("error"), status or "unknown")
-    outputs = data.get("outputs")
-    if isinstance(outputs, str):  # the run-detail endpoint may hand outputs back as JSON text
-        try:
-            outputs = json.loads(outputs)
-        except ValueError:
-            pass
-    return DifyResult(
-        record_key=record_key, succeeded=True, attempts=0, outputs=outputs,
-        run_id=run_id or data.get("id"), workflow_id=data.get("workflow_id"),
-        total_tokens=_int_or_none(data.get("total_tokens")),
-    )
-
-
-def _node_price(metadata: dict | None) -> tuple[float, str | None] | None:
-    """A node's price from its node_finished execution_metadata (LLM nodes carry total_price and currency)."""
-    price = (metadata or {}).get("total_price")
-    if price in (None, ""):
-        return None
-    try:
-        return float(price), metadata.get("currency")
-    except (TypeError, ValueError):
-        return None
-
-
-def _completion_result(record_key: str, message_id: str | None, answer: str | None, usage: dict) -> DifyResult:
-    price = usage.get("total_price")
-    return DifyResult(
-        record_key=record_key, succeeded=True, attempts=0, outputs=answer, run_id=message_id,
-        total_tokens=_int_or_none(usage.get("total_tokens")),
-        total_price=float(price) if price not in (None, "") else None, currency=usage.get("currency"),
-    )
-
-
-def _int_or_none(value) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-async def _sse_events(response: aiohttp.ClientResponse):
-    """Dify's SSE: `data: {json}` frames separated by blank lines; bare `event: ping` keep-alives.
-
-    Lines are split by hand: aiohttp's readline refuses lines over 64 KiB, and an event can be larger.
-    """
-    buffer = b""
-    data_lines: list[str] = []
-    async for chunk in response.content.iter_any():
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for raw in lines:
-            line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
-            if line.startswith("data:"):
-                data_lines.append(line[5:].lstrip())
-            elif line == "" and data_lines:
-                payload = "\n".join(data_lines)
-                data_lines = []
-                try:
-                    event = json.loads(payload)
-                except ValueError:
-                    raise DifyCallError("malformed_response", f"stream event is not JSON: {payload[:80]!r}", True) from None
-                if isinstance(event, dict) and event.get("event") != "ping":
-                    yield event
-            # `event: ping` lines and comments carry nothing for us

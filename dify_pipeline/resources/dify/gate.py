@@ -11,7 +11,6 @@ import collections
 import time
 from collections.abc import Awaitable, Callable
 
-
 MAX_PATIENCE = 64
 # The server counts arrivals, not our starts: network delays that vary by up to this much cannot squeeze more
 # than the limit into its 60 s (it costs 1/61 of the rate).

@@ -7,8 +7,8 @@ import math
 import re
 from collections import Counter, deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from datetime import datetime, timezone
 
 
 @dataclass
@@ -36,7 +36,7 @@ class DifyCallError(Exception):
 
 
 # Dify codes that no retry can fix, and that no other record can get past either.
-_FATAL_CODES = {"unauthorized", "app_unavailable", "not_workflow_app", "not_completion_app",
+_FATAL_CODES = {"unauthorized", "app_unavailable", "not_workflow_app", "not_completion_app", "not_chat_app",
                 "provider_quota_exceeded", "provider_not_initialize", "model_currently_not_support", "forbidden"}
 # A failed run was executed inside Dify (and charged), so its error text decides whether paying again can help.
 # Throttling at the model provider passes: the full retry budget. A timeout or a dropped connection at the
@@ -49,6 +49,9 @@ _MAYBE_PASSING = re.compile(
     re.IGNORECASE,
 )
 FAILED_RUN_ATTEMPTS = 2
+FAILED_CHATFLOW_PREFIX = "Run failed: "  # Dify's ValueError for a chatflow run that failed
+# POST /workflows/{workflow_id}/run refusing the id: unknown (404), not a UUID or a draft (400 bad_request).
+_VERSION_REFUSALS = ("Workflow not found with id:", "Invalid workflow_id format:", "Cannot use draft workflow version.")
 MAX_RETRY_AFTER_SECONDS = 3600.0  # a server asking for longer is broken; we would rather fail the record
 
 
@@ -68,8 +71,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return min(max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds()), MAX_RETRY_AFTER_SECONDS)
+        when = when.replace(tzinfo=UTC)
+    return min(max(0.0, (when - (now or datetime.now(UTC))).total_seconds()), MAX_RETRY_AFTER_SECONDS)
 
 
 def classify_http_error(status: int, body: str, retry_after_header: str | None = None) -> DifyCallError:
@@ -82,6 +85,17 @@ def classify_http_error(status: int, body: str, retry_after_header: str | None =
     if status == 400 and code == "invalid_param" and message.startswith("Too many requests"):
         # Dify's per-app active-request limit comes back this way, never as the documented 429.
         return DifyCallError("too_many_requests", message, True, True, http_status=status, retry_after=retry_after)
+    if status == 400 and code == "invalid_param" and message.startswith(FAILED_CHATFLOW_PREFIX):
+        # A chatflow whose run failed answers a blocking call this way: it ran, and is judged as a failed run.
+        failed = classify_failed_run(message.removeprefix(FAILED_CHATFLOW_PREFIX))
+        failed.http_status = status
+        return failed
+    if status in (400, 404) and message.startswith(_VERSION_REFUSALS):
+        return DifyCallError(
+            "workflow_version_unavailable",
+            message + " — the day is pinned to this version of the app; it is not (or no longer) a published "
+            "version of the app behind DIFY_API_KEY",
+            False, fatal=True, http_status=status)
     if status >= 500 or status in (408, 425):
         label = code or ("gateway_error" if status in (502, 503, 504) and not code else "server_error")
         return DifyCallError(label, message or f"HTTP {status} from the server or a gateway", True,
@@ -96,7 +110,8 @@ def classify_http_error(status: int, body: str, retry_after_header: str | None =
             False, fatal=True, http_status=status,
         )
     if status == 404:
-        return DifyCallError(code or "not_found", (message or "HTTP 404") + " — check DIFY_BASE_URL (it usually ends in /v1)",
+        return DifyCallError(code or "not_found",
+                             (message or "HTTP 404") + " — check DIFY_BASE_URL (it usually ends in /v1)",
                              False, fatal=True, http_status=status)
     code = code or f"http_{status}"
     return DifyCallError(code, message or f"HTTP {status}", False, fatal=code in _FATAL_CODES, http_status=status)

@@ -1,0 +1,68 @@
+"""The published workflow version each day is pinned to, so a republish mid-day or mid-backfill never mixes versions.
+
+A day is pinned to the version that answered its first record; every later request of that day runs that
+version by its id (POST /workflows/{workflow_id}/run). The first pin wins: two runs of one day that race
+both read back the same version. It lives in the result cache's database, in its own table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import sqlalchemy as sa
+
+from dify_pipeline.resources.result_cache import cache_database_engine
+
+_metadata = sa.MetaData()
+DAY_VERSIONS = sa.Table(
+    "dify_day_versions",
+    _metadata,
+    sa.Column("enrichment", sa.String(64), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("app_identity", sa.String(64), primary_key=True),  # DifyResource.app_identity(): never the key
+    sa.Column("workflow_id", sa.String(64), nullable=False),
+    sa.Column("pinned_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+class DayVersions:
+    """`pin` a day's version once, read it back with `pinned`; `unpin` to let the next run choose again."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> DayVersions:
+        engine = cache_database_engine(url)
+        _metadata.create_all(engine, checkfirst=True)
+        return cls(engine)
+
+    def pinned(self, enrichment: str, day: date, app_identity: str) -> str | None:
+        """The workflow_id the day is pinned to, or None when nothing answered it yet."""
+        with self._engine.connect() as connection:
+            return connection.execute(sa.select(DAY_VERSIONS.c.workflow_id).where(
+                DAY_VERSIONS.c.enrichment == enrichment, DAY_VERSIONS.c.day == day,
+                DAY_VERSIONS.c.app_identity == app_identity)).scalar()
+
+    def pin(self, enrichment: str, day: date, app_identity: str, workflow_id: str) -> str:
+        """Pin the day to `workflow_id` unless it is pinned already; returns the version it is pinned to."""
+        row = {"enrichment": enrichment, "day": day, "app_identity": app_identity, "workflow_id": workflow_id,
+               "pinned_at": datetime.now(UTC)}
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(sa.insert(DAY_VERSIONS), row)
+        except sa.exc.IntegrityError:  # another run pinned it first: its version wins
+            pass
+        winner = self.pinned(enrichment, day, app_identity)
+        assert winner is not None  # the row exists: ours, or the one that beat ours
+        return winner
+
+    def unpin(self, enrichment: str, day: date, app_identity: str) -> None:
+        """Forget the day's version (e.g. to re-enrich a day with the version published now)."""
+        with self._engine.begin() as connection:
+            connection.execute(sa.delete(DAY_VERSIONS).where(
+                DAY_VERSIONS.c.enrichment == enrichment, DAY_VERSIONS.c.day == day,
+                DAY_VERSIONS.c.app_identity == app_identity))
+
+    def close(self) -> None:
+        self._engine.dispose()

@@ -1,0 +1,105 @@
+"""The day's pinned app version: first writer wins, per enrichment, day and app; and which cached answers count."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import date
+
+import pytest
+import sqlalchemy as sa
+
+from dify_pipeline.resources.day_versions import DayVersions
+from dify_pipeline.resources.dify import AnswerDecision, decide_cached_answer
+
+DAY = date(2026, 3, 1)
+APP = "workflow:0123456789abcdef"
+
+
+@pytest.fixture
+def versions(tmp_path):
+    store = DayVersions.open(f"sqlite:///{tmp_path / 'cache.sqlite'}")
+    yield store
+    store.close()
+
+
+def test_nothing_is_pinned_until_a_day_is_pinned(versions):
+    assert versions.pinned("tickets", DAY, APP) is None
+    assert versions.pin("tickets", DAY, APP, "v1") == "v1"
+    assert versions.pinned("tickets", DAY, APP) == "v1"
+
+
+def test_the_first_pin_wins_and_a_later_one_reads_it_back(versions):
+    versions.pin("tickets", DAY, APP, "v1")
+    assert versions.pin("tickets", DAY, APP, "v2") == "v1"
+    assert versions.pinned("tickets", DAY, APP) == "v1"
+
+
+def test_pins_are_per_enrichment_day_and_app(versions):
+    versions.pin("tickets", DAY, APP, "v1")
+    versions.pin("reviews", DAY, APP, "r1")
+    versions.pin("tickets", date(2026, 3, 2), APP, "v2")
+    versions.pin("tickets", DAY, "workflow:fedcba9876543210", "w1")
+    assert versions.pinned("tickets", DAY, APP) == "v1" and versions.pinned("reviews", DAY, APP) == "r1"
+    assert versions.pinned("tickets", date(2026, 3, 2), APP) == "v2"
+
+
+def test_unpin_lets_the_next_run_choose_again(versions):
+    versions.pin("tickets", DAY, APP, "v1")
+    versions.unpin("tickets", DAY, APP)
+    assert versions.pinned("tickets", DAY, APP) is None
+    assert versions.pin("tickets", DAY, APP, "v2") == "v2"
+
+
+def test_the_store_survives_reopening(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cache.sqlite'}"
+    DayVersions.open(url).pin("tickets", DAY, APP, "v1")
+    assert DayVersions.open(url).pinned("tickets", DAY, APP) == "v1"
+
+
+@pytest.fixture
+def postgres_url():
+    name = f"versions_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine("postgresql://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"CREATE DATABASE {name}"))
+    except sa.exc.OperationalError:
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def test_racing_pins_on_postgresql_all_read_back_one_version(postgres_url):
+    stores = [DayVersions.open(postgres_url) for _ in range(8)]
+    winners: list[str] = []
+    start = threading.Barrier(len(stores))
+
+    def pin(index: int) -> None:
+        start.wait()
+        winners.append(stores[index].pin("tickets", DAY, APP, f"v{index}"))
+
+    threads = [threading.Thread(target=pin, args=(index,)) for index in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 8 and len(set(winners)) == 1
+    assert stores[0].pinned("tickets", DAY, APP) == winners[0]
+    for store in stores:
+        store.close()
+
+
+@pytest.mark.parametrize(("policy", "pinned", "answered_by", "decision"), [
+    ("reuse", None, "v1", AnswerDecision.USE),  # nothing pinned: every answer counts
+    ("reask", None, "v1", AnswerDecision.USE),
+    ("reask", "v1", "v1", AnswerDecision.USE),  # the pinned version's own answer
+    ("reuse", "v1", "v0", AnswerDecision.USE),  # another version's, reused for free
+    ("reask", "v1", "v0", AnswerDecision.REASK),  # another version's, asked again
+    ("reask", "v1", None, AnswerDecision.REASK),  # of an unknown version: not known to be the pinned one
+    ("reuse", "v1", None, AnswerDecision.USE),
+])
+def test_a_cached_answer_is_used_or_asked_again_as_the_policy_says(policy, pinned, answered_by, decision):
+    assert decide_cached_answer(policy, pinned, answered_by) is decision
