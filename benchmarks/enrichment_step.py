@@ -29,12 +29,12 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from benchmarks._harness import emulator_process, peak_rss_mb, report
-from dify_pipeline.infer.assets import enriched_tickets
+from dify_pipeline.contract import tickets_contract
+from dify_pipeline.factory import steps_of
 from dify_pipeline.resources.dify import DifyResource
 from dify_pipeline.resources.result_cache import ResultCache
 from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import shard_file
 
 KEY = "app-benchmark"
@@ -89,13 +89,12 @@ def run(cache_url: str, records: int, concurrency: int, dify_url: str, es_url: s
         "dify": DifyResource(base_url=dify_url, api_key=KEY, max_concurrency=concurrency),
         "result_cache": ResultCache(url=cache_url, enabled=enabled),
         "stage_storage": stages,
-        "settings": PipelineSettings(),
         "parquet_output": ObjectStorage(url=str(folder / "out")),
         "elasticsearch": SearchCluster(url=es_url, index=f"bench_{uuid.uuid4().hex[:6]}"),
     }
     with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize([enriched_tickets], partition_key=DAY, resources=resources, instance=instance,
-                                raise_on_error=False)
+        result = dg.materialize([steps_of(tickets_contract())["enriched_tickets"]], partition_key=DAY,
+                                resources=resources, instance=instance, raise_on_error=False)
         seconds = step_seconds(instance, result.run_id)
     stats = httpx.get(f"{dify_url.removesuffix('/v1')}/_emulator/stats").json()
     paid = stats["paid_runs"]

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -71,7 +71,7 @@ def enriched_day(rows: int) -> pa.Table:
     """A day as enriched_tickets leaves it: source, clean and enrichment columns, realistic text sizes."""
     rng = np.random.default_rng(1)
     keys = np.arange(rows)
-    start = datetime.fromisoformat(DAY).replace(tzinfo=timezone.utc)
+    start = datetime.fromisoformat(DAY).replace(tzinfo=UTC)
     micros = int(start.timestamp() * 1_000_000) + rng.integers(0, 86_400_000_000, rows)
     pick = lambda pool: pa.array(np.array(pool, dtype=object)[rng.integers(0, len(pool), rows)], pa.string())  # noqa: E731
     source = pa.schema([("id", pa.int64()), ("subject", pa.string()), ("body", pa.string()), ("channel", pa.string()),
@@ -154,14 +154,14 @@ def materialize(asset, resources: dict) -> dict:
 def case_parquet_ours(stage_url: str, s3_url: str, prefix: str) -> dict:
     import s3fs  # noqa: F401 - imported before the clock starts, as the raw case does
 
-    from dify_pipeline.publish.parquet_assets import tickets_parquet
-    from dify_pipeline.settings import PipelineSettings
+    from dify_pipeline.contract import tickets_contract
+    from dify_pipeline.factory import steps_of
     from dify_pipeline.resources.storage import ObjectStorage
 
     stage = ObjectStorage(url=stage_url)
     output = ObjectStorage(url=f"s3://{BUCKET}/{prefix}", s3_endpoint_url=s3_url, s3_region="us-east-1")
     output.filesystem().ls(BUCKET)  # warm-up before the clock; the step makes its own client (as raw does, inside the clock)
-    outcome = materialize(tickets_parquet, {"stage_storage": stage, "parquet_output": output, "settings": PipelineSettings()})
+    outcome = materialize(steps_of(tickets_contract())["tickets_parquet"], {"stage_storage": stage, "parquet_output": output})
     return {"rows": outcome["metadata"]["rows"], "usage": outcome["usage"]}
 
 
@@ -185,14 +185,14 @@ def case_parquet_raw(stage_url: str, s3_url: str, prefix: str) -> dict:
 
 
 def case_elasticsearch_ours(stage_url: str, es_url: str, index: str) -> dict:
-    from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
+    from dify_pipeline.contract import tickets_contract
+    from dify_pipeline.factory import steps_of
     from dify_pipeline.resources.search import SearchCluster
     from dify_pipeline.resources.storage import ObjectStorage
-    from dify_pipeline.settings import PipelineSettings
 
     es = SearchCluster(url=es_url, index=index, parallel_requests=PARALLEL_REQUESTS, chunk_size=CHUNK_SIZE)
-    outcome = materialize(tickets_elasticsearch, {"elasticsearch": es, "stage_storage": ObjectStorage(url=stage_url),
-                                                  "settings": PipelineSettings()})
+    outcome = materialize(steps_of(tickets_contract())["tickets_elasticsearch"],
+                          {"elasticsearch": es, "stage_storage": ObjectStorage(url=stage_url)})
     assert outcome["metadata"]["rejected"] == 0
     return {"rows": outcome["metadata"]["documents_for_day"], "usage": outcome["usage"],
             "bulk_seconds": outcome["metadata"]["seconds"]}

@@ -258,4 +258,4 @@ TICKET_OUTPUTS: dict[str, OutputField] = {
 
 def tickets_contract(**changes) -> EnrichmentContract:
     """The support-ticket enrichment (the default code location), with `changes` to its top-level fields."""
-    return EnrichmentContract(name="tickets", outputs=TICKET_OUTPUTS, **changes)
+    return EnrichmentContract(**{"name": "tickets", "outputs": TICKET_OUTPUTS, **changes})

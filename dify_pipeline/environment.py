@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,9 +24,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from dify_pipeline.resources.source_query import validate_identifier
 from dify_pipeline.resources.dify import DifyResource
 from dify_pipeline.resources.search import SearchCluster
+from dify_pipeline.resources.source_query import validate_identifier
 from dify_pipeline.resources.storage import ObjectStorage, storage_url
 
 
@@ -252,6 +252,47 @@ def read_environment(environ: Mapping[str, str] | None = None, *, require: bool 
     if problems:
         raise ConfigurationError(problems)
     return environment
+
+
+# What a contract's own variables hold: (contract field, rule, a good value).
+_CONTRACT_VARIABLES = {
+    "source.url_env": (_database_url, "mysql+pymysql://etl_reader:change-me@db.internal:3306/reviews", True),
+    "app.base_url_env": (_dify_api_url, "https://api.dify.ai/v1", False),
+    "app.api_key_env": (_one_word, "app-xxxxxxxxxxxxxxxx", True),
+}
+
+
+def check_contract_variables(contracts: Iterable[Any], environ: Mapping[str, str] | None = None) -> None:
+    """The variables each enrichment contract names (source URL, Dify URL and key) are set and well-formed.
+
+    Those the package reads itself (SOURCE_DATABASE_URL, DIFY_BASE_URL, DIFY_API_KEY) are read_environment's; the
+    others are checked here, at load time, before anything runs. Raises ConfigurationError naming each variable
+    and the contract field that names it; secret values are never shown.
+    """
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    seen: set[str] = set()
+    for contract in contracts:
+        for field, (rule, example, secret) in _CONTRACT_VARIABLES.items():
+            section, attribute = field.split(".")
+            name = getattr(getattr(contract, section), attribute)
+            if name in FIELDS_BY_VARIABLE or name in seen:
+                continue
+            seen.add(name)
+            value = environ.get(name, "")
+            where = f"(enrichment {contract.name!r}, {field})"
+            if value == "":
+                problems.append(f"{name} is not set {where}: e.g. {name}={example}")
+                continue
+            try:
+                if value != value.strip():
+                    raise ValueError("starts or ends with whitespace")
+                rule(value)
+            except ValueError as error:
+                shown = "(secret, not shown)" if secret else repr(value)
+                problems.append(f"{name}={shown} {where}: {error}; e.g. {name}={example}")
+    if problems:
+        raise ConfigurationError(problems)
 
 
 def _missing(environment: PipelineEnvironment | None, present: Mapping[str, str]) -> list[str]:

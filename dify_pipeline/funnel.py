@@ -5,18 +5,18 @@ Read from what each step recorded for the day (its latest materialization), so i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
-# (label, asset, metadata entry, what the figure counts)
+# (label, step, metadata entry, what the figure counts); an enrichment's asset is `<step>_<name>`
 FUNNEL_STEPS = [
-    ("raw", "raw_tickets", "rows", "rows of the day exported from the source"),
-    ("clean", "clean_tickets", "rows", "one per record key, masked: the records the day holds"),
-    ("quarantined", "clean_tickets", "quarantined", "rows without a key, a timestamp or any text"),
-    ("duplicates removed", "clean_tickets", "duplicates_removed", "older versions of a record key"),
-    ("sent", "enriched_tickets", "requests_sent", "distinct inputs this run paid for (others: cache, duplicates)"),
-    ("answered", "enriched_tickets", "succeeded", "records with an answer, from this run or the cache"),
+    ("raw", "raw", "rows", "rows of the day exported from the source"),
+    ("clean", "clean", "rows", "one per record key, masked: the records the day holds"),
+    ("quarantined", "clean", "quarantined", "rows without a key, a timestamp or any text"),
+    ("duplicates removed", "clean", "duplicates_removed", "older versions of a record key"),
+    ("sent", "enriched", "requests_sent", "distinct inputs this run paid for (others: cache, duplicates)"),
+    ("answered", "enriched", "succeeded", "records with an answer, from this run or the cache"),
 ]
 FUNNEL_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("step", "string"), dg.TableColumn("records", "int"),
@@ -25,13 +25,15 @@ FUNNEL_SCHEMA = dg.TableSchema(columns=[
 ])
 
 
-def funnel_table(recorded: Mapping[str, Mapping[str, int]], published: int) -> dg.TableMetadataValue:
-    """The funnel as a metadata table, from `recorded` (asset → its metadata for the day) and the rows published.
+def funnel_table(recorded: Mapping[str, Mapping[str, int]], published: int, name: str = "tickets"
+                 ) -> dg.TableMetadataValue:
+    """The funnel of enrichment `name` as a metadata table, from `recorded` (asset name → its metadata for the
+    day) and the rows published.
 
     A figure a step did not record (the step never ran for the day) is -1, so the table keeps its shape.
     """
-    counts = [(label, int(recorded.get(asset, {}).get(entry, -1)), meaning)
-              for label, asset, entry, meaning in FUNNEL_STEPS]
+    counts = [(label, int(recorded.get(f"{step}_{name}", {}).get(entry, -1)), meaning)
+              for label, step, entry, meaning in FUNNEL_STEPS]
     counts.append(("published", int(published), "rows in the day's output"))
     raw = counts[0][1]
     return dg.MetadataValue.table(
@@ -42,12 +44,14 @@ def funnel_table(recorded: Mapping[str, Mapping[str, int]], published: int) -> d
     )
 
 
-def recorded_counts(instance: dg.DagsterInstance, day: str) -> dict[str, dict[str, int]]:
-    """asset → the integer entries of its latest materialization of `day`, for the assets the funnel reads."""
+def recorded_counts(instance: dg.DagsterInstance, day: str, name: str = "tickets",
+                    key_prefix: Sequence[str] = ()) -> dict[str, dict[str, int]]:
+    """asset name → the integer entries of its latest materialization of `day`, for the assets the funnel reads
+    (enrichment `name`, its asset keys under `key_prefix`)."""
     found: dict[str, dict[str, int]] = {}
-    for asset in dict.fromkeys(asset for _, asset, _, _ in FUNNEL_STEPS):
+    for asset in dict.fromkeys(f"{step}_{name}" for _, step, _, _ in FUNNEL_STEPS):
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[day]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey([*key_prefix, asset]), asset_partitions=[day]), limit=1).records
         if records:
             metadata = records[0].asset_materialization.metadata
             found[asset] = {name: value.value for name, value in metadata.items()

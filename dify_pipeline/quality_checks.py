@@ -6,39 +6,50 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dify_pipeline.partitions import daily_partitions
+from dify_pipeline.chain import Chain
+from dify_pipeline.infer.stats import labels_outside
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import RECORD_KEY
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_file, day_folder
 
 
-@dg.multi_asset_check(
-    specs=[
-        dg.AssetCheckSpec("enriched_reconciles_with_clean", asset="enriched_tickets", partitions_def=daily_partitions,
-                          additional_deps=["clean_tickets"], blocking=True,
-                          description="One enriched row per clean record: none lost, none added."),
-        dg.AssetCheckSpec("unique_record_keys", asset="enriched_tickets", blocking=True,
-                          partitions_def=daily_partitions, description="No record key appears twice in the day."),
-        dg.AssetCheckSpec("categories_allowed", asset="enriched_tickets", blocking=True,
-                          partitions_def=daily_partitions, description="Every category is one of settings.categories."),
-    ],
-)
-def enriched_day_checks(context: dg.AssetCheckExecutionContext, stage_storage: ObjectStorage, settings: PipelineSettings):
-    """Read back what enriched_tickets wrote (keys and categories only) and compare it with the clean day."""
-    day = context.partition_key
-    shards = stage_storage.list_files(day_folder(stage_storage, "enriched_tickets", day))
-    tables = [stage_storage.read_parquet(path, columns=[RECORD_KEY, "category"]) for path in shards]
-    clean_rows = stage_storage.parquet_metadata(day_file(stage_storage, "clean_tickets", day)).num_rows
-    keys = pa.chunked_array([table.column(RECORD_KEY) for table in tables], pa.string())
-    duplicates = len(keys) - len(pc.unique(keys))
-    allowed = set(settings.categories)
-    outside = Counter(c for table in tables for c in table.column("category").to_pylist() if c is not None and c not in allowed)
+def build_enriched_day_checks(chain: Chain) -> dg.AssetChecksDefinition:
+    """The blocking checks of `enriched_<name>`: reconciled with the clean day, unique keys, allowed labels."""
+    enriched = chain.key(chain.enriched)
+    allowed = chain.contract.label_values()
 
-    yield dg.AssetCheckResult(check_name="enriched_reconciles_with_clean", passed=len(keys) == clean_rows,
-                              metadata={"enriched_rows": len(keys), "clean_rows": clean_rows})
-    yield dg.AssetCheckResult(check_name="unique_record_keys", passed=duplicates == 0,
-                              metadata={"duplicate_keys": duplicates})
-    yield dg.AssetCheckResult(check_name="categories_allowed", passed=not outside,
-                              metadata={"rows_outside": sum(outside.values()),
-                                        "categories_outside": dg.MetadataValue.json(dict(outside.most_common(20)))})
+    @dg.multi_asset_check(
+        name=chain.op_name(f"{chain.enriched}_day_checks"),
+        specs=[
+            dg.AssetCheckSpec("enriched_reconciles_with_clean", asset=enriched, partitions_def=chain.partitions,
+                              additional_deps=[chain.key(chain.clean)], blocking=True,
+                              description="One enriched row per clean record: none lost, none added."),
+            dg.AssetCheckSpec("unique_record_keys", asset=enriched, blocking=True,
+                              partitions_def=chain.partitions, description="No record key appears twice in the day."),
+            dg.AssetCheckSpec("categories_allowed", asset=enriched, blocking=True, partitions_def=chain.partitions,
+                              description="Every label output's value is one of those the contract allows."),
+        ],
+    )
+    def enriched_day_checks(context: dg.AssetCheckExecutionContext, stage_storage: ObjectStorage):
+        """Read back what the enriched step wrote (keys and labels only) and compare it with the clean day."""
+        day = context.partition_key
+        shards = stage_storage.list_files(day_folder(stage_storage, chain.enriched, day))
+        tables = [stage_storage.read_parquet(path, columns=[RECORD_KEY, *allowed]) for path in shards]
+        clean_rows = stage_storage.parquet_metadata(day_file(stage_storage, chain.clean, day)).num_rows
+        keys = pa.chunked_array([table.column(RECORD_KEY) for table in tables], pa.string())
+        duplicates = len(keys) - len(pc.unique(keys))
+        per_table = [labels_outside(table, allowed) for table in tables]
+        outside = {name: sum((found[name] for found in per_table), Counter()) for name in allowed}
+        rows_outside = sum(sum(counts.values()) for counts in outside.values())
+
+        yield dg.AssetCheckResult(check_name="enriched_reconciles_with_clean", passed=len(keys) == clean_rows,
+                                  metadata={"enriched_rows": len(keys), "clean_rows": clean_rows})
+        yield dg.AssetCheckResult(check_name="unique_record_keys", passed=duplicates == 0,
+                                  metadata={"duplicate_keys": duplicates})
+        yield dg.AssetCheckResult(check_name="categories_allowed", passed=rows_outside == 0, metadata={
+            "rows_outside": rows_outside,
+            "labels_outside": dg.MetadataValue.json({name: dict(counts.most_common(20))
+                                                     for name, counts in outside.items()}),
+        })
+
+    return enriched_day_checks

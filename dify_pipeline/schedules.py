@@ -1,23 +1,24 @@
-"""The nightly run: the job over the whole flow, and its schedule for the day that just ended."""
+"""The nightly run of an enrichment: the job over its whole flow, and its schedule for the day that just ended."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from dify_pipeline.checks import FRESHNESS_CHECK_KEYS
-from dify_pipeline.environment import read_environment
+from dify_pipeline.chain import Chain
+from dify_pipeline.checks import freshness_check_keys
 
-# The day's assets and their checks; not the freshness checks, which judge the deployment now, not one day, and
-# run from their sensor (checks.build_freshness_checks).
-daily_enrichment_job = dg.define_asset_job(
-    "daily_enrichment", selection=dg.AssetSelection.groups("tickets") - dg.AssetSelection.checks(*FRESHNESS_CHECK_KEYS))
 
-# At SCHEDULE_HOUR:SCHEDULE_MINUTE in the partitions' zone (PIPELINE_TIMEZONE), for the last complete day there.
-# Stopped until turned on in the UI, so a deploy never spends money by surprise.
-_environment = read_environment(require=False)
-daily_schedule = dg.build_schedule_from_partitioned_job(
-    daily_enrichment_job,
-    hour_of_day=_environment.schedule_hour,
-    minute_of_hour=_environment.schedule_minute,
-    name="daily_enrichment_schedule",
-)
+def build_daily_job(chain: Chain) -> dg.UnresolvedAssetJobDefinition:
+    """The day's assets of the enrichment's group and their checks; not the freshness checks, which judge the
+    deployment now, not one day, and run from their sensor (checks.build_freshness_checks)."""
+    return dg.define_asset_job(
+        chain.job_name,
+        selection=dg.AssetSelection.groups(chain.group) - dg.AssetSelection.checks(*freshness_check_keys(chain)),
+    )
+
+
+def build_daily_schedule(job: dg.UnresolvedAssetJobDefinition, chain: Chain, hour: int, minute: int):
+    """At `hour`:`minute` (SCHEDULE_HOUR, SCHEDULE_MINUTE) in the partitions' zone, for the last complete day there.
+    Stopped until turned on in the UI, so a deploy never spends money by surprise."""
+    return dg.build_schedule_from_partitioned_job(job, hour_of_day=hour, minute_of_hour=minute,
+                                                  name=chain.schedule_name)

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 import dagster as dg
 import pyarrow as pa
 
+from dify_pipeline.chain import Chain
 from dify_pipeline.clean.pii import PiiMasker
+from dify_pipeline.contract import EnrichmentContract
 from dify_pipeline.infer.app_form import InputMappingError, check_input_mapping, input_variables
 from dify_pipeline.infer.enrichment import (
     Outcome,
@@ -29,7 +31,6 @@ from dify_pipeline.infer.stats import (
     latency_percentiles,
     row_costs,
 )
-from dify_pipeline.partitions import daily_partitions
 from dify_pipeline.publish.preflight import check_sinks_before_paying
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource, DifyResult
 from dify_pipeline.resources.result_cache import CachedResult, CacheWriteError, ResultCache, ResultCacheSession
@@ -37,40 +38,55 @@ from dify_pipeline.resources.run_journal import RunJournal
 from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import enrichment_fields, with_fields
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_folder, shard_file
 
 BLOCKED_TAG = "dify_pipeline/blocked_by"  # on a run whose day a check stopped: the check's name
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    group_name="tickets",
-    deps=["ticket_shards"],
-    kinds={"dify", "parquet"},
-    pool="dify",  # one step at a time across all runs holds the Dify budget (dagster.yaml: concurrency.pools)
-    output_required=False,  # a blocked day is materialized without its output, so the publishing steps are skipped
-    check_specs=[
-        dg.AssetCheckSpec(
-            # Blocks the day by skipping the publishing steps rather than failing the run (blocking=True would),
-            # so the checks that never run show as skipped, not failed: see the README's "A blocked day".
-            "failure_rate_below_threshold", asset="enriched_tickets", partitions_def=daily_partitions,
-            description="Records Dify could not enrich stay under settings.max_failure_rate. A worse day is not "
-                        "published: enriched_tickets then withholds its output and the publishing steps are skipped "
-                        "(the UI calls the check non-blocking because it does not fail the run).",
-        ),
-        dg.AssetCheckSpec(
-            "single_app_version", asset="enriched_tickets", partitions_def=daily_partitions,
-            description="All answers of the day come from one published version of the app (one workflow_id).",
-        ),
-    ],
-)
-def enriched_tickets(
+def build_enriched_asset(chain: Chain) -> dg.AssetsDefinition:
+    """`enriched_<name>`: every clean record with the app's answer, in the pool of the contract's app."""
+    key = chain.key(chain.enriched)
+
+    @dg.asset(
+        key=key,
+        partitions_def=chain.partitions,
+        group_name=chain.group,
+        deps=[chain.key(chain.shards)],
+        kinds={"dify", "parquet"},
+        pool=chain.dify_pool,  # one step at a time across all runs holds the app's budget (dagster.yaml: pools)
+        output_required=False,  # a blocked day is materialized without its output, so the publishing steps are skipped
+        required_resource_keys={chain.dify_resource, "result_cache", "stage_storage", "parquet_output",
+                                "elasticsearch"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                # Blocks the day by skipping the publishing steps rather than failing the run (blocking=True would),
+                # so the checks that never run show as skipped, not failed: see the README's "A blocked day".
+                "failure_rate_below_threshold", asset=key, partitions_def=chain.partitions,
+                description="Records Dify could not enrich stay under the contract's max_failure_rate. A worse day "
+                            "is not published: the step then withholds its output and the publishing steps are "
+                            "skipped (the UI calls the check non-blocking because it does not fail the run).",
+            ),
+            dg.AssetCheckSpec(
+                "single_app_version", asset=key, partitions_def=chain.partitions,
+                description="All answers of the day come from one published version of the app (one workflow_id).",
+            ),
+        ],
+    )
+    def enriched_asset(context: dg.AssetExecutionContext):
+        resources = context.resources
+        search = chain.search(resources.elasticsearch)
+        yield from _enrich_day(context, chain, getattr(resources, chain.dify_resource), resources.result_cache,
+                               resources.stage_storage, resources.parquet_output, search)
+
+    return enriched_asset
+
+
+def _enrich_day(
     context: dg.AssetExecutionContext,
+    chain: Chain,
     dify: DifyResource,
     result_cache: ResultCache,
     stage_storage: ObjectStorage,
-    settings: PipelineSettings,
     parquet_output: ObjectStorage,
     elasticsearch: SearchCluster,
 ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization | dg.AssetCheckResult]:
@@ -81,26 +97,28 @@ def enriched_tickets(
     and a contract failure is judged again for free. Runs that failed in Dify are retried by the next
     materialization of the day. A day over the failure-rate threshold fails the step with its failure samples.
     """
+    contract = chain.contract
+    mapping = contract.app.inputs
+    outputs = contract.outputs
     try:
         variables = input_variables(dify.fetch_parameters())
-        check_input_mapping(variables, settings.input_mapping)  # before any paid call
+        check_input_mapping(variables, mapping)  # before any paid call
     except (DifyFatalError, InputMappingError) as error:
         raise dg.Failure(description=str(error)) from None  # the message, not a stack trace, in the UI
-    check_sinks_before_paying(parquet_output, elasticsearch, settings)
+    check_sinks_before_paying(parquet_output, elasticsearch, contract)
     app_identity = dify.app_identity()
     # Which app and prompt version answered the day, on the run itself (non-secret: a digest, never the key).
     context.instance.add_run_tags(context.run.run_id, {
-        "dify/app": app_identity, "dify/app_mode": dify.app_mode, "dify/cache_version": settings.cache_version,
+        "dify/app": app_identity, "dify/app_mode": dify.app_mode, "dify/cache_version": contract.cache_version,
     })
 
-    shard_paths = stage_storage.list_files(day_folder(stage_storage, "ticket_shards", context.partition_key))
-    needed = ["record_key", *sorted(set(settings.input_mapping.values()))]
+    shard_paths = stage_storage.list_files(day_folder(stage_storage, chain.shards, context.partition_key))
+    needed = ["record_key", *sorted(set(mapping.values()))]
 
     def plan_shard(shard: pa.Table) -> list[RecordPlan]:
-        return plan_records(shard.select(needed).to_pylist(), settings.input_mapping, variables, app_identity,
-                            settings.cache_version)
+        return plan_records(shard.select(needed).to_pylist(), mapping, variables, app_identity,
+                            contract.cache_version)
 
-    outputs = settings.outputs()
     cache = result_cache.open()
     journal = RunJournal.open(result_cache.url) if result_cache.enabled else None
     answered: set[str] = set()
@@ -135,7 +153,7 @@ def enriched_tickets(
         def on_result(result: DifyResult) -> None:
             outcome = _from_call(result, outputs)
             if result.succeeded:  # what Dify answered, kept whatever the contract says: judged when rows are built
-                cache.store(result.record_key, app_identity, settings.cache_version, _cacheable(outcome))
+                cache.store(result.record_key, app_identity, contract.cache_version, _cacheable(outcome))
             if not result.succeeded or not cache.enabled:
                 uncached[result.record_key] = outcome
             answered.add(result.record_key)
@@ -156,10 +174,10 @@ def enriched_tickets(
         del pending
 
         # Second pass, one shard at a time: every answer judged against today's contract, the rows written.
-        token_prices = _token_prices(settings)
-        figures = DayFigures(mask=_masker(settings), estimate_currency=settings.price_currency,
-                             label_outputs=tuple(name for name, f in outputs.items() if f.type == "label"))
-        output_folder = day_folder(stage_storage, "enriched_tickets", context.partition_key)
+        token_prices = _token_prices(contract)
+        figures = DayFigures(mask=_masker(contract), estimate_currency=contract.price_currency,
+                             label_outputs=tuple(contract.label_values()))
+        output_folder = day_folder(stage_storage, chain.enriched, context.partition_key)
         written = []
         seen = set()
         for index, path in enumerate(shard_paths):
@@ -168,7 +186,8 @@ def enriched_tickets(
             outcomes = _judge(plans, cache, uncached, pending_keys, outputs)
             sources, first_in_day = answer_sources(plans, outcomes, seen)
             paying = {plan.record_key for plan, source in zip(plans, sources) if source == SENT}
-            enrichment = enrichment_columns(plans, outcomes, paying, app_identity, settings.cache_version, fields=outputs)
+            enrichment = enrichment_columns(plans, outcomes, paying, app_identity, contract.cache_version,
+                                            fields=outputs)
             per_row = [outcomes[plan.cache_key] for plan in plans]
             cost, estimated = row_costs(
                 enrichment.column("total_price"), pa.array([o.prompt_tokens for o in per_row], pa.int64()),
@@ -178,7 +197,7 @@ def enriched_tickets(
             figures.add_shard(enrichment, shard.column("record_key"), pa.array(sources, pa.string()),
                               pa.array(first_in_day, pa.bool_()), cost, estimated)
             table = _join(shard, enrichment, outputs)
-            path = shard_file(stage_storage, "enriched_tickets", context.partition_key, index)
+            path = shard_file(stage_storage, chain.enriched, context.partition_key, index)
             stage_storage.write_parquet(path, table.schema, [table])
             written.append(path)
         stage_storage.remove(p for p in stage_storage.list_files(output_folder) if p not in written)
@@ -197,18 +216,18 @@ def enriched_tickets(
     if workflow_ids:  # the published app versions (workflow_id) whose answers the day holds
         context.instance.add_run_tags(context.run.run_id, {"dify/workflow_ids": ",".join(workflow_ids)})
     failure_rate = figures.failure_rate
-    blocked = failure_rate > settings.max_failure_rate
+    blocked = failure_rate > contract.max_failure_rate
     # The rate, the top codes with an example and record keys each, and what to do: in the check and the run's log.
-    message = blocked_day_message(figures, settings.max_failure_rate, context.partition_key) if blocked else None
+    message = blocked_day_message(figures, contract.max_failure_rate, context.partition_key) if blocked else None
     check_results = [dg.AssetCheckResult(
         check_name="failure_rate_below_threshold", passed=not blocked, description=message,
-        metadata={"failure_rate": failure_rate, "threshold": settings.max_failure_rate,
+        metadata={"failure_rate": failure_rate, "threshold": contract.max_failure_rate,
                   "failures_by_code": metadata["failures_by_code"], "failure_samples": metadata["failure_samples"]},
     ), dg.AssetCheckResult(
         check_name="single_app_version", passed=len(workflow_ids) <= 1,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"dify_workflow_ids": dg.MetadataValue.json(workflow_ids),
-                  "hint": "answers from several app versions: bump settings.cache_version and re-run the day "
+                  "hint": "answers from several app versions: bump contract.cache_version and re-run the day "
                           "to answer it all with the current version"},
     )]
     if not blocked:
@@ -224,7 +243,8 @@ def enriched_tickets(
 def _judge(plans: list[RecordPlan], cache: ResultCacheSession, uncached: dict[str, Outcome], sent_keys: set[str],
            outputs) -> dict[str, Outcome]:
     """The outcome of each distinct input of a shard: refused inputs, this run's uncached failures, and every
-    stored answer judged against the contract's `outputs` now (a contract failure stored earlier is judged again, free)."""
+    stored answer judged against the contract's `outputs` now (a contract failure stored earlier is judged again,
+    free)."""
     outcomes: dict[str, Outcome] = {}
     stored = cache.lookup(p.cache_key for p in plans if not p.input_problem and p.cache_key not in uncached)
     for plan in plans:
@@ -242,16 +262,16 @@ def _judge(plans: list[RecordPlan], cache: ResultCacheSession, uncached: dict[st
     return outcomes
 
 
-def _token_prices(settings: PipelineSettings) -> TokenPrices | None:
-    if settings.price_per_1k_input_tokens is None and settings.price_per_1k_output_tokens is None:
+def _token_prices(contract: EnrichmentContract) -> TokenPrices | None:
+    if contract.price_per_1k_input_tokens is None and contract.price_per_1k_output_tokens is None:
         return None
-    return TokenPrices(settings.price_per_1k_input_tokens or 0.0, settings.price_per_1k_output_tokens or 0.0,
-                       settings.price_currency)
+    return TokenPrices(contract.price_per_1k_input_tokens or 0.0, contract.price_per_1k_output_tokens or 0.0,
+                       contract.price_currency)
 
 
-def _masker(settings: PipelineSettings):
+def _masker(contract: EnrichmentContract):
     """Masks personal data in the error messages shown as failure samples (they may echo an answer)."""
-    masker = PiiMasker(extra_patterns=settings.extra_pii_patterns)
+    masker = PiiMasker(extra_patterns=contract.cleaning.extra_pii_patterns)
     return lambda text: masker.mask(text)[0]
 
 

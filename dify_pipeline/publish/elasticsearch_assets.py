@@ -6,11 +6,10 @@ from collections.abc import Iterator
 import dagster as dg
 import pyarrow as pa
 
-from dify_pipeline.partitions import daily_partitions
+from dify_pipeline.chain import Chain
 from dify_pipeline.publish.documents import MAPPING_VERSION, batch_documents, day_query, index_mapping, stale_query
 from dify_pipeline.resources.search import BulkOutcome, DayLease, LeaseUnavailable, SearchCluster, SearchClusterError
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_folder
 
 
@@ -24,41 +23,45 @@ def day_lease(context, cluster: SearchCluster, sink, step: str) -> DayLease:
     )
 
 
-@dg.asset(partitions_def=daily_partitions, group_name="tickets", deps=["enriched_tickets"],
-          kinds={"elasticsearch", "opensearch"})
-def tickets_elasticsearch(
-    context: dg.AssetExecutionContext,
-    elasticsearch: SearchCluster,
-    stage_storage: ObjectStorage,
-    settings: PipelineSettings,
-) -> dg.MaterializeResult:
-    """Bulk-index the day with `_id` = record key, then delete the day's documents this load did not write.
+def build_elasticsearch_asset(chain: Chain) -> dg.AssetsDefinition:
+    """`<name>_elasticsearch`: the enriched day in the search cluster, under the contract's alias."""
+    text_columns = chain.contract.source.text_columns
 
-    One run at a time publishes a day: the step holds the day's lease in the cluster from reading the stage to
-    the last deletion, and another run's step waits for it. So after a complete load the index holds exactly
-    the day's current records, whatever ran at the same time. Documents the cluster refuses for their
-    content (a mapping error) are counted by error type in the metadata and fail the day's count check; the
-    others load. If the cluster stays unavailable beyond the retries, the step fails and keeps the day's
-    previous documents (no deletion after an incomplete load).
-    """
-    day = context.partition_key
-    load_id = context.run.run_id
-    try:
-        with elasticsearch.connect() as sink, day_lease(context, elasticsearch, sink, "tickets_elasticsearch") as lease:
-            return _load_day(context, sink, lease, stage_storage, settings, day, load_id)
-    except (SearchClusterError, LeaseUnavailable) as error:
-        raise dg.Failure(description=str(error)) from None
+    @dg.asset(key=chain.key(chain.elasticsearch), partitions_def=chain.partitions, group_name=chain.group,
+              deps=[chain.key(chain.enriched)], kinds={"elasticsearch", "opensearch"})
+    def elasticsearch_asset(
+        context: dg.AssetExecutionContext, elasticsearch: SearchCluster, stage_storage: ObjectStorage
+    ) -> dg.MaterializeResult:
+        """Bulk-index the day with `_id` = record key, then delete the day's documents this load did not write.
+
+        One run at a time publishes a day: the step holds the day's lease in the cluster from reading the stage to
+        the last deletion, and another run's step waits for it. So after a complete load the index holds exactly
+        the day's current records, whatever ran at the same time. Documents the cluster refuses for their
+        content (a mapping error) are counted by error type in the metadata and fail the day's count check; the
+        others load. If the cluster stays unavailable beyond the retries, the step fails and keeps the day's
+        previous documents (no deletion after an incomplete load).
+        """
+        day = context.partition_key
+        load_id = context.run.run_id
+        cluster = chain.search(elasticsearch)
+        try:
+            with cluster.connect() as sink, day_lease(context, cluster, sink, chain.elasticsearch) as lease:
+                return _load_day(context, sink, lease, stage_storage, chain, text_columns, day, load_id)
+        except (SearchClusterError, LeaseUnavailable) as error:
+            raise dg.Failure(description=str(error)) from None
+
+    return elasticsearch_asset
 
 
-def _load_day(context, sink, lease: DayLease, stage_storage: ObjectStorage, settings: PipelineSettings, day: str,
-              load_id: str) -> dg.MaterializeResult:
+def _load_day(context, sink, lease: DayLease, stage_storage: ObjectStorage, chain: Chain, text_columns: list[str],
+              day: str, load_id: str) -> dg.MaterializeResult:
     # Read inside the lease: the last run to hold it publishes the stage as it is after every earlier write.
-    shard_paths = stage_storage.list_files(day_folder(stage_storage, "enriched_tickets", day))
+    shard_paths = stage_storage.list_files(day_folder(stage_storage, chain.enriched, day))
     if not shard_paths:
-        raise dg.Failure(f"no enriched data for {day}: materialize enriched_tickets first")
+        raise dg.Failure(f"no enriched data for {day}: materialize {chain.enriched} first")
     schema = stage_storage.read_schema(shard_paths[0])
     timestamp_columns = [f.name for f in schema if pa.types.is_timestamp(f.type) and f.name != "enriched_at"]
-    mapping = index_mapping(settings.text_columns, timestamp_columns, settings.outputs())
+    mapping = index_mapping(text_columns, timestamp_columns, chain.contract.outputs)
     mapped_fields = set(mapping["properties"])
 
     physical = sink.ensure_index(mapping, MAPPING_VERSION)

@@ -6,15 +6,17 @@ import uuid
 
 import dagster as dg
 
+from dify_pipeline.contract import EnrichmentContract
 from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping
 from dify_pipeline.resources.search import SearchCluster, SearchClusterError
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.settings import PipelineSettings
 
 S3_VARIABLES = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), AWS_REGION and S3_ENDPOINT_URL"
 
 
-def check_sinks_before_paying(parquet_output: ObjectStorage, search: SearchCluster, settings: PipelineSettings) -> None:
+def check_sinks_before_paying(
+    parquet_output: ObjectStorage, search: SearchCluster, contract: EnrichmentContract
+) -> None:
     """The Parquet prefix takes a tiny object (written, then removed); the search cluster answers, is a product
     and version the package supports, and its index takes a document (written, then removed).
 
@@ -28,7 +30,8 @@ def check_sinks_before_paying(parquet_output: ObjectStorage, search: SearchClust
                         f"{str(error)[:300]}){hint}")
     try:
         with search.connect() as sink:
-            physical = sink.ensure_index(index_mapping(settings.text_columns, [], settings.outputs()), MAPPING_VERSION)
+            mapping = index_mapping(contract.source.text_columns, [], contract.outputs)
+            physical = sink.ensure_index(mapping, MAPPING_VERSION)
             probe = f"dify_pipeline-preflight-{uuid.uuid4().hex}"  # no day: no count of a day ever sees it
             version = sink.create_document(physical, probe, {"record_key": probe})
             if version is not None:

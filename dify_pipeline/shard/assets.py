@@ -2,14 +2,14 @@
 
 import os
 import tempfile
+
 import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from dify_pipeline.partitions import daily_partitions
+from dify_pipeline.chain import Chain
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import RECORD_KEY, SHARD_FIELD
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.shard.sharding import key_hashes, shards_of_hashes
 from dify_pipeline.stages import day_file, day_folder, shard_file
 
@@ -20,38 +20,47 @@ GROUP_ROWS = 32_768
 _SPILL_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
-@dg.asset(partitions_def=daily_partitions, group_name="tickets", deps=["clean_tickets"], kinds={"parquet"})
-def ticket_shards(
-    context: dg.AssetExecutionContext, stage_storage: ObjectStorage, settings: PipelineSettings
-) -> dg.MaterializeResult:
-    """The clean day split by key hash into shards of at most `max_shard_rows` rows (one empty shard for an
-    empty day), each sorted by record key; shards of an earlier, larger version of the day are removed.
+def build_shards_asset(chain: Chain) -> dg.AssetsDefinition:
+    """`<record>_shards`: the clean day cut into bounded shards."""
+    max_shard_rows = chain.contract.cleaning.max_shard_rows
 
-    Streamed: the record keys decide each row's shard, then the day is read once more a batch at a time and
+    @dg.asset(key=chain.key(chain.shards), partitions_def=chain.partitions, group_name=chain.group,
+              deps=[chain.key(chain.clean)], kinds={"parquet"})
+    def shards_asset(context: dg.AssetExecutionContext, stage_storage: ObjectStorage) -> dg.MaterializeResult:
+        """The clean day split by key hash into shards of at most `max_shard_rows` rows (one empty shard for an
+        empty day), each sorted by record key; shards of an earlier, larger version of the day are removed."""
+        return _shard_day(context, stage_storage, chain, max_shard_rows)
+
+    return shards_asset
+
+
+def _shard_day(context: dg.AssetExecutionContext, stage_storage: ObjectStorage, chain: Chain,
+               max_shard_rows: int) -> dg.MaterializeResult:
+    """Streamed: the record keys decide each row's shard, then the day is read once more a batch at a time and
     each row put into the group of shards it belongs to (local files), and each group becomes its shards."""
     day = context.partition_key
-    clean_path = day_file(stage_storage, "clean_tickets", day)
+    clean_path = day_file(stage_storage, chain.clean, day)
     schema = stage_storage.read_schema(clean_path).append(SHARD_FIELD)
-    shards = _shard_numbers(stage_storage, clean_path, settings.max_shard_rows)
+    shards = _shard_numbers(stage_storage, clean_path, max_shard_rows)
     # An empty day is one empty shard: the steps after it see a day that was written and is empty, which an
     # empty folder (a day never sharded) is not, and publish it as such.
     sizes = np.bincount(shards).tolist() if len(shards) else [0]
-    shards_per_group = max(1, GROUP_ROWS // settings.max_shard_rows)
+    shards_per_group = max(1, GROUP_ROWS // max_shard_rows)
 
     written = []
-    with tempfile.TemporaryDirectory(prefix="ticket_shards-") as spill:
+    with tempfile.TemporaryDirectory(prefix=f"{chain.shards}-") as spill:
         groups = _spill_by_group(stage_storage, clean_path, shards, shards_per_group, schema, spill)
         for group in range(-(-len(sizes) // shards_per_group)):
             table = _read_group(groups.get(group), schema).sort_by([(SHARD_FIELD.name, "ascending"),
                                                                     (RECORD_KEY, "ascending")])
             offset = 0
             for shard in range(group * shards_per_group, min((group + 1) * shards_per_group, len(sizes))):
-                path = shard_file(stage_storage, "ticket_shards", day, shard)
+                path = shard_file(stage_storage, chain.shards, day, shard)
                 stage_storage.write_parquet(path, schema, [table.slice(offset, sizes[shard])])
                 written.append(path)
                 offset += sizes[shard]
             del table
-    folder = day_folder(stage_storage, "ticket_shards", day)
+    folder = day_folder(stage_storage, chain.shards, day)
     stage_storage.remove(p for p in stage_storage.list_files(folder) if p not in written)  # a smaller day than before
 
     return dg.MaterializeResult(
@@ -60,7 +69,7 @@ def ticket_shards(
             "dagster/row_count": len(shards),
             "shards": len(sizes),
             "largest_shard_rows": max(sizes, default=0),
-            "max_shard_rows": settings.max_shard_rows,
+            "max_shard_rows": max_shard_rows,
             "path": dg.MetadataValue.path(stage_storage.uri(folder)),
         }
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import UTC, date
 from pathlib import Path
 
 import dagster as dg
@@ -164,7 +164,7 @@ def enriched_table(keys, tag: str = "v1", day: str = PUBLISH_DAY, failed_keys=()
 
     `tag` goes into each summary, so a test can tell which load a row (or document) came from.
     """
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     import pyarrow as pa
 
@@ -176,7 +176,7 @@ def enriched_table(keys, tag: str = "v1", day: str = PUBLISH_DAY, failed_keys=()
     source = pa.schema([("id", pa.int64()), ("subject", pa.string()), ("body", pa.string()),
                         ("created_at", pa.timestamp("us", tz="UTC")), ("customer_tier", pa.string())])
     schema = with_fields(with_fields(source, CLEAN_FIELDS), ENRICHMENT_FIELDS).append(SHARD_FIELD)
-    start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
     ok = [str(k) not in failed for k in keys]
     columns = {
         "id": keys,

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from dify_pipeline.resources.dify import DifyResource
 from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
 from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, max_runs_in_window
-from dify_pipeline.resources.dify import DifyResource
 from dify_pipeline_tests.integration import services
 from dify_pipeline_tests.integration.pipeline import DIFY_KEY
 

@@ -14,12 +14,18 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus as Status
 
 from dify_pipeline.definitions import build_definitions
-from dify_pipeline_dev.demo.sample_data import generate_tickets, insert_tickets
-from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
-from dify_pipeline.quality_checks import enriched_day_checks
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.stages import day_folder
-from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY, check_results, materialization_metadata, run_day
+from dify_pipeline_dev.demo.sample_data import generate_tickets, insert_tickets
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
+from dify_pipeline_tests.integration.pipeline import (
+    DAY,
+    DIFY_KEY,
+    check_results,
+    materialization_metadata,
+    run_day,
+    ticket_steps,
+)
 
 ENRICHED_CHECKS = {"enriched_reconciles_with_clean", "unique_record_keys", "categories_allowed"}
 
@@ -149,12 +155,12 @@ def test_duplicate_keys_and_categories_outside_the_list_fail_their_checks(
 
     # The checks alone for the day, as "Execute checks" on the partition in the UI runs them.
     checks_only = build_definitions().resolve_job_def("daily_enrichment").get_subset(
-        asset_selection=set(), asset_check_selection=set(enriched_day_checks.check_keys))
+        asset_selection=set(), asset_check_selection=set(ticket_steps()["enriched_day_checks"].check_keys))
     result = checks_only.execute_in_process(partition_key=DAY, instance=dagster_instance, raise_on_error=False)
     checks = evaluations(result)
     assert set(checks) == ENRICHED_CHECKS and not any(passed for passed, _, _ in checks.values())
     assert checks["unique_record_keys"][2]["duplicate_keys"] == 1
     assert checks["categories_allowed"][2]["rows_outside"] == 1
-    assert checks["categories_allowed"][2]["categories_outside"] == {"外星人投诉": 1}
+    assert checks["categories_allowed"][2]["labels_outside"] == {"category": {"外星人投诉": 1}, "sentiment": {}}
     assert checks["enriched_reconciles_with_clean"][2]["enriched_rows"] == checks["enriched_reconciles_with_clean"][2]["clean_rows"] + 1
     assert check_results(result) == dict.fromkeys(ENRICHED_CHECKS, False)

@@ -11,12 +11,10 @@ import s3fs
 import sqlalchemy as sa
 from elasticsearch import Elasticsearch
 
-from dify_pipeline_dev.demo.sample_data import pii_values_in
-from dify_pipeline.contract import DEFAULT_CATEGORIES
+from dify_pipeline.contract import DEFAULT_CATEGORIES, CleaningContract, tickets_contract
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_folder
-
+from dify_pipeline_dev.demo.sample_data import pii_values_in
 from dify_pipeline_tests.integration.pipeline import DAY, check_results, materialization_metadata, run_day
 
 
@@ -160,7 +158,7 @@ def test_a_day_emptied_at_the_source_is_published_empty_everywhere(
 def test_a_day_that_shrank_keeps_only_its_remaining_records_everywhere(
     pipeline_env, source_tickets, dagster_instance, dify_emulator
 ):
-    first = run_day(dagster_instance, settings=PipelineSettings(max_shard_rows=20))
+    first = run_day(dagster_instance, contract=tickets_contract(cleaning=CleaningContract(max_shard_rows=20)))
     assert first.success
     before = _published_keys(pipeline_env, DAY)
     assert materialization_metadata(first, "ticket_shards")["shards"] > 1

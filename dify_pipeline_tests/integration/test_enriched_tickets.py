@@ -8,9 +8,9 @@ from datetime import date, timedelta
 import pytest
 import sqlalchemy as sa
 
-from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
+from dify_pipeline.contract import TICKET_OUTPUTS, AppContract, OutputField, tickets_contract
+from dify_pipeline_dev.demo.sample_data import generate_tickets, insert_tickets
 from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, Fault
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY, check_results, materialization_metadata, run_day
 
 DAY_BEFORE = (date.fromisoformat(DAY) - timedelta(days=1)).isoformat()  # DAY is yesterday: no later partition yet
@@ -44,7 +44,7 @@ def test_identical_inputs_on_another_day_are_answered_from_the_cache(pipeline_en
 def test_a_new_cache_version_pays_for_fresh_answers(pipeline_env, source_tickets, dagster_instance, dify_emulator):
     first = run_day(dagster_instance)
     sent_first = materialization_metadata(first, "enriched_tickets")["requests_sent"]
-    again = run_day(dagster_instance, settings=PipelineSettings(cache_version="prompt-v2"))
+    again = run_day(dagster_instance, contract=tickets_contract(cache_version="prompt-v2"))
     enriched = materialization_metadata(again, "enriched_tickets")
     assert again.success and enriched["requests_sent"] == sent_first > 0 and enriched["cache_hits"] < enriched["rows"]
 
@@ -88,7 +88,7 @@ def test_a_day_answered_by_two_app_versions_is_flagged(pipeline_env, source_tick
 def test_an_input_mapping_the_app_does_not_declare_fails_before_any_paid_call(
     pipeline_env, source_tickets, dagster_instance, dify_emulator
 ):
-    result = run_day(dagster_instance, settings=PipelineSettings(input_mapping={"subject": "subject", "text": "body"}))
+    result = run_day(dagster_instance, contract=tickets_contract(app=AppContract(inputs={"subject": "subject", "text": "body"})))
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = failure.event_specific_data.user_failure_data.description
@@ -100,9 +100,9 @@ def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rej
     pipeline_env, source_tickets, dagster_instance, dify_emulator
 ):
     """The app answers a label outside the list: paid once, kept in the cache, a failed row; the next run pays 0
-    and the row stays failed; adding the label to settings.categories turns the rows into successes, paying 0."""
-    from dify_pipeline_dev.emulators.dify_answers import INVALID_CATEGORY
+    and the row stays failed; adding the label to the contract's allowed categories turns the rows into successes, paying 0."""
     from dify_pipeline.contract import DEFAULT_CATEGORIES
+    from dify_pipeline_dev.emulators.dify_answers import INVALID_CATEGORY
 
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5,
                                                faults=[Fault(kind="invalid_category", match="退款")]))
@@ -117,8 +117,9 @@ def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rej
     assert dify_emulator.stats()["paid_runs"] == paid  # nothing paid again
     assert rejudged["requests_sent"] == 0 and rejudged["failed"] == judged["failed"]
 
-    wider = PipelineSettings(categories=[*DEFAULT_CATEGORIES, INVALID_CATEGORY])
-    fixed = run_day(dagster_instance, settings=wider)
+    category = OutputField(type="label", allowed=[*DEFAULT_CATEGORIES, INVALID_CATEGORY])
+    wider = tickets_contract(outputs={**TICKET_OUTPUTS, "category": category})
+    fixed = run_day(dagster_instance, contract=wider)
     accepted = materialization_metadata(fixed, "enriched_tickets")
     assert dify_emulator.stats()["paid_runs"] == paid
     assert fixed.success and accepted["failed"] == 0 and accepted["requests_sent"] == 0
@@ -146,11 +147,11 @@ def test_cost_is_estimated_from_token_prices_and_a_rerun_spends_nothing(
     pipeline_env, source_tickets, dagster_instance, dify_emulator, monkeypatch
 ):
     monkeypatch.setenv("DIFY_RESPONSE_MODE", "blocking")  # a blocking workflow run carries tokens, no price
-    priced = PipelineSettings(price_per_1k_input_tokens=0.5, price_per_1k_output_tokens=1.5, price_currency="EUR")
-    first = materialization_metadata(run_day(dagster_instance, settings=priced), "enriched_tickets")
+    priced = tickets_contract(price_per_1k_input_tokens=0.5, price_per_1k_output_tokens=1.5, price_currency="EUR")
+    first = materialization_metadata(run_day(dagster_instance, contract=priced), "enriched_tickets")
     assert first["cost_is_estimate"] is True and first["cost_currency"] == "EUR"
     assert first["cost_day"] == first["cost_spent_this_run"] > 0
-    again = materialization_metadata(run_day(dagster_instance, settings=priced), "enriched_tickets")
+    again = materialization_metadata(run_day(dagster_instance, contract=priced), "enriched_tickets")
     assert again["cost_spent_this_run"] == 0 and again["cost_day"] == first["cost_day"]
     assert again["answered_from_cache"] == again["rows"] and again["duplicates_within_day"] == 0
 
@@ -162,11 +163,12 @@ def test_the_day_costs_what_dify_priced_from_stream_node_events_and_completion_u
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY, mode=app_mode)], latency_ms=5))
     monkeypatch.setenv("DIFY_APP_MODE", app_mode)
     monkeypatch.setenv("DIFY_RESPONSE_MODE", response_mode)
-    priced = PipelineSettings(price_per_1k_input_tokens=0.5, price_per_1k_output_tokens=1.5, price_currency="EUR")
-    first = materialization_metadata(run_day(dagster_instance, settings=priced), "enriched_tickets")
+    priced = tickets_contract(price_per_1k_input_tokens=0.5, price_per_1k_output_tokens=1.5, price_currency="EUR",
+                              app=AppContract(mode=app_mode))  # a contract given in full: DIFY_APP_MODE is its default
+    first = materialization_metadata(run_day(dagster_instance, contract=priced), "enriched_tickets")
     assert first["cost_is_estimate"] is False and first["cost_currency"] == "USD"  # Dify's price, not the estimate
     assert isinstance(first["cost_day"], float) and first["cost_day"] == first["cost_spent_this_run"] > 0
-    again = materialization_metadata(run_day(dagster_instance, settings=priced), "enriched_tickets")
+    again = materialization_metadata(run_day(dagster_instance, contract=priced), "enriched_tickets")
     assert again["cost_spent_this_run"] == 0 and again["cost_day"] == first["cost_day"]
 
 

@@ -4,7 +4,7 @@ SQLAlchemy path reads, type by type, in bounded batches, and only the day's rows
 from __future__ import annotations
 
 import importlib.util
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import dagster as dg
@@ -12,15 +12,15 @@ import pyarrow as pa
 import pymysql
 import pytest
 
-from dify_pipeline.extract.assets import raw_tickets
 from dify_pipeline.partitions import day_window
 from dify_pipeline.resources.source_database import SourceDatabase
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.stages import day_file
 from dify_pipeline_tests.integration import services
+from dify_pipeline_tests.integration.pipeline import ticket_steps
 
 DAY = "2026-11-20"
+raw_tickets = ticket_steps()["raw_tickets"]
 DRIVERS = ["mysqldb", "pymysql"]
 
 # Every column type a ticket table is likely to have, with the values that have tripped exports before.
@@ -98,13 +98,13 @@ def test_values_keep_their_meaning(source, monkeypatch, driver):
     assert sorted(rows) == sorted(row[0] for row in IN_DAY)  # the window is [00:00, next 00:00)
     first, empty, odd = rows[1], rows[2], rows[3]
     assert schema.field("created_at").type == pa.timestamp("us", tz="UTC")
-    assert first["created_at"] == datetime(2026, 11, 20, tzinfo=timezone.utc)
-    assert empty["created_at"] == datetime(2026, 11, 20, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    assert first["created_at"] == datetime(2026, 11, 20, tzinfo=UTC)
+    assert empty["created_at"] == datetime(2026, 11, 20, 23, 59, 59, 999999, tzinfo=UTC)
     assert first["customer"] == 4000000000 and first["amount"] == Decimal("129.90") and first["score"] == 0.1
     assert first["subject"] == "快递没到 😡" and first["raw_body"] == "退款".encode("gb18030")
     assert (first["status"], first["labels"], first["flags"]) == ("open", "refund,vip", "5")
     assert first["due_on"].isoformat() == "2026-11-21" and first["handled_in"] == "01:30:00"
-    assert first["updated_at"] == datetime(2026, 11, 20, 9, tzinfo=timezone.utc)
+    assert first["updated_at"] == datetime(2026, 11, 20, 9, tzinfo=UTC)
     assert all(value is None for name, value in empty.items() if name not in ("id", "vip", "created_at"))
     # MySQL's zero dates are no moment: null, rather than a failed export or a year-0 timestamp.
     assert (odd["due_on"], odd["seen_at"], odd["updated_at"]) == (None, None, None)
@@ -120,7 +120,7 @@ def test_rows_arrive_in_batches_of_the_configured_size(source, monkeypatch, driv
 def test_raw_tickets_exports_the_day_and_says_which_driver_read_it(source, tmp_path):
     stage = ObjectStorage(url=str(tmp_path / "stages"))
     result = dg.materialize([raw_tickets], partition_key=DAY, resources={
-        "source_database": source, "stage_storage": stage, "settings": PipelineSettings()})
+        "source_database": source, "stage_storage": stage})
     [event] = result.asset_materializations_for_node("raw_tickets")
     assert event.metadata["rows"].value == len(IN_DAY)
     assert event.metadata["driver"].value == "mysqldb"
@@ -130,7 +130,7 @@ def test_raw_tickets_exports_the_day_and_says_which_driver_read_it(source, tmp_p
 
 def test_rows_without_a_timestamp_are_counted_and_warned_about(source, mariadb_url, tmp_path):
     stage = ObjectStorage(url=str(tmp_path / "stages"))
-    resources = {"source_database": source, "stage_storage": stage, "settings": PipelineSettings()}
+    resources = {"source_database": source, "stage_storage": stage}
     checks = lambda result: {c.check_name: c for c in result.get_asset_check_evaluations()}  # noqa: E731
     clean = dg.materialize([raw_tickets], partition_key=DAY, resources=resources)
     assert clean.asset_materializations_for_node("raw_tickets")[0].metadata["source_rows_without_timestamp"].value == 0

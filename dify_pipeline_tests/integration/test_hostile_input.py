@@ -191,8 +191,8 @@ def test_personal_data_in_an_outgoing_column_stops_the_day_before_anything_is_se
 ):
     """A deployment maps a Dify input to a column that cleaning does not mask (it is not a text column): the
     outgoing check finds the phones in it and stops the day after clean_tickets, before any paid request."""
+    from dify_pipeline.contract import AppContract, tickets_contract
     from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
-    from dify_pipeline.settings import PipelineSettings
     from dify_pipeline_tests.integration.pipeline import check_results, materialization_metadata, run_day
 
     form = [*DifyApp(api_key=DIFY_KEY).user_input_form,
@@ -204,9 +204,9 @@ def test_personal_data_in_an_outgoing_column_stops_the_day_before_anything_is_se
         cursor.execute("ALTER TABLE tickets ADD COLUMN contact VARCHAR(100) NULL")
         cursor.execute("UPDATE tickets SET contact = 'WeChat 138 0013 8000' WHERE id % 7 = 0")
         connection.commit()
-    settings = PipelineSettings(input_mapping={"subject": "subject", "body": "body", "contact": "contact"})
+    contract = tickets_contract(app=AppContract(inputs={"subject": "subject", "body": "body", "contact": "contact"}))
 
-    result = run_day(dagster_instance, settings=settings)
+    result = run_day(dagster_instance, contract=contract)
 
     assert not result.success
     assert check_results(result)["no_personal_data_outgoing"] is False

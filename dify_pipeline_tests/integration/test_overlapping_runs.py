@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from dify_pipeline_dev.emulators.elasticsearch import FLAVOURS, ElasticsearchEmulatorConfig
 from dify_pipeline.publish.documents import MAPPING_VERSION
+from dify_pipeline_dev.emulators.elasticsearch import FLAVOURS, ElasticsearchEmulatorConfig
 from dify_pipeline_tests.integration.conftest import S3_BUCKET
 from dify_pipeline_tests.integration.pipeline import DAY
 

@@ -18,7 +18,10 @@ import httpx
 import pytest
 import uvicorn
 
-from dify_pipeline.checks import elasticsearch_matches_parquet
+from dify_pipeline.contract import TICKET_OUTPUTS
+from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping
+from dify_pipeline.resources.search import SearchCluster, SearchClusterError
+from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline_dev.emulators.elasticsearch import (
     FLAVOURS,
     ElasticsearchEmulatorConfig,
@@ -26,16 +29,12 @@ from dify_pipeline_dev.emulators.elasticsearch import (
     RequestFault,
     SigV4Credentials,
 )
-from dify_pipeline.contract import TICKET_OUTPUTS
-from dify_pipeline.publish.documents import MAPPING_VERSION, index_mapping
-from dify_pipeline.publish.elasticsearch_assets import tickets_elasticsearch
-from dify_pipeline.publish.parquet_assets import tickets_parquet
-from dify_pipeline.resources.search import SearchCluster, SearchClusterError
-from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline_tests.integration.conftest import PUBLISH_DAY
+from dify_pipeline_tests.integration.pipeline import ticket_steps
 
 OTHER_DAY = "2026-11-19"
+tickets_parquet, tickets_elasticsearch, elasticsearch_matches_parquet = (
+    ticket_steps()[name] for name in ("tickets_parquet", "tickets_elasticsearch", "elasticsearch_matches_parquet"))
 
 
 @pytest.fixture(params=sorted(FLAVOURS))
@@ -81,8 +80,7 @@ def load(es: SearchCluster, stage: ObjectStorage, output: ObjectStorage, day: st
     return dg.materialize(
         [tickets_parquet, tickets_elasticsearch, elasticsearch_matches_parquet], partition_key=day,
         raise_on_error=False,
-        resources={"stage_storage": stage, "parquet_output": output, "elasticsearch": es,
-                   "settings": PipelineSettings()},
+        resources={"stage_storage": stage, "parquet_output": output, "elasticsearch": es},
     )
 
 
@@ -420,7 +418,7 @@ def _certificates(folder) -> tuple[str, str, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dify_pipeline test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())

@@ -18,22 +18,21 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.contract import TICKET_OUTPUTS
-from dify_pipeline.checks import parquet_matches_enriched
-from dify_pipeline.publish.parquet_assets import tickets_parquet
 from dify_pipeline.resources import storage as storage_module
 from dify_pipeline.resources.storage import DAY_FILE_NAME, ObjectStorage
 from dify_pipeline.schemas import ENRICHMENT_FIELDS
 from dify_pipeline_tests.integration.conftest import PUBLISH_DAY, S3_BUCKET
+from dify_pipeline_tests.integration.pipeline import ticket_steps
 
 OTHER_DAY = "2026-11-19"
+tickets_parquet, parquet_matches_enriched = (ticket_steps()[name] for name in ("tickets_parquet", "parquet_matches_enriched"))
 
 
 def publish(stage: ObjectStorage, output: ObjectStorage, day: str = PUBLISH_DAY) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [tickets_parquet, parquet_matches_enriched], partition_key=day, raise_on_error=False,
-        resources={"stage_storage": stage, "parquet_output": output, "settings": PipelineSettings()},
+        resources={"stage_storage": stage, "parquet_output": output},
     )
 
 

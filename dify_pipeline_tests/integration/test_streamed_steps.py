@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -14,19 +13,21 @@ import pytest
 import sqlalchemy as sa
 
 from dify_pipeline.clean import assets as clean_assets
-from dify_pipeline.clean.assets import clean_tickets
-from dify_pipeline.clean.cleaning import CleaningConfig, clean_tickets as clean_frame
-from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
-from dify_pipeline.extract.assets import raw_tickets
+from dify_pipeline.clean.cleaning import CleaningConfig
+from dify_pipeline.clean.cleaning import clean_tickets as clean_frame
+from dify_pipeline.contract import CleaningContract, tickets_contract
 from dify_pipeline.frames import to_pandas
 from dify_pipeline.resources.source_database import SourceDatabase
 from dify_pipeline.resources.storage import ObjectStorage
-from dify_pipeline.settings import PipelineSettings
 from dify_pipeline.shard import assets as shard_assets
-from dify_pipeline.shard.assets import ticket_shards
 from dify_pipeline.shard.sharding import assign_shards
+from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
+from dify_pipeline_tests.integration.pipeline import ticket_steps
 
 DAY = "2026-11-20"
+SHARD_ROWS = 37
+steps = ticket_steps(tickets_contract(cleaning=CleaningContract(max_shard_rows=SHARD_ROWS)))
+raw_tickets, clean_tickets, ticket_shards = steps["raw_tickets"], steps["clean_tickets"], steps["ticket_shards"]
 
 
 @pytest.fixture
@@ -40,7 +41,6 @@ def day_of_tickets(tmp_path):
     return {
         "source_database": SourceDatabase(url=f"sqlite:///{tmp_path}/source.db", source_timezone="UTC"),
         "stage_storage": ObjectStorage(url=str(tmp_path / "stages")),
-        "settings": PipelineSettings(max_shard_rows=37),
     }
 
 
@@ -63,8 +63,7 @@ def test_streamed_clean_and_shards_equal_the_whole_day_rules(day_of_tickets, mon
     assert max(batches_seen) == 100 and len(batches_seen) >= 20
 
     raw = to_pandas(stage(day_of_tickets, "raw_tickets"))
-    settings = day_of_tickets["settings"]
-    whole = clean_frame(raw, CleaningConfig(text_columns=settings.text_columns, max_chars=settings.max_chars))
+    whole = clean_frame(raw, CleaningConfig())
     clean = to_pandas(stage(day_of_tickets, "clean_tickets")).sort_values("record_key").reset_index(drop=True)
     pd.testing.assert_frame_equal(clean, whole.clean, check_dtype=False)
     order = ["quarantine_reason", "record_key", "subject", "body"]
@@ -75,12 +74,12 @@ def test_streamed_clean_and_shards_equal_the_whole_day_rules(day_of_tickets, mon
     # The shards: what the unstreamed step wrote (the day sorted by key, cut by key hash), shard by shard.
     folder = day_of_tickets["stage_storage"].path("ticket_shards", f"dt={DAY}")
     files = day_of_tickets["stage_storage"].list_files(folder)
-    expected_shards = assign_shards(whole.clean["record_key"].tolist(), settings.max_shard_rows)
+    expected_shards = assign_shards(whole.clean["record_key"].tolist(), SHARD_ROWS)
     assert len(files) == expected_shards.max() + 1
     for shard, path in enumerate(files):
         written = to_pandas(day_of_tickets["stage_storage"].read_parquet(path))
         expected = whole.clean[expected_shards == shard].reset_index(drop=True)
-        assert (written["shard"] == shard).all() and len(written) <= settings.max_shard_rows
+        assert (written["shard"] == shard).all() and len(written) <= SHARD_ROWS
         pd.testing.assert_frame_equal(written.drop(columns="shard"), expected, check_dtype=False)
 
 
@@ -106,7 +105,7 @@ def test_an_empty_day_gives_empty_clean_and_quarantine_and_one_empty_shard(tmp_p
     create_source_table(engine)
     engine.dispose()
     resources = {"source_database": SourceDatabase(url=f"sqlite:///{tmp_path}/source.db"),
-                 "stage_storage": ObjectStorage(url=str(tmp_path / "stages")), "settings": PipelineSettings()}
+                 "stage_storage": ObjectStorage(url=str(tmp_path / "stages"))}
     assert dg.materialize([raw_tickets, clean_tickets, ticket_shards], partition_key=DAY, resources=resources).success
     assert stage(resources, "clean_tickets").num_rows == stage(resources, "quarantined_tickets").num_rows == 0
     assert stage(resources, "ticket_shards").num_rows == 0

@@ -11,18 +11,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dify_pipeline.resources.dify import DifyFatalError, DifyResource
+from dify_pipeline.resources.search import SearchCluster, SearchClusterError
 from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulator, DifyEmulatorConfig
 from dify_pipeline_dev.emulators.elasticsearch import FLAVOURS, ElasticsearchEmulator, ElasticsearchEmulatorConfig
 from dify_pipeline_dev.emulators.server import serve_in_thread
-from dify_pipeline.resources.dify import DifyFatalError, DifyResource
-from dify_pipeline.resources.search import SearchCluster, SearchClusterError
 
 
 @pytest.fixture(scope="module")
 def private_ca(tmp_path_factory):
     """A private certificate authority and a server certificate it signed for 127.0.0.1."""
     folder = tmp_path_factory.mktemp("tls")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dify_pipeline test CA")])
     ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
