@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import date
 
 import pytest
-import sqlalchemy as sa
 
 from dify_pipeline.resources.day_versions import DayVersions
 from dify_pipeline.resources.dify import AnswerDecision, decide_cached_answer
@@ -58,18 +56,8 @@ def test_the_store_survives_reopening(tmp_path):
 
 
 @pytest.fixture
-def postgres_url():
-    name = f"versions_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine("postgresql://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"CREATE DATABASE {name}"))
-    except sa.exc.OperationalError:
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
+def postgres_url(postgres_database_url):
+    return postgres_database_url
 
 
 def test_racing_pins_on_postgresql_all_read_back_one_version(postgres_url):

@@ -195,22 +195,8 @@ def test_the_same_answers_twice_on_postgresql_keep_the_first(postgres_cache_url)
 
 
 @pytest.fixture
-def postgres_cache_url():
-    import uuid
-
-    import sqlalchemy as sa
-
-    name = f"cache_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine("postgresql://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"CREATE DATABASE {name}"))
-    except sa.exc.OperationalError:
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
+def postgres_cache_url(postgres_database_url):
+    return postgres_database_url
 
 
 def test_the_time_an_answer_was_stored_reads_back_through_sqlalchemy(session):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -16,19 +15,8 @@ from dify_pipeline.resources.run_journal import RunJournal
 def journal_url(request, tmp_path):
     """The journal on both databases it runs on: PostgreSQL has its own one-statement writes."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'journal.sqlite'}"
-        return
-    name = f"journal_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine("postgresql://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"CREATE DATABASE {name}"))
-    except sa.exc.OperationalError:
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
+        return f"sqlite:///{tmp_path / 'journal.sqlite'}"
+    return request.getfixturevalue("postgres_database_url")
 
 
 def test_an_attempt_is_committed_when_sending_returns_and_seen_by_another_connection(journal_url):
