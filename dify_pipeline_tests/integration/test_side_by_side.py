@@ -20,15 +20,14 @@ from dify_pipeline.resources.search import SearchCluster
 from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.stages import day_folder
 from dify_pipeline_dev.demo.sample_data import create_source_table, generate_tickets, insert_tickets
-from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig
+from dify_pipeline_dev.emulators.dify import DifyApp, DifyEmulatorConfig, reviews_app
 from dify_pipeline_tests.integration.pipeline import DAY, DIFY_KEY, materialization_metadata
 
 REVIEWS_KEY = "app-reviews-completion-key"
-# Other outputs than the tickets': the emulator's apps answer a sentiment (and a category and summary, ignored here);
-# score and aspects are optional, so their columns exist and stay empty.
+# Other outputs than the tickets', answered by the emulator's reviews app (aspects may be an empty list).
 REVIEW_OUTPUTS = {
     "sentiment": OutputField(type="label", allowed=["positive", "neutral", "negative"]),
-    "score": OutputField(type="integer", minimum=1, maximum=5, required=False),
+    "score": OutputField(type="integer", minimum=1, maximum=5),
     "aspects": OutputField(type="list", required=False),
 }
 
@@ -36,7 +35,8 @@ REVIEW_OUTPUTS = {
 def reviews_contract(alias: str) -> EnrichmentContract:
     return EnrichmentContract(
         name="reviews", key_prefix=["shop"], source=SourceContract(table="reviews"),
-        app=AppContract(api_key_env="REVIEWS_DIFY_API_KEY", mode="completion"), outputs=REVIEW_OUTPUTS,
+        app=AppContract(api_key_env="REVIEWS_DIFY_API_KEY", mode="completion",
+                        inputs={"title": "subject", "review": "body"}), outputs=REVIEW_OUTPUTS,
         sinks=SinksContract(parquet_prefix="reviews", index_alias=alias),
     )
 
@@ -45,7 +45,7 @@ def reviews_contract(alias: str) -> EnrichmentContract:
 def two_apps(dify_emulator, monkeypatch):
     """The Dify emulator serving the ticket workflow app and the reviews completion app, each with its key."""
     dify_emulator.configure(DifyEmulatorConfig(latency_ms=5, apps=[
-        DifyApp(api_key=DIFY_KEY), DifyApp(api_key=REVIEWS_KEY, mode="completion", name="Review enrichment")]))
+        DifyApp(api_key=DIFY_KEY), reviews_app(REVIEWS_KEY)]))
     monkeypatch.setenv("REVIEWS_DIFY_API_KEY", REVIEWS_KEY)
     return dify_emulator
 
@@ -102,6 +102,11 @@ def test_two_enrichments_run_their_day_side_by_side_in_one_code_location(
     assert {"sentiment", "score", "aspects"} <= set(columns.names) and "category" not in columns.names
     assert str(columns.field("score").type) == "int64" and pa.types.is_list(columns.field("aspects").type)
     assert materialization_metadata(reviews, "enriched_reviews")["failed"] == 0
+    answered = ds.dataset(f"{root}/reviews/dt={DAY}", filesystem=fs, format="parquet").to_table(
+        columns=["sentiment", "score", "aspects"])
+    scores = answered.column("score").to_pylist()
+    assert None not in scores and set(scores) <= {1, 2, 3, 4, 5}  # what the completion app answered, typed
+    assert all(isinstance(aspects, list) for aspects in answered.column("aspects").to_pylist())
     es = materialization_metadata(reviews, "reviews_elasticsearch")
     assert es["index"] == f"{pipeline_env['ELASTICSEARCH_INDEX']}_reviews"
     assert materialization_metadata(tickets, "tickets_elasticsearch")["index"] == pipeline_env["ELASTICSEARCH_INDEX"]
