@@ -40,11 +40,12 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Any, Callable, Literal, Mapping, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -550,8 +551,8 @@ class ElasticsearchEmulator:
         _, region, service = (scope.split("/") + ["", "", ""])[:3]
         if region != expected.region:
             raise PlainError(403, {"message": f"Credential should be scoped to a valid region, not '{region}'. "})
-        signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-        now = datetime.now(timezone.utc)
+        signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        now = datetime.now(UTC)
         if abs(now - signed_at) > SIGV4_MAX_SKEW:
             earliest = (now - SIGV4_MAX_SKEW).strftime("%Y%m%dT%H%M%SZ")
             reason = f"Signature expired: {amz_date} is now earlier than {earliest} ({now:%Y%m%dT%H%M%SZ} - 5 min.)"

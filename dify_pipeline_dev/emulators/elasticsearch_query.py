@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 Matcher = Callable[[str, dict], bool]  # (doc id, source) -> matches
 MappedDoc = tuple[dict, dict]  # (mappings of its index, source)

@@ -473,7 +473,8 @@ def test_delete_by_query_sees_only_refreshed_documents_and_reports_conflicts(es:
     assert (conflict.value.body["deleted"], conflict.value.body["version_conflicts"]) == (1, 1)
     response = es.delete_by_query(index="tickets", query={"match_all": {}}, conflicts="proceed", refresh=True)
     assert (response["deleted"], response["version_conflicts"]) == (4, 2)  # T-0 changed, T-3 already deleted
-    assert sorted(hit["_id"] for hit in es.search(index="tickets", size=20)["hits"]["hits"]) == ["T-0", "T-6", "T-7", "T-8"]
+    hits = es.search(index="tickets", size=20)["hits"]["hits"]
+    assert sorted(hit["_id"] for hit in hits) == ["T-0", "T-6", "T-7", "T-8"]
 
 
 # ---------------------------------------------------------------- aliases
