@@ -8,6 +8,7 @@ mapping (e.g. under `dynamic: false`) matches nothing. Anything else is refused 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -61,6 +62,7 @@ def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+@functools.lru_cache(maxsize=65_536)  # a day's documents share a few dates: parse each once, not per document
 def parse_date_millis(value: Any) -> int:
     """Epoch millis from `strict_date_optional_time||epoch_millis` (ISO-8601 with or without offset, or millis)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from elasticsearch import (
     helpers,
 )
 
+from dify_pipeline_dev.emulators import elasticsearch_query
 from dify_pipeline_dev.emulators.elasticsearch import (
     FLAVOURS,
     ElasticsearchEmulator,
@@ -321,6 +323,28 @@ def test_writes_reach_search_and_count_only_after_a_refresh(es: Elasticsearch) -
     assert es.count(index="tickets")["count"] == 11  # the delete is not refreshed yet
     es.indices.refresh()
     assert es.count(index="tickets")["count"] == 10
+
+
+def test_counting_a_day_reads_each_distinct_date_once_not_once_per_document(
+    es: Elasticsearch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The step counts its day over every document twice; parsing the same date per document made a count of a
+    # million documents outlast the client's 60 s timeout.
+    parsed: list[str] = []
+
+    class CountingDatetime(datetime):
+        @classmethod
+        def fromisoformat(cls, text: str) -> datetime:
+            parsed.append(text)
+            return datetime.fromisoformat(text)
+
+    monkeypatch.setattr(elasticsearch_query, "datetime", CountingDatetime)
+    es.indices.create(index="tickets", mappings=TICKET_MAPPINGS)
+    day = "2031-07-04T10:00:00+02:00"  # a date no other test indexes: nothing remembered from them
+    helpers.bulk(es, ({**action, "created_at": day} for action in ticket_actions(range(300))), refresh=True)
+    assert es.count(index="tickets", query={"term": {"created_at": day}})["count"] == 300
+    assert es.count(index="tickets", query={"term": {"created_at": "2031-07-04T08:00:00Z"}})["count"] == 300
+    assert len(parsed) <= 3
 
 
 def test_a_strict_mapping_error_fails_only_its_item_and_is_reported_per_item(es: Elasticsearch) -> None:
