@@ -49,8 +49,9 @@ STAGES = [
     ("infer", "enriched_tickets"),
     ("publish", "tickets_parquet,tickets_elasticsearch"),
 ]
-STEPS = ["raw_tickets", "clean_tickets", "ticket_shards", "enriched_tickets", "tickets_parquet",
-         "tickets_elasticsearch"]
+STEPS = ["raw_tickets", "clean_tickets", "ticket_shards", "enriched_tickets", "enriched_tickets_day_checks",
+         "tickets_parquet", "tickets_parquet_parquet_matches_enriched", "tickets_elasticsearch",
+         "tickets_elasticsearch_elasticsearch_matches_parquet"]  # the day's steps, checks included
 BOUND_RATIO, BOUND_MB = 1.3, 600
 
 
@@ -327,8 +328,13 @@ def main() -> int:
     parser.add_argument("--work-folder",
                         help="keep each day's stages under <folder>/<rows> (default: a temporary folder), so a later "
                              "run with --stages infer or publish reads what an earlier --stages extract wrote")
+    parser.add_argument("--table", metavar="JSON", help="print the table of figures an earlier --json wrote, and stop")
     parser.add_argument("--json", help="also write the figures to this file (after each day)")
     args = parser.parse_args()
+    if args.table:
+        with open(args.table) as handle:
+            results = {int(rows): figures for rows, figures in json.load(handle).items()}
+        return 0 if print_table(results, reference=results.get(50_000)) else 1
 
     results = {}
     for rows in args.sizes:
