@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from elasticsearch import (
     helpers,
 )
 
+from dify_pipeline_dev.emulators import elasticsearch as elasticsearch_emulator
 from dify_pipeline_dev.emulators import elasticsearch_query
 from dify_pipeline_dev.emulators.elasticsearch import (
     FLAVOURS,
@@ -345,6 +347,18 @@ def test_counting_a_day_reads_each_distinct_date_once_not_once_per_document(
     assert es.count(index="tickets", query={"term": {"created_at": day}})["count"] == 300
     assert es.count(index="tickets", query={"term": {"created_at": "2031-07-04T08:00:00Z"}})["count"] == 300
     assert len(parsed) <= 3
+
+
+def test_documents_stored_by_bulk_loads_leave_the_garbage_collectors_scans(
+    es: Elasticsearch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A million stored documents are tens of millions of objects: every full collection during a count or a
+    # search walked them all, and the day's count check outlasted the client's timeout.
+    monkeypatch.setattr(elasticsearch_emulator, "FREEZE_AFTER_DOCUMENTS", 40)
+    frozen_before = gc.get_freeze_count()
+    create_tickets(es, count=50)
+    assert gc.get_freeze_count() > frozen_before
+    assert es.count(index="tickets")["count"] == 50
 
 
 def test_a_strict_mapping_error_fails_only_its_item_and_is_reported_per_item(es: Elasticsearch) -> None:
