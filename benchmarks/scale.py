@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -306,6 +307,8 @@ def run_day(rows: int, infer: bool, elasticsearch: bool, reuse: bool = False,
                       flush=True)
                 if stopped:  # the publishing steps read an enriched stage: write it as for a day not sent
                     write_enriched_from_shards(f"{folder}/stages")
+            # Holding a million documents, the emulator takes longer to exit than the harness waits: empty it first.
+            urllib.request.urlopen(urllib.request.Request(f"{es_url}/_emulator/reset", method="POST"), timeout=600)
     return figures
 
 
