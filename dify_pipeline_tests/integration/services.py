@@ -94,9 +94,9 @@ class S3Server:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     break
-            except OSError:
+            except OSError as error:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the S3 server (moto) did not start")
+                    raise RuntimeError("the S3 server (moto) did not start") from error
                 time.sleep(0.1)
 
     def client(self):
