@@ -15,7 +15,8 @@ from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import CLEAN_FIELDS, QUARANTINE_FIELDS, with_fields
 from dify_pipeline.stages import day_file
 
-# Rows cleaned at a time: memory holds one batch of the day (and the plan, a key and a few flags per row).
+# Rows read (keys to plan, then whole rows to clean) at a time: memory holds one batch, the row group being
+# written and the day's plan, one byte of flags per row (a key and an update time per row while planning).
 BATCH_ROWS = 16_384
 
 
