@@ -19,8 +19,10 @@ import psycopg2
 import pymysql
 import yaml
 
-MARIADB = dict(host=os.environ.get("TEST_MARIADB_HOST", "127.0.0.1"), port=int(os.environ.get("TEST_MARIADB_PORT", "3306")),
-               user=os.environ.get("TEST_MARIADB_USER", "root"), password=os.environ.get("TEST_MARIADB_PASSWORD", ""))
+MARIADB = dict(host=os.environ.get("TEST_MARIADB_HOST", "127.0.0.1"),
+               port=int(os.environ.get("TEST_MARIADB_PORT", "3306")),
+               user=os.environ.get("TEST_MARIADB_USER", "root"),
+               password=os.environ.get("TEST_MARIADB_PASSWORD", ""))
 POSTGRES = dict(host=os.environ.get("TEST_PG_HOST", "127.0.0.1"), port=int(os.environ.get("TEST_PG_PORT", "5432")),
                 user=os.environ.get("TEST_PG_USER", "postgres"), password=os.environ.get("TEST_PG_PASSWORD", ""))
 REPO_ROOT = Path(__file__).resolve().parents[2]

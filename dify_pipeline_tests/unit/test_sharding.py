@@ -18,7 +18,8 @@ def keys(count: int) -> list[str]:
     return [f"tickets:{i:06d}" for i in range(count)]
 
 
-@pytest.mark.parametrize(("count", "max_rows"), [(1, 5), (5, 5), (6, 5), (10, 3), (100, 7), (1000, 1000), (1001, 1000), (17, 1)])
+@pytest.mark.parametrize(("count", "max_rows"),
+                         [(1, 5), (5, 5), (6, 5), (10, 3), (100, 7), (1000, 1000), (1001, 1000), (17, 1)])
 def test_shards_respect_the_bound_and_differ_by_at_most_one_row(count, max_rows):
     shards = assign_shards(keys(count), max_rows)
     sizes = Counter(shards.tolist())
