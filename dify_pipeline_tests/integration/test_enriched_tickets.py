@@ -69,8 +69,11 @@ def test_a_bad_day_is_not_published_and_the_next_run_retries_only_the_failed_rec
     assert materialization_metadata(good, "tickets_parquet")["rows"] == retried["rows"]
 
 
-def test_a_day_answered_by_two_app_versions_is_flagged(pipeline_env, source_tickets, dagster_instance, dify_emulator):
-    first = run_day(dagster_instance)
+def test_a_day_answered_by_two_app_versions_is_flagged_when_pinning_is_off(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
+    unpinned = tickets_contract(app=AppContract(pin_version=False))  # pinned, see test_version_pinning.py
+    first = run_day(dagster_instance, contract=unpinned)
     assert check_results(first)["single_app_version"] is True
     # The app is republished (new workflow_id) and new tickets arrive for the same day.
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY, workflow_id="republished-workflow")], latency_ms=5))
@@ -80,7 +83,7 @@ def test_a_day_answered_by_two_app_versions_is_flagged(pipeline_env, source_tick
     engine = sa.create_engine(pipeline_env["SOURCE_DATABASE_URL"])
     insert_tickets(engine, "tickets", extra)
     engine.dispose()
-    second = run_day(dagster_instance)
+    second = run_day(dagster_instance, contract=unpinned)
     assert check_results(second)["single_app_version"] is False
     assert "republished-workflow" in materialization_metadata(second, "enriched_tickets")["dify_workflow_ids"]
 
