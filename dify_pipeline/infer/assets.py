@@ -1,4 +1,5 @@
-"""Step 4 — send each record to the Dify app (once, ever, for the same inputs) and keep every outcome."""
+"""Step 4 — send each record to the Dify app (once for the same inputs, unless the contract asks another app version's
+answer again) and keep every outcome."""
 
 
 from collections import Counter
@@ -136,11 +137,13 @@ def _enrich_day(
             pin.pin_answered(day_inputs.answered)  # all answered before, by several versions: the cheapest pin
         asked_again = day_inputs.to_ask_again(policy, pin.workflow_id) if pin is not None else {}
         to_send = {**day_inputs.unanswered, **asked_again}
+        version = "" if pin is None else (f", the day pinned to app version {pin.workflow_id}" if pin.workflow_id
+                                          else ", the day pinned to the version that answers first")
         context.log.info(
             f"{day_inputs.records} records, {day_inputs.distinct} distinct inputs, {len(day_inputs.answered)} "
-            f"answered before ({len(asked_again)} of them asked again of app version {pin and pin.workflow_id}); "
-            f"sending {len(to_send)} to Dify ({dify.app_mode}, {dify.response_mode}, concurrency "
-            f"{dify.max_concurrency}, rpm {dify.requests_per_minute or 'unlimited'})"
+            f"answered before ({len(asked_again)} of them asked again){version}; sending {len(to_send)} to Dify "
+            f"({dify.app_mode}, {dify.response_mode}, concurrency {dify.max_concurrency}, "
+            f"rpm {dify.requests_per_minute or 'unlimited'})"
         )
         progress = Progress(len(to_send))
         fresh_latencies: list[float] = []

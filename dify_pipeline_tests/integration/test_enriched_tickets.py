@@ -61,7 +61,8 @@ def test_a_bad_day_is_not_published_and_the_next_run_retries_only_the_failed_rec
     assert enriched["failed"] > 0 and enriched["failures_by_code"] == {"run_failed": enriched["failed"]}
     assert not [e for e in bad.get_asset_materialization_events() if e.asset_key.path[0].startswith("tickets_")]
 
-    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5))
+    app = dify_emulator.config.apps[0]  # the same app, fixed: the day stays pinned to its published version
+    dify_emulator.configure(DifyEmulatorConfig(apps=[app], latency_ms=5))
     good = run_day(dagster_instance)
     assert good.success
     retried = materialization_metadata(good, "enriched_tickets")
