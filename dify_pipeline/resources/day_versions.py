@@ -36,6 +36,11 @@ class DayVersions:
     @classmethod
     def open(cls, url: str) -> DayVersions:
         engine = cache_database_engine(url)
+        inspector = sa.inspect(engine)
+        if inspector.has_table(DAY_VERSIONS.name) and "cache_version" not in {
+                column["name"] for column in inspector.get_columns(DAY_VERSIONS.name)}:
+            # A table of the client-only days, before the step pinned anything: its rows were never used.
+            DAY_VERSIONS.drop(engine)
         _metadata.create_all(engine, checkfirst=True)
         return cls(engine)
 

@@ -64,6 +64,21 @@ def test_the_store_survives_reopening(tmp_path):
     assert DayVersions.open(url).pinned("tickets", DAY, APP, cache_version=CACHE) == "v1"
 
 
+def test_a_table_from_before_pins_had_a_cache_version_is_made_anew(tmp_path):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'cache.sqlite'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE dify_day_versions (enrichment VARCHAR(64), day DATE, "
+                                   "app_identity VARCHAR(64), workflow_id VARCHAR(64), pinned_at DATETIME, "
+                                   "PRIMARY KEY (enrichment, day, app_identity))")
+    engine.dispose()
+    store = DayVersions.open(url)
+    assert store.pin("tickets", DAY, APP, "v1", cache_version=CACHE) == "v1"
+    store.close()
+
+
 @pytest.fixture
 def postgres_url(postgres_database_url):
     return postgres_database_url
