@@ -4,6 +4,8 @@
     .venv/bin/python -m benchmarks.scale --sizes 5000 50000 1000000    # any sizes (1M: ~10 min without inference)
     .venv/bin/python -m benchmarks.scale --infer-up-to 50000           # send Dify the days up to 50k rows
     .venv/bin/python -m benchmarks.scale --sizes 50000 1000000 --reuse-source --stages extract   # re-run a step
+    .venv/bin/python -m benchmarks.scale --sizes 1000000 --reuse-source --work-folder /tmp/scale --stages publish
+                                                  # the publishing steps again over the stages an earlier run kept
 
 For each size, a MariaDB database `dify_pipeline_bench_scale` (127.0.0.1:3306, root) is filled with one day of
 sample tickets with distinct texts (`generate_tickets(distinct_texts=True)`, duplicates, PII and bad rows
