@@ -2,6 +2,7 @@
 answer again) and keep every outcome."""
 
 
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date
@@ -25,11 +26,12 @@ from dify_pipeline.infer.enrichment import (
     plan_records,
     token_split,
 )
+from dify_pipeline.infer.key_digests import KeyDigests
 from dify_pipeline.infer.progress import Progress
 from dify_pipeline.infer.stats import SENT, DayFigures, blocked_day_message, row_costs
 from dify_pipeline.publish.preflight import check_sinks_before_paying
 from dify_pipeline.resources.day_versions import DayVersions
-from dify_pipeline.resources.dify import DifyFatalError, DifyResource, DifyResult
+from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource, DifyResult
 from dify_pipeline.resources.result_cache import CacheWriteError, ResultCache
 from dify_pipeline.resources.run_journal import RunJournal
 from dify_pipeline.resources.search import SearchCluster
@@ -38,6 +40,7 @@ from dify_pipeline.schemas import enrichment_fields, with_fields
 from dify_pipeline.stages import day_folder, shard_file
 
 BLOCKED_TAG = "dify_pipeline/blocked_by"  # on a run whose day a check stopped: the check's name
+FORGET_EVERY = 5000  # answers between two drops of their journal attempts: the list stays small
 
 
 def build_enriched_asset(chain: Chain) -> dg.AssetsDefinition:
@@ -126,27 +129,28 @@ def _enrich_day(
     versions = DayVersions.open(result_cache.url) if pinning and result_cache.enabled else None
     pin = DayPin(versions, chain.name, date.fromisoformat(context.partition_key), app_identity,
                  contract.cache_version) if pinning else None
-    answered: set[str] = set()
+    forgettable: list[str] = []  # answered by this run, their attempts not yet dropped from the journal
     try:
-        # First pass, one shard at a time: the distinct inputs no earlier run or day answered.
-        day_inputs = DayInputs(keep_answered=pinning and policy == "reask")
+        # First pass, one shard at a time: the distinct inputs no earlier run or day answered, as digests.
+        day_inputs = DayInputs()
         for path in shard_paths:
             plans = plan_shard(stage_storage.read_parquet(path, columns=needed))
             day_inputs.add(plans, cache.workflow_ids(day_inputs.new_inputs(plans)))
-        if pin is not None and pin.workflow_id is None and not day_inputs.unanswered and policy == "reask":
-            pin.pin_answered(day_inputs.answered)  # all answered before, by several versions: the cheapest pin
-        asked_again = day_inputs.to_ask_again(policy, pin.workflow_id) if pin is not None else {}
-        to_send = {**day_inputs.unanswered, **asked_again}
+        unanswered = day_inputs.unanswered
+        if pin is not None and pin.workflow_id is None and not len(unanswered) and policy == "reask":
+            pin.pin_answered(day_inputs.answered_versions())  # all answered before, by several versions: the cheapest
+        asked_again = day_inputs.to_ask_again(policy, pin.workflow_id) if pin is not None else KeyDigests()
+        to_send = unanswered.union(asked_again)
         version = "" if pin is None else (f", the day pinned to app version {pin.workflow_id}" if pin.workflow_id
                                           else ", the day pinned to the version that answers first")
         context.log.info(
-            f"{day_inputs.records} records, {day_inputs.distinct} distinct inputs, {len(day_inputs.answered)} "
+            f"{day_inputs.records} records, {day_inputs.distinct} distinct inputs, {day_inputs.answered_count} "
             f"answered before ({len(asked_again)} of them asked again){version}; sending {len(to_send)} to Dify "
             f"({dify.app_mode}, {dify.response_mode}, concurrency {dify.max_concurrency}, "
             f"rpm {dify.requests_per_minute or 'unlimited'})"
         )
         progress = Progress(len(to_send))
-        fresh_latencies: list[float] = []
+        fresh_latencies = array("d")
         this_run: dict[str, Outcome] = {}  # this run's outcomes the cache does not hold (failed runs; all when off)
 
         def on_result(result: DifyResult) -> None:
@@ -156,38 +160,51 @@ def _enrich_day(
                 cache.store(key, app_identity, contract.cache_version, result, replace=key in asked_again)
             if not result.succeeded or not cache.enabled:
                 this_run[key] = outcome
-            answered.add(key)
+            if journal is not None:
+                forgettable.append(key)
+                if len(forgettable) >= FORGET_EVERY:  # once these answers are committed, drop their attempts
+                    cache.flush()
+                    journal.forget(forgettable)
+                    forgettable.clear()
             if result.latency_ms is not None and result.attempts:  # not a run fetched after a crash: nothing sent
                 fresh_latencies.append(result.latency_ms)
             line = progress.record(outcome.succeeded)
             if line:
                 context.log.info(line)
 
-        def send(batch: dict[str, RecordPlan]) -> dict[str, int]:
-            if not batch:
+        def requests(batch: KeyDigests) -> Iterator[DifyRequest]:
+            """The request of each input of `batch`, one shard read and planned again at a time (far cheaper than a
+            call): the day's inputs are never all in memory."""
+            for path in shard_paths:
+                plans = plan_shard(stage_storage.read_parquet(path, columns=needed))
+                keys = [plan.cache_key for plan in plans]
+                chosen = [plan for plan, taken in zip(plans, batch.take(keys)) if taken]
+                started_runs = journal.pending([p.cache_key for p in chosen]) if journal and chosen else {}
+                for plan in chosen:  # sent earlier: looked up, not paid again
+                    yield plan.request(started_runs.get(plan.cache_key))
+
+        def send(batch: KeyDigests) -> dict[str, int]:
+            if not len(batch):
                 return {}
-            started_runs = journal.pending(list(batch)) if journal else {}  # sent earlier: look up, don't pay again
-            requests = [plan.request(started_runs.get(key)) for key, plan in batch.items()]
             if pin is None:
-                return dify.run_all(requests, on_result, journal=journal)
+                return dify.run_all(requests(batch), on_result, journal=journal)
             if pin.workflow_id is not None:
-                return dify.run_all(requests, on_result, journal=journal, workflow_id=pin.workflow_id)
-            return dify.run_all(requests, on_result, journal=journal, pin=pin.pin)
+                return dify.run_all(requests(batch), on_result, journal=journal, workflow_id=pin.workflow_id)
+            return dify.run_all(requests(batch), on_result, journal=journal, pin=pin.pin)
 
         try:
             call_counters = send(to_send)
             if pin is not None and pin.workflow_id is not None:  # pinned by this run's first answer: re-ask now
-                later = {key: plan for key, plan in day_inputs.to_ask_again(policy, pin.workflow_id).items()
-                         if key not in to_send}
-                asked_again.update(later)
-                to_send.update(later)
+                later = day_inputs.to_ask_again(policy, pin.workflow_id).difference(to_send)
+                asked_again = asked_again.union(later)
+                to_send = to_send.union(later)
                 progress.total += len(later)
                 call_counters = dict(Counter(call_counters) + Counter(send(later)))
             cache.flush()
         except (DifyFatalError, CacheWriteError) as error:
             raise dg.Failure(description=_stopped_message(error, pin, context.partition_key)) from None
-        sent_keys = set(to_send)
-        del to_send, day_inputs
+        sent_keys = to_send
+        del day_inputs, unanswered
 
         # Second pass, one shard at a time: every answer judged against today's contract, the rows written.
         figures = DayFigures(mask=_masker(contract), estimate_currency=contract.price_currency,
@@ -195,7 +212,7 @@ def _enrich_day(
         prices = token_prices(contract)
         output_folder = day_folder(stage_storage, chain.enriched, context.partition_key)
         written = []
-        seen: set[str] = set()
+        seen = KeyDigests()
         for index, path in enumerate(shard_paths):
             shard = stage_storage.read_parquet(path)
             plans = plan_shard(shard)
@@ -219,7 +236,7 @@ def _enrich_day(
         try:
             cache.close()  # commits the last group
             if journal is not None:  # once the answers are durable, their attempts need no looking up any more
-                journal.forget(answered)
+                journal.forget(forgettable)
         finally:
             if journal is not None:
                 journal.close()

@@ -5,60 +5,78 @@ outcomes."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Container, Iterable, Mapping
 from datetime import date
+
+import numpy as np
 
 from dify_pipeline.contract import OutputField
 from dify_pipeline.infer.enrichment import NOT_ANSWERED, Outcome, RecordPlan, judge, refused_inputs_outcome
+from dify_pipeline.infer.key_digests import KeyDigests, digests
 from dify_pipeline.resources.day_versions import DayVersions
 from dify_pipeline.resources.dify import AnswerDecision, DifyResult, decide_cached_answer
 from dify_pipeline.resources.dify.versions import OtherVersionAnswers
 
 
-@dataclass
 class DayInputs:
     """The first pass over a day, one shard at a time: each distinct input once, either never answered (to send)
-    or answered before, with the app version that answered it. `keep_answered` keeps the plans of the answered
-    ones too (their inputs are needed when they may be asked again)."""
+    or answered before, with the app version that answered it. Only digests of the keys are kept, never the
+    inputs (`infer.key_digests`): the sending pass reads the shards again for them."""
 
-    keep_answered: bool = False
-    records: int = 0
-    unanswered: dict[str, RecordPlan] = field(default_factory=dict)  # cache key → plan
-    answered: dict[str, str | None] = field(default_factory=dict)  # cache key → workflow_id of the stored answer
-    answered_plans: dict[str, RecordPlan] = field(default_factory=dict)
-    _seen: set[str] = field(default_factory=set)
+    def __init__(self) -> None:
+        self.records = 0
+        self._seen = KeyDigests()
+        self._unanswered: list[np.ndarray] = []  # per shard, the digests of its new inputs not answered before
+        self._answered: list[np.ndarray] = []  # … of those answered before
+        self._answered_versions: list[np.ndarray] = []  # … and the index in `_versions` of each one's version
+        self._versions: dict[str | None, int] = {}
 
     def new_inputs(self, plans: Iterable[RecordPlan]) -> dict[str, RecordPlan]:
         """The plans among `plans` whose inputs this day has not met yet (refused ones left out)."""
-        new: dict[str, RecordPlan] = {}
+        candidates: dict[str, RecordPlan] = {}
         for plan in plans:
-            if not plan.input_problem and plan.cache_key not in self._seen:
-                new.setdefault(plan.cache_key, plan)
-        return new
+            if not plan.input_problem:
+                candidates.setdefault(plan.cache_key, plan)
+        met = self._seen.contains(digests(candidates))
+        return {key: plan for (key, plan), old in zip(candidates.items(), met.tolist()) if not old}
 
     def add(self, plans: list[RecordPlan], stored: Mapping[str, str | None]) -> None:
         """One shard's `plans`, with `stored`: which of its new inputs the cache holds, by the version that answered
         (`ResultCacheSession.workflow_ids(new_inputs(plans))`)."""
-        new = self.new_inputs(plans)
+        new = list(self.new_inputs(plans))
         self.records += len(plans)
-        self._seen.update(plan.cache_key for plan in plans)
-        for key, plan in new.items():
-            if key in stored:
-                self.answered[key] = stored[key]
-                if self.keep_answered:
-                    self.answered_plans[key] = plan
-            else:
-                self.unanswered[key] = plan
+        self._seen.add(digests(plan.cache_key for plan in plans))
+        answered = [key for key in new if key in stored]
+        self._unanswered.append(digests(key for key in new if key not in stored))
+        self._answered.append(digests(answered))
+        self._answered_versions.append(np.array(
+            [self._versions.setdefault(stored[key], len(self._versions)) for key in answered], dtype=np.int32))
 
     @property
     def distinct(self) -> int:
         return len(self._seen)
 
-    def to_ask_again(self, policy: OtherVersionAnswers, pinned: str | None) -> dict[str, RecordPlan]:
+    @property
+    def unanswered(self) -> KeyDigests:
+        """The distinct inputs no earlier run or day answered."""
+        return KeyDigests(np.sort(np.concatenate([np.empty(0, np.uint64), *self._unanswered])))
+
+    @property
+    def answered_count(self) -> int:
+        return sum(len(shard) for shard in self._answered)
+
+    def answered_versions(self) -> Counter:
+        """How many inputs answered before each app version (None: not known) answered."""
+        counts = np.bincount(np.concatenate([np.empty(0, np.int32), *self._answered_versions]),
+                             minlength=len(self._versions))
+        return Counter({version: int(counts[index]) for version, index in self._versions.items() if counts[index]})
+
+    def to_ask_again(self, policy: OtherVersionAnswers, pinned: str | None) -> KeyDigests:
         """The answered inputs the day's `pinned` version must answer again (the contract's policy)."""
-        return {key: self.answered_plans[key] for key, workflow_id in self.answered.items()
-                if decide_cached_answer(policy, pinned, workflow_id) is AnswerDecision.REASK}
+        reask = np.array([decide_cached_answer(policy, pinned, version) is AnswerDecision.REASK
+                          for version in self._versions] or [False], dtype=bool)
+        chosen = [shard[reask[versions]] for shard, versions in zip(self._answered, self._answered_versions)]
+        return KeyDigests(np.unique(np.concatenate([np.empty(0, np.uint64), *chosen])))
 
 
 class DayPin:
@@ -82,22 +100,23 @@ class DayPin:
                                                   cache_version=self._cache_version)
         return self.workflow_id
 
-    def pin_answered(self, answered: Mapping[str, str | None]) -> str | None:
+    def pin_answered(self, answered: Counter) -> str | None:
         """Pin a day whose records were all answered before to the version of most of those answers (nothing is
-        sent to find one); None when no answer names its version."""
+        sent to find one; `answered`: how many each version gave); None when no answer names its version."""
         workflow_id = version_of_most_answers(answered)
         return self.pin(workflow_id) if workflow_id else None
 
 
-def version_of_most_answers(answered: Mapping[str, str | None]) -> str | None:
-    """The app version that gave most of `answered` (None when none is known): the cheapest version to pin a day
-    whose records were all answered before, by several versions, when other versions' answers are asked again."""
-    counts = Counter(workflow_id for workflow_id in answered.values() if workflow_id)
+def version_of_most_answers(answered: Counter) -> str | None:
+    """The app version that gave most answers (`answered`: how many each gave; None when none is known): the
+    cheapest version to pin a day whose records were all answered before, by several versions, when other
+    versions' answers are asked again."""
+    counts = Counter({workflow_id: count for workflow_id, count in answered.items() if workflow_id})
     return counts.most_common(1)[0][0] if counts else None
 
 
 def judge_shard(plans: list[RecordPlan], stored: Mapping[str, DifyResult], this_run: Mapping[str, Outcome],
-                sent: set[str], fields: Mapping[str, OutputField]) -> dict[str, Outcome]:
+                sent: Container[str], fields: Mapping[str, OutputField]) -> dict[str, Outcome]:
     """The outcome of each distinct input of a shard: refused inputs, this run's outcomes the cache does not hold
     (`this_run`: failed runs; every answer when the cache is off), and each `stored` answer judged against the
     contract's `fields` now (a contract failure stored earlier is judged again, free); `sent` are the inputs this

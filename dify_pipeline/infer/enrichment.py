@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from dify_pipeline.contract import OutputField
 from dify_pipeline.infer.app_form import InputVariable, fit_inputs
 from dify_pipeline.infer.cache_key import cache_key
+from dify_pipeline.infer.key_digests import KeyDigests, digests
 from dify_pipeline.infer.outputs import parse_outputs
 from dify_pipeline.infer.stats import CACHE, DUPLICATE, REFUSED, SENT
 from dify_pipeline.resources.dify import DifyRequest, DifyResult
@@ -156,14 +157,18 @@ def enrichment_columns(
 
 
 def answer_sources(plans: Sequence[RecordPlan], outcomes: dict[str, Outcome],
-                   seen: set[str]) -> tuple[list[str], list[bool]]:
+                   seen: KeyDigests) -> tuple[list[str], list[bool]]:
     """Per record, where its answer came from (stats.SENT, DUPLICATE, CACHE or REFUSED) and whether it is the
     first record of its inputs in the day (`seen` holds the inputs met in earlier shards; updated)."""
+    values = digests(plan.cache_key for plan in plans)
+    earlier = seen.contains(values).tolist()
+    seen.add(values)
+    in_shard: set[str] = set()
     sources, first = [], []
-    for plan in plans:
+    for plan, met in zip(plans, earlier):
         outcome = outcomes[plan.cache_key]
-        is_first = plan.cache_key not in seen
-        seen.add(plan.cache_key)
+        is_first = not met and plan.cache_key not in in_shard
+        in_shard.add(plan.cache_key)
         if plan.input_problem:
             sources.append(REFUSED)
             first.append(False)

@@ -3,6 +3,8 @@ shard's answers are judged, and what the step reports."""
 
 from __future__ import annotations
 
+import tracemalloc
+from collections import Counter
 from datetime import date
 
 import pyarrow as pa
@@ -11,6 +13,7 @@ from dify_pipeline.contract import TICKET_OUTPUTS, tickets_contract
 from dify_pipeline.infer.day_plan import DayInputs, DayPin, judge_shard, version_of_most_answers
 from dify_pipeline.infer.day_report import day_checks, day_metadata, token_prices
 from dify_pipeline.infer.enrichment import RecordPlan, enrichment_columns
+from dify_pipeline.infer.key_digests import KeyDigests
 from dify_pipeline.infer.stats import DayFigures
 from dify_pipeline.resources.day_versions import DayVersions
 from dify_pipeline.resources.dify import DifyResult
@@ -39,22 +42,49 @@ def test_each_distinct_input_is_counted_once_as_answered_before_or_to_send():
     second = [plan("r5", "a"), plan("r6", "c"), plan("r7", "b")]
     assert set(day.new_inputs(second)) == {"c"}
     day.add(second, {})
-    assert (day.records, day.distinct) == (7, 4)
-    assert set(day.unanswered) == {"a", "c"} and day.answered == {"b": "wf-1"}
-    assert day.answered_plans == {}  # not kept unless they may be asked again
+    assert (day.records, day.distinct, day.answered_count) == (7, 4, 1)
+    unanswered = day.unanswered
+    assert len(unanswered) == 2 and "a" in unanswered and "c" in unanswered and "b" not in unanswered
+    assert day.answered_versions() == {"wf-1": 1}
 
 
 def test_under_reask_the_answers_of_other_versions_are_asked_again_of_the_pinned_one():
-    day = DayInputs(keep_answered=True)
+    day = DayInputs()
     day.add([plan("r1", "a"), plan("r2", "b"), plan("r3", "c")], {"a": "wf-1", "b": "wf-0", "c": None})
-    assert set(day.to_ask_again("reask", "wf-1")) == {"b", "c"}  # another version, and one not known
-    assert day.to_ask_again("reuse", "wf-1") == {}
-    assert day.to_ask_again("reask", None) == {}  # nothing pinned: every answer counts
+    again = day.to_ask_again("reask", "wf-1")
+    assert len(again) == 2 and "b" in again and "c" in again  # another version, and one not known
+    assert len(day.to_ask_again("reuse", "wf-1")) == 0
+    assert len(day.to_ask_again("reask", None)) == 0  # nothing pinned: every answer counts
+
+
+def test_the_first_pass_keeps_digests_not_inputs_its_memory_grows_by_bytes_per_input():
+    def peak_for(count: int) -> int:
+        day = DayInputs()
+        tracemalloc.start()
+        for start in range(0, count, 1000):
+            shard = [RecordPlan(record_key=f"r{i}", inputs={"subject": f"s{i}" * 20, "body": f"b{i}" * 200},
+                                cache_key=f"{i:064x}", inputs_truncated=False) for i in range(start, start + 1000)]
+            day.add(shard, {})
+            del shard
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert len(day.unanswered) == count
+        return peak
+
+    small, large = peak_for(2_000), peak_for(20_000)
+    # One shard's plans (~1.5 MB here) plus ~16 bytes per input (digests); the inputs themselves were ~2 KB each.
+    assert large - small < 18_000 * 100
+
+
+def test_each_key_of_a_batch_is_taken_once_whatever_shard_meets_it():
+    batch = KeyDigests.of(["a", "b"])
+    assert batch.take(["a", "x", "a"]) == [True, False, False]
+    assert batch.take(["b", "a"]) == [True, False]
 
 
 def test_a_day_answered_before_by_several_versions_is_pinned_to_the_version_of_most():
-    assert version_of_most_answers({"a": "wf-1", "b": "wf-2", "c": "wf-2", "d": None}) == "wf-2"
-    assert version_of_most_answers({"a": None}) is None
+    assert version_of_most_answers(Counter({"wf-1": 1, "wf-2": 2, None: 1})) == "wf-2"
+    assert version_of_most_answers(Counter({None: 1})) is None
 
 
 # -- the day's pin ----------------------------------------------------------------------------------
@@ -73,7 +103,7 @@ def test_the_pin_is_kept_in_the_cache_database_for_every_later_run(tmp_path):
     later = DayPin(DayVersions.open(url), "tickets", DAY, "workflow:app", "v1")
     assert later.workflow_id == "wf-1" and later.pin("wf-2") == "wf-1"
     assert DayPin(DayVersions.open(url), "tickets", DAY, "workflow:app", "v2").workflow_id is None
-    assert later.pin_answered({"a": "wf-3"}) == "wf-1"
+    assert later.pin_answered(Counter({"wf-3": 1})) == "wf-1"
 
 
 # -- the second pass --------------------------------------------------------------------------------

@@ -322,6 +322,7 @@ def test_error_counts_skip_successes_and_list_the_commonest_first():
 
 def test_answer_sources_tell_sent_from_duplicate_within_the_day_from_cache_and_refused():
     from dify_pipeline.infer.enrichment import answer_sources, refused_inputs_outcome
+    from dify_pipeline.infer.key_digests import KeyDigests
 
     first_shard = plan([row("r1", body="a"), row("r2", body="a"), row("r3", body="cached")])
     second_shard = plan([row("r4", body="a"), row("r5", body="cached")])
@@ -330,7 +331,7 @@ def test_answer_sources_tell_sent_from_duplicate_within_the_day_from_cache_and_r
     cached = answered(ANSWER, from_cache=True)
     outcomes = {first_shard[0].cache_key: answer, first_shard[2].cache_key: cached,
                 refused[0].cache_key: refused_inputs_outcome(refused[0])}
-    seen: set[str] = set()
+    seen = KeyDigests()
     assert answer_sources(first_shard, outcomes, seen) == (["sent", "duplicate", "cache"], [True, False, True])
     assert answer_sources(second_shard, outcomes, seen) == (["duplicate", "cache"], [False, False])
     assert answer_sources(refused, outcomes, seen) == (["refused"], [False])

@@ -190,13 +190,12 @@ class DifyResource(dg.ConfigurableResource):
         Without one but with `pin`, requests go one at a time to the published version until one is answered;
         `pin(its workflow_id)` records it and returns the version the day is pinned to (another run may have
         pinned first), and the rest run that version. An answer of another version than the pin is asked again.
-        Chat apps send each request's `query`.
+        Chat apps send each request's `query` (ValueError on the first request without one).
+
+        `requests` is consumed lazily, a few ahead of the calls in flight: a generator keeps the day out of memory.
         """
-        requests = list(requests)
         if (workflow_id is not None or pin is not None) and self.app_mode != "workflow":
             raise ValueError(f"workflow_id pins a workflow app's version; this is a {self.app_mode} app")
-        if self.app_mode == "chat" and any(request.query is None for request in requests):
-            raise ValueError("a chat app needs each DifyRequest's `query` (the message)")
         log = log or dg.get_dagster_logger().info
         counters = _run(self._run_all(requests, on_result, journal, log, workflow_id, pin))
         if counters.fatal is not None:
@@ -221,17 +220,22 @@ class DifyResource(dg.ConfigurableResource):
 
         gate = RequestGate(self.max_concurrency, self.requests_per_minute, adaptive=self.adaptive_concurrency,
                            sleep=nap)
-        queue: asyncio.Queue[DifyRequest] = asyncio.Queue()
-        for request in requests:
-            queue.put_nowait(request)
+        upcoming = iter(requests)
+        put_back: collections.deque[DifyRequest] = collections.deque()  # taken, to be sent again first
+
+        def take() -> DifyRequest | None:  # the next request, None when all are taken
+            request = put_back.popleft() if put_back else next(upcoming, None)
+            if request is not None and self.app_mode == "chat" and request.query is None:
+                raise ValueError("a chat app needs each DifyRequest's `query` (the message)")
+            return request
+
         timeout = aiohttp.ClientTimeout(total=self.request_timeout_seconds, sock_connect=10.0)
         async with self._session(self.max_concurrency, timeout) as client:
 
             async def worker() -> None:
                 while not counters.stop.is_set():
-                    try:
-                        request = queue.get_nowait()
-                    except asyncio.QueueEmpty:
+                    request = take()
+                    if request is None:
                         return
                     result = await self._call_with_retries(client, gate, counters, request, journal)
                     if result is not None:
@@ -240,15 +244,17 @@ class DifyResource(dg.ConfigurableResource):
 
             async def until_pinned() -> None:
                 """One request at a time to the published version, until an answer names the version to pin."""
-                while counters.workflow_id is None and not counters.stop.is_set() and not queue.empty():
-                    request = queue.get_nowait()
+                while counters.workflow_id is None and not counters.stop.is_set():
+                    request = take()
+                    if request is None:
+                        return
                     result = await self._call_with_retries(client, gate, counters, request, journal)
                     if result is None:
                         continue
                     if result.workflow_id:
                         counters.workflow_id = await asyncio.to_thread(pin, result.workflow_id)
                         if counters.workflow_id != result.workflow_id:  # another run pinned another version first
-                            queue.put_nowait(request)
+                            put_back.append(request)
                             continue
                     counters.finished.append(time.monotonic())
                     on_result(result)
@@ -258,7 +264,7 @@ class DifyResource(dg.ConfigurableResource):
                 if pin is not None:
                     await until_pinned()
                 # More workers than slots: a worker sleeping out a backoff or looking a run up must not idle a slot.
-                workers = min(queue.qsize(), self.max_concurrency * 4)
+                workers = self.max_concurrency * 4  # each ends when no request is left
                 await asyncio.gather(*(worker() for _ in range(workers)))
             finally:
                 watch.cancel()
