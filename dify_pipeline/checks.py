@@ -6,12 +6,14 @@ PUBLISHED_BY_HOUR, whatever the reason (a blocked day, a failed or missing run, 
 """
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import dagster as dg
-import pyarrow.compute as pc
+import numpy as np
+import pyarrow as pa
 
 from dify_pipeline.chain import Chain
+from dify_pipeline.infer.key_digests import digests
 from dify_pipeline.publish.documents import MAPPING_VERSION, day_query
 from dify_pipeline.publish.elasticsearch_assets import day_lease
 from dify_pipeline.resources.search import LeaseUnavailable, SearchCluster, SearchClusterError
@@ -31,16 +33,18 @@ def build_publish_checks(chain: Chain) -> list[dg.AssetChecksDefinition]:
         context: dg.AssetCheckExecutionContext, stage_storage: ObjectStorage, parquet_output: ObjectStorage
     ) -> dg.AssetCheckResult:
         day = context.partition_key
-        published = parquet_output.read_parquet(published_path(parquet_output, day), columns=["record_key"]
-                                                ).column("record_key")
+        path = published_path(parquet_output, day)
+        rows = parquet_output.parquet_metadata(path).num_rows
         enriched = sum(
             stage_storage.parquet_metadata(p).num_rows
             for p in stage_storage.list_files(day_folder(stage_storage, chain.enriched, day))
         )
-        duplicates = len(published) - len(pc.unique(published))
+        duplicates = duplicate_keys(
+            lambda: (batch.column(0) for batch in parquet_output.iter_parquet_batches(path, columns=["record_key"])),
+            rows)
         return dg.AssetCheckResult(
-            passed=len(published) == enriched and duplicates == 0,
-            metadata={"parquet_rows": len(published), "enriched_rows": enriched, "duplicate_keys": duplicates},
+            passed=rows == enriched and duplicates == 0,
+            metadata={"parquet_rows": rows, "enriched_rows": enriched, "duplicate_keys": duplicates},
         )
 
     @dg.asset_check(asset=chain.key(chain.elasticsearch), additional_deps=[chain.key(chain.parquet)], blocking=True,
@@ -67,6 +71,23 @@ def build_publish_checks(chain: Chain) -> list[dg.AssetChecksDefinition]:
         )
 
     return [parquet_matches_enriched, elasticsearch_matches_parquet]
+
+
+def duplicate_keys(read_keys: Callable[[], Iterable[pa.Array]], rows: int) -> int:
+    """How many of the `rows` keys `read_keys()` yields (batch by batch) repeat an earlier one, exactly, in 8 bytes
+    per key: their digests are sorted, and the keys of a digest met twice read again and compared as text."""
+    values = np.empty(rows, dtype=np.uint64)
+    filled = 0
+    for keys in read_keys():
+        values[filled:filled + len(keys)] = digests(keys.to_pylist())
+        filled += len(keys)
+    values = np.sort(values[:filled])
+    suspects = set(values[1:][values[1:] == values[:-1]].tolist())
+    if not suspects:
+        return 0
+    found = [key for keys in read_keys() for key, value in zip(keys.to_pylist(), digests(keys.to_pylist()).tolist())
+             if value in suspects]
+    return len(found) - len(set(found))
 
 
 def freshness_check_keys(chain: Chain) -> list[dg.AssetCheckKey]:
