@@ -41,7 +41,8 @@ URL = f"mysql+pymysql://root@127.0.0.1:3306/{DATABASE}?charset=utf8mb4"
 DAY = datetime(2026, 11, 20)
 SMALL_DAY = DAY + timedelta(days=1)
 COLUMNS = "id, subject, body, channel, customer_id, priority, created_at, updated_at"
-SUBJECTS = ["订单物流延迟", "Refund not received", "无法登录账户", "App crashes on start", "发票开具问题", "Wrong item delivered"]
+SUBJECTS = ["订单物流延迟", "Refund not received", "无法登录账户", "App crashes on start", "发票开具问题",
+            "Wrong item delivered"]
 BODIES = [
     "我的订单已经三天没有更新物流信息了，请帮忙查一下。",
     "I was charged twice for my order and still have not received a refund after two weeks.",
@@ -76,7 +77,8 @@ def load_rows(folder: str, rows: int) -> None:
                 updated = created + timedelta(seconds=rng.randrange(7200))
                 handle.write(
                     f"{key}\t{SUBJECTS[key % 6]} #{key}\t{BODIES[key % 4]} 编号 {key} {BODIES[(key // 4) % 4]}\t"
-                    f"{('email', 'web', 'app')[key % 3]}\t{rng.randrange(10**6)}\t{'high' if key % 7 == 0 else 'normal'}\t"
+                    f"{('email', 'web', 'app')[key % 3]}\t{rng.randrange(10**6)}\t"
+                    f"{'high' if key % 7 == 0 else 'normal'}\t"
                     f"{created:%Y-%m-%d %H:%M:%S.%f}\t{updated:%Y-%m-%d %H:%M:%S.%f}\n"
                 )
                 key += 1
@@ -141,8 +143,8 @@ def case_bare(day_iso: str, driver: str, folder: str) -> dict:
 
 
 def run_ours(day: datetime, driver: str, folder: str, case: str = "ours") -> dict:
-    output = subprocess.run([sys.executable, "-m", "benchmarks.export_mariadb", "--case", case, f"{day:%Y-%m-%d}", driver,
-                             folder],
+    output = subprocess.run([sys.executable, "-m", "benchmarks.export_mariadb", "--case", case, f"{day:%Y-%m-%d}",
+                             driver, folder],
                             check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -161,7 +163,8 @@ def main() -> int:
         started = time.perf_counter()
         create_table()
         load_rows(folder, args.rows)
-        print(f"loaded {args.rows} + {args.rows // 4} rows into {DATABASE} in {time.perf_counter() - started:.1f} s", flush=True)
+        print(f"loaded {args.rows} + {args.rows // 4} rows into {DATABASE} in {time.perf_counter() - started:.1f} s",
+              flush=True)
 
         # Interleaved, so that a slow spell of the machine hits every contender alike.
         timings: dict[str, list] = {"batch": [], "quick": [], "bare": [], "ours": []}

@@ -55,7 +55,8 @@ SHARD_ROWS = 500
 PARALLEL_REQUESTS = 4
 CHUNK_SIZE = 1000
 
-SUBJECTS = ["订单物流延迟", "Refund not received", "无法登录账户", "App crashes on start", "发票开具问题", "Wrong item delivered"]
+SUBJECTS = ["订单物流延迟", "Refund not received", "无法登录账户", "App crashes on start", "发票开具问题",
+            "Wrong item delivered"]
 BODIES = [
     "我的订单已经三天没有更新物流信息了，请帮忙查一下。客服电话一直占线，希望尽快处理。",
     "I was charged twice for my order and still have not received a refund after two weeks of waiting.",
@@ -79,6 +80,7 @@ def enriched_day(rows: int) -> pa.Table:
                         ("created_at", pa.timestamp("us", tz="UTC")), ("updated_at", pa.timestamp("us", tz="UTC"))])
     schema = with_fields(with_fields(source, CLEAN_FIELDS), ENRICHMENT_FIELDS).append(SHARD_FIELD)
     numbers = pa.array(keys.astype(str).astype(object), pa.string())
+    labels = pa.dictionary(pa.int32(), pa.string())
     body = pc.binary_join_element_wise(pick(BODIES), " 编号 ", numbers, pick(BODIES), "")
     columns = {
         "id": pa.array(keys, pa.int64()),
@@ -92,11 +94,12 @@ def enriched_day(rows: int) -> pa.Table:
         "record_key": numbers,
         "text_truncated": pa.array(np.zeros(rows, bool)),
         "pii_masked": pa.array(rng.integers(0, 3, rows), pa.int64()),
-        "category": pick(CATEGORIES).dictionary_encode().cast(pa.dictionary(pa.int32(), pa.string())),
+        "category": pick(CATEGORIES).dictionary_encode().cast(labels),
         "summary": pick(SUMMARIES),
-        "sentiment": pick(["negative", "neutral", "positive"]).dictionary_encode().cast(pa.dictionary(pa.int32(), pa.string())),
-        "outputs_json": pa.array(['{"category": "物流问题", "summary": "…", "sentiment": "negative"}'] * rows, pa.string()),
-        "dify_status": pa.array(["succeeded"] * rows, pa.string()).dictionary_encode().cast(pa.dictionary(pa.int32(), pa.string())),
+        "sentiment": pick(["negative", "neutral", "positive"]).dictionary_encode().cast(labels),
+        "outputs_json": pa.array(['{"category": "物流问题", "summary": "…", "sentiment": "negative"}'] * rows,
+                                 pa.string()),
+        "dify_status": pa.array(["succeeded"] * rows, pa.string()).dictionary_encode().cast(labels),
         "error_code": pa.nulls(rows, pa.string()),
         "error_message": pa.nulls(rows, pa.string()),
         "attempts": pa.array(np.ones(rows, np.int32)),
@@ -125,7 +128,8 @@ def write_stage(folder: str, rows: int) -> int:
     stage = ObjectStorage(url=folder)
     table = enriched_day(rows)
     for shard, offset in enumerate(range(0, rows, SHARD_ROWS)):
-        stage.write_parquet(shard_file(stage, "enriched_tickets", DAY, shard), table.schema, [table.slice(offset, SHARD_ROWS)])
+        stage.write_parquet(shard_file(stage, "enriched_tickets", DAY, shard), table.schema,
+                            [table.slice(offset, SHARD_ROWS)])
     return table.num_rows
 
 
@@ -160,8 +164,9 @@ def case_parquet_ours(stage_url: str, s3_url: str, prefix: str) -> dict:
 
     stage = ObjectStorage(url=stage_url)
     output = ObjectStorage(url=f"s3://{BUCKET}/{prefix}", s3_endpoint_url=s3_url, s3_region="us-east-1")
-    output.filesystem().ls(BUCKET)  # warm-up before the clock; the step makes its own client (as raw does, inside the clock)
-    outcome = materialize(steps_of(tickets_contract())["tickets_parquet"], {"stage_storage": stage, "parquet_output": output})
+    output.filesystem().ls(BUCKET)  # warm-up before the clock; the step makes its own client inside it, as raw does
+    outcome = materialize(steps_of(tickets_contract())["tickets_parquet"],
+                          {"stage_storage": stage, "parquet_output": output})
     return {"rows": outcome["metadata"]["rows"], "usage": outcome["usage"]}
 
 
@@ -174,14 +179,15 @@ def case_parquet_raw(stage_url: str, s3_url: str, prefix: str) -> dict:
                                            skip_instance_cache=True)
     new_client().ls(BUCKET)  # warm-up before the clock (imports, S3's service model), as in our case
     start_rss = current_rss_mb()
-    with measured() as usage:  # the same work as ours: make a client, find the day's shards, read them, write one object
+    with measured() as usage:  # the same work as ours: make a client, find the shards, read them, write one object
         fs = new_client()  # a Dagster step builds its resources afresh: ours makes its client inside the clock too
         shards = ds.dataset(f"{stage_url}/enriched_tickets/dt={DAY}", format="parquet")
         table = shards.to_table().drop_columns(["shard"])  # pyarrow's own multithreaded reader
         started = time.perf_counter()
         pq.write_table(table, f"{BUCKET}/{prefix}/dt={DAY}/part-00000.parquet", filesystem=fs, compression="zstd")
         write_seconds = time.perf_counter() - started
-    return {"rows": table.num_rows, "usage": {**usage.__dict__, "start_rss_mb": start_rss}, "write_seconds": write_seconds}
+    return {"rows": table.num_rows, "usage": {**usage.__dict__, "start_rss_mb": start_rss},
+            "write_seconds": write_seconds}
 
 
 def case_elasticsearch_ours(stage_url: str, es_url: str, index: str) -> dict:
@@ -214,8 +220,8 @@ def case_elasticsearch_raw(stage_url: str, es_url: str, index: str) -> dict:
     start_rss = current_rss_mb()
     with measured() as usage:
         started = time.perf_counter()
-        for ok, item in helpers.parallel_bulk(client, documents, thread_count=PARALLEL_REQUESTS, chunk_size=CHUNK_SIZE,
-                                              raise_on_error=True):
+        for _ in helpers.parallel_bulk(client, documents, thread_count=PARALLEL_REQUESTS, chunk_size=CHUNK_SIZE,
+                                       raise_on_error=True):
             pass
         bulk_seconds = time.perf_counter() - started
         client.indices.refresh(index=physical)
@@ -281,7 +287,8 @@ def _sink_handler():
 
     import orjson
 
-    info = orjson.dumps({"name": "noop", "cluster_name": "noop", "cluster_uuid": "noop", "tagline": "You Know, for Search",
+    info = orjson.dumps({"name": "noop", "cluster_name": "noop", "cluster_uuid": "noop",
+                         "tagline": "You Know, for Search",
                          "version": {"number": "9.1.0", "build_flavor": "default", "build_type": "docker",
                                      "lucene_version": "10.2.2", "minimum_wire_compatibility_version": "8.19.0",
                                      "minimum_index_compatibility_version": "8.0.0"}})
@@ -498,7 +505,8 @@ def elasticsearch(stage_url: str, rows: int, repeat: int) -> bool:
             raw = best_of(repeat, "elasticsearch_raw", stage_url, es_url, "raw", before=reset)
             ours = best_of(repeat, "elasticsearch_ours", stage_url, es_url, "ours", before=reset)
     passed = compare(f"elasticsearch (emulator, {PARALLEL_REQUESTS} requests in flight)", rows, ours, raw)
-    print(f"  bulk phase alone: ours {rows / ours['bulk_seconds']:.3g} rows/s, raw {rows / raw['bulk_seconds']:.3g} rows/s, "
+    print(f"  bulk phase alone: ours {rows / ours['bulk_seconds']:.3g} rows/s, "
+          f"raw {rows / raw['bulk_seconds']:.3g} rows/s, "
           f"ratio {raw['bulk_seconds'] / ours['bulk_seconds']:.3f} (the step also counts the day's documents before "
           f"and after, which the emulator does in Python over every document)", flush=True)
     return passed
@@ -511,7 +519,8 @@ def compare(name: str, rows: int, ours: dict, raw: dict) -> bool:
     ratio = ours_rate / raw_rate
     report(name, {"rows": rows, "ours_rows/s": ours_rate, "raw_rows/s": raw_rate,
                   "ours_s": ours["usage"]["wall_seconds"], "raw_s": raw["usage"]["wall_seconds"],
-                  "ours_peak_rss_mb": ours["usage"]["peak_rss_mb"], "ours_rss_at_start_mb": ours["usage"]["start_rss_mb"],
+                  "ours_peak_rss_mb": ours["usage"]["peak_rss_mb"],
+                  "ours_rss_at_start_mb": ours["usage"]["start_rss_mb"],
                   "raw_peak_rss_mb": raw["usage"]["peak_rss_mb"], "raw_rss_at_start_mb": raw["usage"]["start_rss_mb"],
                   "ours_cpu_cores": ours["usage"]["cpu_seconds"] / ours["usage"]["wall_seconds"]},
            ratio, 0.80, ratio >= 0.80)

@@ -37,7 +37,8 @@ from dify_pipeline_dev.demo.sample_data import generate_tickets
 OLD_MASKER_COMMIT = "0124854"  # the masker before issue 11
 RECALL_BOUND = 0.999
 
-_ZH = ["我的订单一直没发货，请尽快处理", "退款申请提交好几天了", "收到的商品有质量问题", "App一打开就闪退", "请帮我修改收货地址"]
+_ZH = ["我的订单一直没发货，请尽快处理", "退款申请提交好几天了", "收到的商品有质量问题", "App一打开就闪退",
+       "请帮我修改收货地址"]
 _EN = ["My order has not shipped yet", "I still have no refund", "The product arrived broken",
        "The app crashes on start"]
 _BOUNDARIES = [" ", "：", "，", "。", "(", "\n", "<br>", "是", "号"]
@@ -102,8 +103,9 @@ def _us_national(rng: random.Random) -> str:
 
 
 def _email(rng: random.Random) -> tuple[str, list[str]]:
-    local = rng.choice([f"zhang.wei{rng.randrange(1000)}", f"li_na{rng.randrange(100)}", "张伟" + rng.choice("一二三四"),
-                        f"müller{rng.randrange(100)}", f"иван{rng.randrange(100)}", f"john.smith+{rng.randrange(99)}"])
+    local = rng.choice([f"zhang.wei{rng.randrange(1000)}", f"li_na{rng.randrange(100)}",
+                        "张伟" + rng.choice("一二三四"), f"müller{rng.randrange(100)}", f"иван{rng.randrange(100)}",
+                        f"john.smith+{rng.randrange(99)}"])
     labels = [rng.choice(["qq", "163", "gmail", "例子", "邮件", "почта", "xn--fsqu00a", "mail.example"])]
     tld = rng.choice(["com", "cn", "co.uk", "中国", "xn--fiqs8s", "рф"])
     at = rng.choice(["@", "@", "＠", " @ ", "[at]", "(at)", " at ", "<b>@</b>", "<div>@</div>", "&#64;"])

@@ -4,6 +4,8 @@
     .venv/bin/python -m benchmarks.scale --sizes 5000 50000 1000000    # any sizes (1M: ~10 min without inference)
     .venv/bin/python -m benchmarks.scale --infer-up-to 50000           # send Dify the days up to 50k rows
     .venv/bin/python -m benchmarks.scale --sizes 50000 1000000 --reuse-source --stages extract   # re-run a step
+    .venv/bin/python -m benchmarks.scale --sizes 1000000 --reuse-source --work-folder /tmp/scale --stages publish
+                                                  # the publishing steps again over the stages an earlier run kept
 
 For each size, a MariaDB database `dify_pipeline_bench_scale` (127.0.0.1:3306, root) is filled with one day of
 sample tickets with distinct texts (`generate_tickets(distinct_texts=True)`, duplicates, PII and bad rows
@@ -30,6 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import pymysql
@@ -47,12 +52,16 @@ STAGES = [
     ("infer", "enriched_tickets"),
     ("publish", "tickets_parquet,tickets_elasticsearch"),
 ]
-STEPS = ["raw_tickets", "clean_tickets", "ticket_shards", "enriched_tickets", "tickets_parquet",
-         "tickets_elasticsearch"]
+STEPS = ["raw_tickets", "clean_tickets", "ticket_shards", "enriched_tickets", "enriched_tickets_day_checks",
+         "tickets_parquet", "tickets_parquet_parquet_matches_enriched", "tickets_elasticsearch",
+         "tickets_elasticsearch_elasticsearch_matches_parquet"]  # the day's steps, checks included
 BOUND_RATIO, BOUND_MB = 1.3, 600
 
 
 # -- the source ---------------------------------------------------------------------------------------
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})  # LOAD DATA's
 
 
 def _tsv(value) -> str:
@@ -63,7 +72,7 @@ def _tsv(value) -> str:
     if isinstance(value, pd.Timestamp):
         return value.strftime("%Y-%m-%d %H:%M:%S.%f")
     text = str(value)
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
+    return text.translate(_TSV_ESCAPES)
 
 
 def database_name(rows: int, reuse: bool) -> str:
@@ -135,16 +144,32 @@ def _high_water_mb(pid: int) -> float | None:
         return None
 
 
-def run_watched(command: list[str], env: dict) -> tuple[dict[int, float], float]:
-    """Run `command`; returns the peak VmHWM (MB) of every process of its tree, by pid, and the wall time."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peaks: dict[int, float] = {}
-    stderr_tail: list[str] = []
+class RunFailed(RuntimeError):
+    """A run that failed; `peaks` as `run_watched` returns them, up to the failure."""
+
+    def __init__(self, message: str, peaks: dict[int, float]) -> None:
+        super().__init__(message)
+        self.peaks = peaks
+
+
+def run_watched(command: list[str], env: dict, limit_seconds: float | None = None
+                ) -> tuple[dict[int, float], float, bool]:
+    """Run `command`; returns the peak VmHWM (MB) of every process of its tree, by pid, the wall time, and
+    whether it was stopped at `limit_seconds`.
+
+    After `limit_seconds` the run's process group is stopped (SIGTERM, then SIGKILL) and what was seen so far is
+    returned: the peaks are then lower bounds of what the whole run would reach."""
+    import signal
     import threading
 
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its own group: a run stopped at the limit takes its steps
+    peaks: dict[int, float] = {}
+    stderr_tail: list[str] = []
     reader = threading.Thread(target=lambda: stderr_tail.extend(process.stderr), daemon=True)
     reader.start()
+    stopped = False
     while process.poll() is None:
         tree, pending, seen = _children(), [process.pid], []
         while pending:
@@ -155,11 +180,18 @@ def run_watched(command: list[str], env: dict) -> tuple[dict[int, float], float]
             mb = _high_water_mb(pid)
             if mb is not None:
                 peaks[pid] = max(peaks.get(pid, 0.0), mb)
+        if limit_seconds is not None and not stopped and time.perf_counter() - started > limit_seconds:
+            stopped = True
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
         time.sleep(0.05)
     reader.join(timeout=5)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command[:5])} failed:\n{''.join(stderr_tail[-40:])}")
-    return peaks, time.perf_counter() - started
+    if process.returncode and not stopped:
+        raise RunFailed(f"{' '.join(command[:5])} failed:\n{''.join(stderr_tail[-40:])}", peaks)
+    return peaks, time.perf_counter() - started, stopped
 
 
 def step_figures(dagster_home: str, peaks: dict[int, float]) -> dict[str, dict]:
@@ -220,10 +252,23 @@ def write_enriched_from_shards(stage_url: str) -> None:
         stage.write_parquet(shard_file(stage, "enriched_tickets", DAY, index), schema, [table])
 
 
+@contextmanager
+def day_folder_for(rows: int, work: str | None) -> Iterator[str]:
+    """The day's folder (stages, Parquet, Dagster home): `<work>/<rows>`, kept, or a temporary one."""
+    if work is None:
+        with tempfile.TemporaryDirectory(prefix="scale-") as folder:
+            yield folder
+        return
+    folder = os.path.join(os.path.abspath(work), str(rows))
+    os.makedirs(folder, exist_ok=True)
+    yield folder
+
+
 def run_day(rows: int, infer: bool, elasticsearch: bool, reuse: bool = False,
-            stages: tuple[str, ...] = ("extract", "infer", "publish")) -> dict[str, dict]:
+            stages: tuple[str, ...] = ("extract", "infer", "publish"), work: str | None = None,
+            infer_seconds: float | None = None) -> dict[str, dict]:
     database = database_name(rows, reuse)
-    with tempfile.TemporaryDirectory(prefix="scale-") as folder:
+    with day_folder_for(rows, work) as folder:
         if reuse and source_rows(database) == rows:
             print(f"  {rows} rows already in MariaDB ({database})", flush=True)
         else:
@@ -232,7 +277,7 @@ def run_day(rows: int, infer: bool, elasticsearch: bool, reuse: bool = False,
         dify_config = {"apps": [{"api_key": KEY}], "latency_ms": 0, "seed": 1, "server_worker_connections": None}
         with emulator_process("dify_pipeline_dev.emulators.dify", dify_config) as dify_url, \
                 emulator_process("dify_pipeline_dev.emulators.elasticsearch") as es_url:
-            os.makedirs(f"{folder}/home")
+            os.makedirs(f"{folder}/home", exist_ok=True)
             env = {**os.environ, "PIPELINE_TIMEZONE": "UTC", "SOURCE_TIMEZONE": "UTC", "DAGSTER_HOME": f"{folder}/home",
                    "SOURCE_DATABASE_URL": f"mysql+mysqldb://root@127.0.0.1:3306/{database}",
                    "DIFY_BASE_URL": dify_url if dify_url.endswith("/v1") else f"{dify_url}/v1", "DIFY_API_KEY": KEY,
@@ -249,14 +294,23 @@ def run_day(rows: int, infer: bool, elasticsearch: bool, reuse: bool = False,
                     selection = "tickets_parquet"
                 command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "dify_pipeline.definitions",
                            "--partition", DAY, "--select", selection]
+                limit = infer_seconds if name == "infer" else None
                 try:
-                    peaks, seconds = run_watched(command, env)
-                except RuntimeError as error:  # what ran before still counts; say what failed
+                    peaks, seconds, stopped = run_watched(command, env, limit)
+                except RunFailed as error:  # what ran before still counts; say what failed
                     print(f"  {name}: FAILED, {str(error).strip().splitlines()[-1]}", flush=True)
-                    peaks, seconds = {}, 0.0
+                    peaks, seconds, stopped = error.peaks, 0.0, False
                 found = step_figures(f"{folder}/home", peaks)
+                for step in found.values():
+                    if stopped and "start" in step and "seconds" not in step:
+                        step["stopped_after"] = time.time() - step["start"]  # its peak so far: a lower bound
                 figures.update(found)
-                print(f"  {name}: {seconds:.1f} s for the run ({', '.join(found)})", flush=True)
+                print(f"  {name}: {seconds:.1f} s for the run ({', '.join(found)}){' STOPPED' if stopped else ''}",
+                      flush=True)
+                if stopped:  # the publishing steps read an enriched stage: write it as for a day not sent
+                    write_enriched_from_shards(f"{folder}/stages")
+            # Holding a million documents, the emulator takes longer to exit than the harness waits: empty it first.
+            urllib.request.urlopen(urllib.request.Request(f"{es_url}/_emulator/reset", method="POST"), timeout=600)
     return figures
 
 
@@ -273,14 +327,26 @@ def main() -> int:
     parser.add_argument("--stages", nargs="+", choices=["extract", "infer", "publish"],
                         default=["extract", "infer", "publish"],
                         help="the runs to make (extract: extract, clean, shard)")
+    parser.add_argument("--infer-seconds", type=float,
+                        help="stop the enrichment run after this many seconds: its peak so far is shown as a lower "
+                             "bound, and the enriched stage is written from the shards for the publishing steps")
+    parser.add_argument("--work-folder",
+                        help="keep each day's stages under <folder>/<rows> (default: a temporary folder), so a later "
+                             "run with --stages infer or publish reads what an earlier --stages extract wrote")
+    parser.add_argument("--table", metavar="JSON", help="print the table of figures an earlier --json wrote, and stop")
     parser.add_argument("--json", help="also write the figures to this file (after each day)")
     args = parser.parse_args()
+    if args.table:
+        with open(args.table) as handle:
+            results = {int(rows): figures for rows, figures in json.load(handle).items()}
+        return 0 if print_table(results, reference=results.get(50_000)) else 1
 
     results = {}
     for rows in args.sizes:
         print(f"day of {rows} source rows", flush=True)
         results[rows] = run_day(rows, infer=rows <= args.infer_up_to, elasticsearch=rows <= args.elasticsearch_up_to,
-                                reuse=args.reuse_source, stages=tuple(args.stages))
+                                reuse=args.reuse_source, stages=tuple(args.stages), work=args.work_folder,
+                                infer_seconds=args.infer_seconds)
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump({str(k): v for k, v in results.items()}, handle, indent=1, default=str)
@@ -295,15 +361,24 @@ def print_table(results: dict[int, dict], reference: dict | None) -> bool:
     passed = True
     for rows, figures in results.items():
         for step, figure in sorted(figures.items(), key=lambda item: STEPS.index(item[0]) if item[0] in STEPS else 99):
-            if "seconds" not in figure or step not in STEPS:
-                continue  # a step that failed, or a check's step
+            if step not in STEPS or "start" not in figure:
+                continue  # a check's step, or one that never started
             peak = figure.get("peak_mb") or 0.0
             base = (reference or {}).get(step, {}).get("peak_mb")
             ratio = peak / base if base else None
             within = peak < BOUND_MB and (ratio is None or rows <= 50_000 or ratio <= BOUND_RATIO)
             passed &= within
+            shown_ratio = f"{ratio:.2f}" if ratio else "-"
+            if "seconds" not in figure and "stopped_after" not in figure:  # failed: its peak up to the failure
+                print(f"| {step} | {rows:,} | failed | - | >= {peak:.0f} | >= {shown_ratio} | FAILED |")
+                passed = False
+                continue
+            if "seconds" not in figure:  # stopped at --infer-seconds: the peak so far, a lower bound
+                print(f"| {step} | {rows:,} | stopped at {figure['stopped_after']:.0f} | - | >= {peak:.0f} | "
+                      f">= {shown_ratio} | {'so far OK' if within else 'OVER'} |")
+                continue
             print(f"| {step} | {rows:,} | {figure['seconds']:.1f} | {rows / figure['seconds']:,.0f} | {peak:.0f} | "
-                  f"{f'{ratio:.2f}' if ratio else '-'} | {'OK' if within else 'OVER'} |")
+                  f"{shown_ratio} | {'OK' if within else 'OVER'} |")
     return passed
 
 

@@ -17,13 +17,15 @@ default source and app, schedule) come from the environment, as for the package'
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import dagster as dg
+from pydantic import PrivateAttr
 
-from dify_pipeline.contract import EnrichmentContract, parse_contract
+from dify_pipeline.contract import ContractError, EnrichmentContract, parse_contract
 from dify_pipeline.environment import read_environment
-from dify_pipeline.factory import build_enrichment
+from dify_pipeline.factory import build_enrichment, check_side_by_side
 
 
 class DifyEnrichment(dg.Component, dg.Resolvable, dg.Model):
@@ -43,10 +45,35 @@ class DifyEnrichment(dg.Component, dg.Resolvable, dg.Model):
     price_per_1k_output_tokens: float | None = None
     price_currency: str = "USD"
     sinks: dict[str, Any] = {}
+    _declared_in: str = PrivateAttr("")
 
     def contract(self) -> EnrichmentContract:
         """The declared contract, or a ContractError naming each field at fault."""
         return parse_contract(self.model_dump(exclude_unset=True), origin=f"DifyEnrichment {self.name!r}")
 
+    @classmethod
+    def load(cls, attributes, context: dg.ComponentLoadContext) -> DifyEnrichment:
+        component = super().load(attributes, context)
+        component._declared_in = _declared_in(context)
+        return component
+
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        return build_enrichment(self.contract(), read_environment())
+        """This enrichment's chain, after checking it against every other DifyEnrichment of the code location:
+        dg builds each component's definitions on its own and merges them, so the check looks at the whole tree."""
+        contract, environment = self.contract(), read_environment()
+        siblings = [c for c in context.component_tree.get_all_components(DifyEnrichment) if c is not self]
+        contracts, origins = [contract], [self._declared_in]
+        for sibling in siblings:
+            with contextlib.suppress(ContractError):  # a sibling's own errors are reported by its own build
+                contracts.append(sibling.contract())
+                origins.append(sibling._declared_in)
+        check_side_by_side(contracts, environment, origins)
+        return build_enrichment(contract, environment)
+
+
+def _declared_in(context: dg.ComponentLoadContext) -> str:
+    """Where the component is declared, for messages: `defs/reviews`, `defs/shop[1]` for a second YAML document."""
+    loc = context.component_path
+    root = context.component_tree.defs_module_path.parent
+    place = loc.file_path.relative_to(root).as_posix() if loc.file_path.is_relative_to(root) else str(loc.file_path)
+    return f"{place}[{loc.instance_key}]" if loc.instance_key not in (None, 0) else place

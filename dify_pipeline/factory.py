@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import warnings
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -82,12 +82,7 @@ def build_code_location(contracts: Sequence[EnrichmentContract], environment: Pi
         jobs += parts["jobs"]
         schedules += parts["schedules"]
         sensors += parts["sensors"]
-        for key, resource in own_resources(chain, environment).items():
-            if key in resources and resources[key] != resource:
-                raise ContractError(f"enrichment {contract.name!r} needs resource {key!r} configured otherwise than "
-                                    "another enrichment of the code location does (one app has one mode; one source "
-                                    "table one time zone): make the contracts agree")
-            resources[key] = resource
+        resources.update(own_resources(chain, environment))  # alike where keys repeat: check_side_by_side
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules, sensors=sensors,
                           resources={**resources, **resource_overrides}, executor=step_processes)
 
@@ -112,19 +107,56 @@ def _steps(chain: Chain) -> dict:
     }
 
 
-def check_side_by_side(contracts: Sequence[EnrichmentContract], environment: PipelineEnvironment) -> None:
-    """Enrichments of one code location must not write over each other: distinct names, and with more than one,
-    each its own Parquet folder and search alias. Raises ContractError naming every clash."""
-    problems = [f"{count} enrichments are named {name!r}: names make the asset keys, jobs and stage folders"
-                for name, count in Counter(c.name for c in contracts).items() if count > 1]
+def check_side_by_side(contracts: Sequence[EnrichmentContract], environment: PipelineEnvironment,
+                       origins: Sequence[str] | None = None) -> None:
+    """Enrichments of one code location must not write over each other: distinct names and record names, and
+    with more than one, each its own Parquet folder (not inside another's) and search alias, and one app or
+    source table configured one way. Raises ContractError naming both enrichments of every clash, each with its
+    origin (where it is declared, e.g. `defs/reviews`) when `origins` gives them."""
+    labels = [f"{c.name!r} ({origin})" if origin else repr(c.name)
+              for c, origin in zip(contracts, origins or [""] * len(contracts))]
+    problems = []
     if len(contracts) > 1:
-        problems += [f"enrichment {c.name!r} has no sinks.parquet_prefix: beside others, each needs its own "
-                     "folder under OUTPUT_PARQUET_URL" for c in contracts if not c.sinks.parquet_prefix]
-        aliases = Counter(c.sinks.index_alias or environment.elasticsearch_index for c in contracts)
-        problems += [f"{count} enrichments publish to the search alias {alias!r}: give each its own "
-                     "sinks.index_alias" for alias, count in aliases.items() if count > 1]
+        problems += [f"enrichment {label} has no sinks.parquet_prefix: beside others, each needs its own folder "
+                     "under OUTPUT_PARQUET_URL" for c, label in zip(contracts, labels) if not c.sinks.parquet_prefix]
+    for i, j in itertools.combinations(range(len(contracts)), 2):
+        a, b = contracts[i], contracts[j]
+        both = f"enrichments {labels[i]} and {labels[j]}"
+        if a.name == b.name:
+            problems.append(f"{both} have the same name: it names their assets, group, job and stage folders")
+        elif a.singular == b.singular:
+            problems.append(f"{both} have the same record name {a.singular!r}: it names the shards asset and its "
+                            "stage folder (set record_name)")
+        prefix_a, prefix_b = a.sinks.parquet_prefix, b.sinks.parquet_prefix
+        if prefix_a and prefix_a == prefix_b:
+            problems.append(f"{both} write the Parquet folder {prefix_a!r}: give each its own sinks.parquet_prefix")
+        for inner, outer in ((j, i), (i, j)):
+            inner_prefix, outer_prefix = contracts[inner].sinks.parquet_prefix, contracts[outer].sinks.parquet_prefix
+            if outer_prefix and inner_prefix.startswith(outer_prefix + "/"):
+                problems.append(f"enrichment {labels[inner]} writes the Parquet folder {inner_prefix!r}, inside "
+                                f"{outer_prefix!r} of {labels[outer]}: a reader of that dataset would read both")
+        alias = a.sinks.index_alias or environment.elasticsearch_index
+        if alias == (b.sinks.index_alias or environment.elasticsearch_index):
+            problems.append(f"{both} publish to the search alias {alias!r}: give each its own sinks.index_alias")
+        problems += _resource_clashes(both, chain_of(a, environment), chain_of(b, environment), environment)
     if problems:
         raise ContractError("enrichments of one code location collide:\n  " + "\n  ".join(problems))
+
+
+def _resource_clashes(both: str, a: Chain, b: Chain, environment: PipelineEnvironment) -> list[str]:
+    """One app has one mode and base URL, one source table one time zone: two chains naming one resource must
+    configure it alike."""
+    own_a, own_b = own_resources(a, environment), own_resources(b, environment)
+    problems = []
+    if a.dify_resource == b.dify_resource and own_a[a.dify_resource] != own_b[b.dify_resource]:
+        app_a, app_b = a.contract.app, b.contract.app
+        problems.append(f"{both} ask the app of {app_a.api_key_env} (resource {a.dify_resource!r}) differently: "
+                        f"mode {app_a.mode} and {app_b.mode}, base URL from {app_a.base_url_env} and "
+                        f"{app_b.base_url_env}: make the contracts agree")
+    if a.source_resource == b.source_resource and own_a[a.source_resource] != own_b[b.source_resource]:
+        problems.append(f"{both} read {a.contract.source.table!r} (resource {a.source_resource!r}) in the time zones "
+                        f"{a.source_timezone} and {b.source_timezone}: make the contracts agree")
+    return problems
 
 
 def chain_of(contract: EnrichmentContract, environment: PipelineEnvironment, *, primary: bool = False) -> Chain:

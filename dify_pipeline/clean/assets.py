@@ -15,7 +15,8 @@ from dify_pipeline.resources.storage import ObjectStorage
 from dify_pipeline.schemas import CLEAN_FIELDS, QUARANTINE_FIELDS, with_fields
 from dify_pipeline.stages import day_file
 
-# Rows cleaned at a time: memory holds one batch of the day (and the plan, a key and a few flags per row).
+# Rows read (keys to plan, then whole rows to clean) at a time: memory holds one batch, the row group being
+# written and the day's plan, one byte of flags per row (a key and an update time per row while planning).
 BATCH_ROWS = 16_384
 
 
@@ -79,8 +80,8 @@ def _clean_day(context: dg.AssetExecutionContext, stage_storage: ObjectStorage, 
     raw_schema = stage_storage.read_schema(raw_path)
     check_columns(raw_schema.names, config)
     key_columns = [config.key_column, config.timestamp_column, config.updated_at_column]
-    plan = plan_day((to_pandas(pa.Table.from_batches([batch]))
-                     for batch in stage_storage.iter_parquet_batches(raw_path, BATCH_ROWS, columns=key_columns)), config)
+    key_batches = stage_storage.iter_parquet_batches(raw_path, BATCH_ROWS, columns=key_columns)
+    plan = plan_day((to_pandas(pa.Table.from_batches([batch])) for batch in key_batches), config)
 
     # Text columns are text from here on, whatever the source stored them as (BLOB, numbers...).
     source = pa.schema([pa.field(f.name, pa.string()) if f.name in config.text_columns else f for f in raw_schema])

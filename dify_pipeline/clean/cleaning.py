@@ -390,7 +390,9 @@ class ChunkCleaner:
             )
         return {
             "duplicates_removed": self.plan.duplicates_removed,
-            "quarantine_reasons": {reason: self.reasons[reason] for reason in QUARANTINE_REASONS if self.reasons[reason]},
+            "quarantine_reasons": {
+                reason: self.reasons[reason] for reason in QUARANTINE_REASONS if self.reasons[reason]
+            },
             "pii_masked": {kind: self.pii.totals[kind] for kind in self.pii.masker.kinds},
             "truncated": self.truncated,
         }

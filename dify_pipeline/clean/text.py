@@ -21,7 +21,8 @@ def _invisible_characters() -> re.Pattern[str]:
             else:
                 ranges.append([code, code])
     # Ranges rather than 2,000 single characters: re matches a short class of ranges ten times faster.
-    return re.compile("[%s]" % "".join(f"{re.escape(chr(first))}-{re.escape(chr(last))}" for first, last in ranges))
+    char_class = "".join(f"{re.escape(chr(first))}-{re.escape(chr(last))}" for first, last in ranges)
+    return re.compile(f"[{char_class}]")
 
 
 _INVISIBLE = _invisible_characters()

@@ -3,8 +3,10 @@
 An answer is stored whether or not it keeps the data contract (categories, types): the step judges it when it
 builds the day's rows, so a contract failure costs nothing to judge again, and a new category list re-judges
 every stored answer for free. Runs that failed inside Dify are not stored (they may be retried). A record whose
-cache key is stored is never sent again, so a re-run or a resumed crash pays only for what is missing. Any
-SQLAlchemy database works: SQLite on one machine, PostgreSQL when runs spread out.
+cache key is stored is never sent again, so a re-run or a resumed crash pays only for what is missing (unless the
+contract re-asks answers of another app version than the day's: `store(..., replace=True)` then overwrites). What
+goes in and comes out is the client's own `DifyResult`. Any SQLAlchemy database works: SQLite on one machine,
+PostgreSQL when runs spread out.
 
 Writes go through one writer thread that commits in groups (every `commit_interval_seconds`, or sooner when a
 group is full), so the event loop never waits for a COMMIT. The window an answer can be lost in on a `kill -9`
@@ -18,13 +20,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
+
+from dify_pipeline.resources.cache_database import cache_database_engine
+from dify_pipeline.resources.dify.protocol import DifyResult
+
+__all__ = ["RESULTS", "CacheWriteError", "ResultCache", "ResultCacheSession", "cache_database_engine"]
 
 _metadata = sa.MetaData()
 RESULTS = sa.Table(
@@ -48,44 +53,8 @@ RESULTS = sa.Table(
 # The attempts of records without an answer yet live in resources/run_journal.py (table dify_attempts).
 
 
-@dataclass(frozen=True)
-class CachedResult:
-    """What Dify answered for one input: its outputs as received (not yet judged) and what the run cost."""
-
-    outputs: object
-    run_id: str | None
-    workflow_id: str | None
-    total_tokens: int | None
-    total_price: float | None
-    currency: str | None
-    latency_ms: float | None
-    attempts: int | None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
 class CacheWriteError(RuntimeError):
     """The cache could not store answers (disk full, database gone): the run stops rather than pay unrecorded."""
-
-
-def cache_database_engine(url: str) -> sa.Engine:
-    """An engine on RESULT_CACHE_URL, shared by the answers and the attempt journal: SQLite in WAL with
-    synchronous=NORMAL (a commit survives the process being killed, not a power cut, without an fsync each)."""
-    url = sa.make_url(url)
-    if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url)
-    if url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-    sa.event.listen(engine, "connect", _sqlite_wal)
-    return engine
-
-
-def _sqlite_wal(connection, _record) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
 
 
 class ResultCache(dg.ConfigurableResource):
@@ -98,7 +67,7 @@ class ResultCache(dg.ConfigurableResource):
         description="Answers arriving within this interval are committed together (the kill -9 window).",
     )
 
-    def open(self) -> "ResultCacheSession":
+    def open(self) -> ResultCacheSession:
         engine = cache_database_engine(self.url)
         _metadata.create_all(engine, checkfirst=True)
         _add_missing_columns(engine)
@@ -133,39 +102,51 @@ class ResultCacheSession:
 
     def known(self, keys: Iterable[str]) -> set[str]:
         """Which of `keys` hold a stored answer (reads only the keys: cheap for a whole day)."""
-        if not self.enabled:
-            return set()
-        self.flush()
-        return {row.cache_key for row in self._rows([RESULTS.c.cache_key], keys)}
+        return set(self.workflow_ids(keys))
 
-    def lookup(self, keys: Iterable[str]) -> dict[str, CachedResult]:
-        """The stored answers of `keys`, as Dify gave them (the caller judges them against the contract)."""
+    def workflow_ids(self, keys: Iterable[str]) -> dict[str, str | None]:
+        """The stored answers among `keys`, each with the app version that gave it (None: not known), read
+        without the answers themselves: cheap for a whole day."""
+        if not self.enabled:
+            return {}
+        self.flush()
+        return {row.cache_key: row.workflow_id
+                for row in self._rows([RESULTS.c.cache_key, RESULTS.c.workflow_id], keys)}
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, DifyResult]:
+        """The stored answers of `keys`, as Dify gave them (the caller judges them against the contract); each
+        result's `record_key` is its cache key."""
         if not self.enabled:
             return {}
         self.flush()
         return {
-            row.cache_key: CachedResult(
+            row.cache_key: DifyResult(
+                record_key=row.cache_key, succeeded=True, attempts=row.attempts or 0, latency_ms=row.latency_ms,
                 outputs=json.loads(row.outputs_json), run_id=row.run_id, workflow_id=row.workflow_id,
                 total_tokens=row.total_tokens, total_price=row.total_price, currency=row.currency,
-                latency_ms=row.latency_ms, attempts=row.attempts, prompt_tokens=row.prompt_tokens,
-                completion_tokens=row.completion_tokens,
+                prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
             )
             for row in self._rows(list(RESULTS.c), keys)
         }
 
-    def store(self, key: str, app_identity: str, cache_version: str, result: CachedResult) -> None:
-        """Queue one answer for the next group commit (never waits for the database). Raises CacheWriteError
-        when an earlier group could not be committed."""
+    def store(self, key: str, app_identity: str, cache_version: str, result: DifyResult, *,
+              replace: bool = False) -> None:
+        """Queue one answer for the next group commit (never waits for the database). A key stored already keeps
+        its first answer, unless `replace` (an answer asked again of the day's pinned version). Raises
+        CacheWriteError when an earlier group could not be committed, ValueError for a failed run (not an answer).
+        """
         if not self.enabled:
             return
+        if not result.succeeded:
+            raise ValueError(f"a failed run is not an answer to keep: {result.error_code}")
         self._writer.put(dict(
             cache_key=key, app_identity=app_identity, cache_version=cache_version,
             outputs_json=json.dumps(result.outputs, ensure_ascii=False), run_id=result.run_id,
             workflow_id=result.workflow_id, total_tokens=result.total_tokens, total_price=result.total_price,
             currency=result.currency, latency_ms=result.latency_ms, attempts=result.attempts,
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-            created_at=datetime.now(timezone.utc),
-        ))
+            created_at=datetime.now(UTC),
+        ), replace)
 
     def flush(self) -> None:
         """Return once every answer stored so far is committed; CacheWriteError if one could not be."""
@@ -196,8 +177,9 @@ class _GroupWriter:
         self._interval = interval
         self._max_group = max_group
         self._max_queued = max_queued  # bounded: a slow database slows the callers down
-        self._pending: deque[dict] = deque()
-        self._insert = _insert_ignoring_duplicates(engine.dialect.name, engine.dialect.driver)
+        self._pending: deque[tuple[dict, bool]] = deque()  # (row, replace)
+        self._insert = _insert_statement(engine.dialect.name, engine.dialect.driver, replace=False)
+        self._upsert = _insert_statement(engine.dialect.name, engine.dialect.driver, replace=True)
         self._wake = threading.Event()
         self._settled_changed = threading.Condition()
         self._queued = 0
@@ -208,12 +190,12 @@ class _GroupWriter:
         self._thread = threading.Thread(target=self._loop, name="result-cache-writer", daemon=True)
         self._thread.start()
 
-    def put(self, values: dict) -> None:
+    def put(self, values: dict, replace: bool = False) -> None:
         self._raise_if_failed()
         while len(self._pending) >= self._max_queued and self._thread.is_alive():
             time.sleep(self._interval or 0.001)
         self._queued += 1  # only the caller's thread writes it
-        self._pending.append(values)
+        self._pending.append((values, replace))
         if not self._wake.is_set():
             self._wake.set()
 
@@ -261,17 +243,25 @@ class _GroupWriter:
             elif self._stopping:
                 return
 
-    def _commit(self, group: list[dict]) -> None:
+    def _commit(self, group: list[tuple[dict, bool]]) -> None:
+        inserts = [values for values, replace in group if not replace]
+        replaces = [values for values, replace in group if replace]  # after the inserts: a replacement wins
         with self._engine.begin() as connection:
-            if self._insert is not None:
-                _execute_many(connection, self._insert, group)
-            else:  # another database: one row at a time, a duplicate key is another run's identical answer
-                for values in group:
-                    try:
-                        with connection.begin_nested():
-                            connection.execute(sa.insert(RESULTS).values(**values))
-                    except sa.exc.IntegrityError:
-                        pass
+            for rows, statement, replace in ((inserts, self._insert, False), (replaces, self._upsert, True)):
+                if not rows:
+                    continue
+                if statement is not None:
+                    _execute_many(connection, statement, rows)
+                    continue
+                for values in rows:  # another database: one row at a time
+                    with connection.begin_nested():
+                        if replace:
+                            connection.execute(sa.delete(RESULTS).where(RESULTS.c.cache_key == values["cache_key"]))
+                        try:
+                            with connection.begin_nested():
+                                connection.execute(sa.insert(RESULTS).values(**values))
+                        except sa.exc.IntegrityError:  # a duplicate key is another run's identical answer
+                            pass
 
 
 _COLUMNS = [column.name for column in RESULTS.c]
@@ -284,7 +274,7 @@ def _execute_many(connection: sa.Connection, statement: str, group: list[dict]) 
     rows = [tuple(values[name] for name in _COLUMNS) for values in group]
     if not postgres:  # stored as SQLAlchemy's SQLite DateTime stores it (naive UTC text), so it reads it back
         at = _COLUMNS.index("created_at")
-        rows = [(*row[:at], row[at].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f"), *row[at + 1:])
+        rows = [(*row[:at], row[at].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"), *row[at + 1:])
                 for row in rows]
     cursor = connection.connection.driver_connection.cursor()
     try:
@@ -298,13 +288,17 @@ def _execute_many(connection: sa.Connection, statement: str, group: list[dict]) 
         cursor.close()
 
 
-def _insert_ignoring_duplicates(dialect: str, driver: str) -> str | None:
-    """INSERT ... ON CONFLICT DO NOTHING where the database has it: two runs answering the same inputs at once
-    (a backfill) store the first answer, without an error."""
+def _insert_statement(dialect: str, driver: str, replace: bool) -> str | None:
+    """INSERT ... ON CONFLICT where the database has it: two runs answering the same inputs at once (a backfill)
+    store the first answer, without an error; with `replace`, the new answer overwrites the stored one."""
     names = ", ".join(_COLUMNS)
+    on_conflict = "DO NOTHING"
+    if replace:
+        on_conflict = "DO UPDATE SET " + ", ".join(f"{name} = excluded.{name}" for name in _COLUMNS
+                                                   if name != "cache_key")
     if dialect == "sqlite" and driver == "pysqlite":
         marks = ", ".join("?" for _ in _COLUMNS)
-        return f"INSERT INTO {RESULTS.name} ({names}) VALUES ({marks}) ON CONFLICT (cache_key) DO NOTHING"
+        return f"INSERT INTO {RESULTS.name} ({names}) VALUES ({marks}) ON CONFLICT (cache_key) {on_conflict}"
     if dialect == "postgresql" and driver == "psycopg2":
-        return f"INSERT INTO {RESULTS.name} ({names}) VALUES %s ON CONFLICT (cache_key) DO NOTHING"
+        return f"INSERT INTO {RESULTS.name} ({names}) VALUES %s ON CONFLICT (cache_key) {on_conflict}"
     return None

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from dify_pipeline.resources.result_cache import cache_database_engine
+from dify_pipeline.resources.cache_database import cache_database_engine
 
 _metadata = sa.MetaData()
 ATTEMPTS = sa.Table(

@@ -97,9 +97,8 @@ class SourceDatabase(dg.ConfigurableResource):
             try:
                 if driver == "sqlalchemy":
                     with engine.connect() as connection:
-                        result = connection.execution_options(stream_results=True, max_row_buffer=self.batch_size).execute(
-                            query, params
-                        )
+                        streamed = connection.execution_options(stream_results=True, max_row_buffer=self.batch_size)
+                        result = streamed.execute(query, params)
                         for rows in result.partitions(self.batch_size):
                             yield to_record_batch(rows, columns, types, self.source_timezone)
                 else:
@@ -164,7 +163,8 @@ class SourceDatabase(dg.ConfigurableResource):
             cursor.execute(compiled.string, arguments)
             type_codes = [description[1] for description in cursor.description]
             processors = [
-                None if code in _TEMPORAL_TYPE_CODES else column.type.dialect_impl(dialect).result_processor(dialect, code)
+                None if code in _TEMPORAL_TYPE_CODES
+                else column.type.dialect_impl(dialect).result_processor(dialect, code)
                 for column, code in zip(table.columns, type_codes)
             ]
             while rows := cursor.fetchmany(self.batch_size):

@@ -91,7 +91,8 @@ def columns_to_record_batch(
 
 def arrow_schema(columns: list[str], types: list[pa.DataType]) -> pa.Schema:
     return pa.schema(
-        pa.field(name, pa.timestamp("us", tz="UTC") if pa.types.is_timestamp(t) else t) for name, t in zip(columns, types)
+        pa.field(name, pa.timestamp("us", tz="UTC") if pa.types.is_timestamp(type_) else type_)
+        for name, type_ in zip(columns, types)
     )
 
 

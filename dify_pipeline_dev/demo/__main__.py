@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 DEMO_TIMEZONE = "Asia/Shanghai"
 DEMO_KEY = "app-demo-key"  # the emulator's key; a real one comes from the environment, never from code
+MISSING = "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,34 +141,49 @@ def _metadata(result, asset: str) -> dict:
     return {}
 
 
+class _Figures:
+    """An asset's metadata in this run; a key it does not have reads MISSING (a step that did not run, or a key
+    renamed under the demo: the demo test fails on MISSING in a day that succeeded)."""
+
+    def __init__(self, result, asset: str) -> None:
+        self.metadata = _metadata(result, asset)
+
+    def __getitem__(self, key: str):
+        return self.metadata.get(key, MISSING)
+
+
 def _print_summary(result, day: date, output: Path, elapsed: float, blocked_by: str | None, documents: dict) -> None:
-    raw, clean = _metadata(result, "raw_tickets"), _metadata(result, "clean_tickets")
-    enriched, parquet, es = _metadata(result, "enriched_tickets"), _metadata(result, "tickets_parquet"), _metadata(result, "tickets_elasticsearch")
+    raw, clean = _Figures(result, "raw_tickets"), _Figures(result, "clean_tickets")
+    enriched, parquet = _Figures(result, "enriched_tickets"), _Figures(result, "tickets_parquet")
+    es = _Figures(result, "tickets_elasticsearch")
     line = "-" * 72
     print(line)
     outcome = f"BLOCKED by {blocked_by}, not published" if blocked_by else "succeeded" if result.success else "FAILED"
     print(f"{outcome}: partition {day} in {elapsed:.1f} s")
     print(line)
-    print(f"raw_tickets           {raw.get('rows', '-'):>7} rows exported from the source")
-    print(f"clean_tickets         {clean.get('rows', '-'):>7} rows  (quarantined {clean.get('quarantined', '-')}, "
-          f"duplicates removed {clean.get('duplicates_removed', '-')}, PII masked {clean.get('pii_masked', {})})")
-    print(f"  quarantine reasons  {clean.get('quarantine_reasons', {})}")
-    print(f"enriched_tickets      {enriched.get('rows', '-'):>7} rows  (succeeded {enriched.get('succeeded', '-')}, "
-          f"failed {enriched.get('failed', '-')}, cache hits {enriched.get('cache_hits', '-')})")
-    print(f"  Dify calls          {enriched.get('requests_sent', '-')} records sent, {enriched.get('http_attempts', '-')} HTTP attempts, "
-          f"{enriched.get('retries', '-')} retries, {enriched.get('throttled', '-')} throttled; "
-          f"latency p50 {enriched.get('latency_p50_ms', '-')} ms, p95 {enriched.get('latency_p95_ms', '-')} ms; "
-          f"{enriched.get('total_tokens', '-')} tokens")
-    if enriched.get("cost_priced_by_dify_answers") or enriched.get("cost_is_estimate"):
-        print(f"  cost                {enriched.get('cost_day')} {enriched.get('cost_currency') or ''} for the day"
-              f"{' (estimated from tokens)' if enriched.get('cost_is_estimate') else ''}, "
-              f"{enriched.get('cost_spent_this_run')} spent by this run")
+    print(f"raw_tickets           {raw['rows']:>7} rows exported from the source")
+    print(f"clean_tickets         {clean['rows']:>7} rows  (quarantined {clean['quarantined']}, "
+          f"duplicates removed {clean['duplicates_removed']}, PII masked {clean['pii_masked']})")
+    print(f"  quarantine reasons  {clean['quarantine_reasons']}")
+    print(f"enriched_tickets      {enriched['rows']:>7} rows  (succeeded {enriched['succeeded']}, "
+          f"failed {enriched['failed']}, cache hits {enriched['cache_hits']})")
+    print(f"  Dify calls          {enriched['requests_sent']} records sent, {enriched['http_attempts']} HTTP attempts, "
+          f"{enriched['retries']} retries, {enriched['throttled']} throttled; "
+          f"latency p50 {enriched['latency_p50_ms']} ms, p95 {enriched['latency_p95_ms']} ms; "
+          f"{enriched['total_tokens']} tokens")
+    if enriched.metadata.get("cost_priced_by_dify_answers") or enriched.metadata.get("cost_is_estimate"):
+        print(f"  cost                {enriched['cost_day']} {enriched['cost_currency']} for the day"
+              f"{' (estimated from tokens)' if enriched['cost_is_estimate'] else ''}, "
+              f"{enriched['cost_spent_this_run']} spent by this run")
     else:  # a blocking workflow run carries tokens, no price
-        print("  cost                no price from Dify (stream the runs, or set the settings' token prices)")
-    print(f"  failures by code    {enriched.get('failures_by_code', {})}")
-    print(f"  categories          {enriched.get('categories', {})}")
-    print(f"tickets_parquet       {parquet.get('rows', '-'):>7} rows  → {parquet.get('path', '-')}")
-    print(f"tickets_elasticsearch {es.get('rows', '-'):>7} docs  → index {es.get('index', '-')} "
+        print("  cost                no price from Dify (stream the runs, or give the contract's token prices)")
+    print(f"  failures by code    {enriched['failures_by_code']}")
+    if enriched["labels"] is MISSING:
+        print(f"  labels              {MISSING}")
+    for output_name, counts in enriched.metadata.get("labels", {}).items():  # one line per label output
+        print(f"  {output_name:<19} {counts}")
+    print(f"tickets_parquet       {parquet['rows']:>7} rows  → {parquet['path']}")
+    print(f"tickets_elasticsearch {es['rows']:>7} docs  → index {es['index']} "
           f"({len(documents)} documents held by the emulator)")
     print(line)
     if not result.success:
@@ -178,7 +194,8 @@ def _print_summary(result, day: date, output: Path, elapsed: float, blocked_by: 
 
 def _print_next(output: Path) -> None:
     print("Next:")
-    query = f"SELECT dt, category, count(*) AS n FROM read_parquet('{output}/parquet/*/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY n DESC"
+    query = (f"SELECT dt, category, count(*) AS n FROM read_parquet('{output}/parquet/*/*.parquet', "
+             "hive_partitioning=true) GROUP BY ALL ORDER BY n DESC")
     print(f"  query the day:  .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"{query}\\\").show()\"")
     print(f"  browse the run: env $(cat {output / 'demo.env'}) .venv/bin/dagster dev -w workspace.yaml")
     print("                  (runs, metadata and checks of the demo; to run days for real, set the variables of")

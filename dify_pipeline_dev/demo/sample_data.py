@@ -413,7 +413,8 @@ def generate_tickets(
     duplicates = tickets.loc[duplicate_sources].copy()
     duplicates["updated_at"] += pd.to_timedelta(numbers.integers(300, 12 * 3600, len(duplicates)), unit="s")
     duplicates["body"] = [
-        f"{body} 补充：已经等了{rng.randint(2, 9)}天了。" if rng.random() < CHINESE_SHARE else f"{body} Update: still waiting."
+        f"{body} 补充：已经等了{rng.randint(2, 9)}天了。" if rng.random() < CHINESE_SHARE
+        else f"{body} Update: still waiting."
         for body in duplicates["body"]
     ]
     duplicates["priority"] = "high"

@@ -8,10 +8,12 @@ mapping (e.g. under `dynamic: false`) matches nothing. Anything else is refused 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 Matcher = Callable[[str, dict], bool]  # (doc id, source) -> matches
 MappedDoc = tuple[dict, dict]  # (mappings of its index, source)
@@ -60,6 +62,7 @@ def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+@functools.lru_cache(maxsize=65_536)  # a day's documents share a few dates: parse each once, not per document
 def parse_date_millis(value: Any) -> int:
     """Epoch millis from `strict_date_optional_time||epoch_millis` (ISO-8601 with or without offset, or millis)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):

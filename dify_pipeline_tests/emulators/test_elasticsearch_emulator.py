@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import pytest
@@ -19,6 +21,8 @@ from elasticsearch import (
     helpers,
 )
 
+from dify_pipeline_dev.emulators import elasticsearch as elasticsearch_emulator
+from dify_pipeline_dev.emulators import elasticsearch_query
 from dify_pipeline_dev.emulators.elasticsearch import (
     FLAVOURS,
     ElasticsearchEmulator,
@@ -323,6 +327,40 @@ def test_writes_reach_search_and_count_only_after_a_refresh(es: Elasticsearch) -
     assert es.count(index="tickets")["count"] == 10
 
 
+def test_counting_a_day_reads_each_distinct_date_once_not_once_per_document(
+    es: Elasticsearch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The step counts its day over every document twice; parsing the same date per document made a count of a
+    # million documents outlast the client's 60 s timeout.
+    parsed: list[str] = []
+
+    class CountingDatetime(datetime):
+        @classmethod
+        def fromisoformat(cls, text: str) -> datetime:
+            parsed.append(text)
+            return datetime.fromisoformat(text)
+
+    monkeypatch.setattr(elasticsearch_query, "datetime", CountingDatetime)
+    es.indices.create(index="tickets", mappings=TICKET_MAPPINGS)
+    day = "2031-07-04T10:00:00+02:00"  # a date no other test indexes: nothing remembered from them
+    helpers.bulk(es, ({**action, "created_at": day} for action in ticket_actions(range(300))), refresh=True)
+    assert es.count(index="tickets", query={"term": {"created_at": day}})["count"] == 300
+    assert es.count(index="tickets", query={"term": {"created_at": "2031-07-04T08:00:00Z"}})["count"] == 300
+    assert len(parsed) <= 3
+
+
+def test_documents_stored_by_bulk_loads_leave_the_garbage_collectors_scans(
+    es: Elasticsearch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A million stored documents are tens of millions of objects: every full collection during a count or a
+    # search walked them all, and the day's count check outlasted the client's timeout.
+    monkeypatch.setattr(elasticsearch_emulator, "FREEZE_AFTER_DOCUMENTS", 40)
+    frozen_before = gc.get_freeze_count()
+    create_tickets(es, count=50)
+    assert gc.get_freeze_count() > frozen_before
+    assert es.count(index="tickets")["count"] == 50
+
+
 def test_a_strict_mapping_error_fails_only_its_item_and_is_reported_per_item(es: Elasticsearch) -> None:
     es.indices.create(index="tickets", mappings=TICKET_MAPPINGS)
     actions = list(ticket_actions(range(6)))
@@ -473,7 +511,8 @@ def test_delete_by_query_sees_only_refreshed_documents_and_reports_conflicts(es:
     assert (conflict.value.body["deleted"], conflict.value.body["version_conflicts"]) == (1, 1)
     response = es.delete_by_query(index="tickets", query={"match_all": {}}, conflicts="proceed", refresh=True)
     assert (response["deleted"], response["version_conflicts"]) == (4, 2)  # T-0 changed, T-3 already deleted
-    assert sorted(hit["_id"] for hit in es.search(index="tickets", size=20)["hits"]["hits"]) == ["T-0", "T-6", "T-7", "T-8"]
+    hits = es.search(index="tickets", size=20)["hits"]["hits"]
+    assert sorted(hit["_id"] for hit in hits) == ["T-0", "T-6", "T-7", "T-8"]
 
 
 # ---------------------------------------------------------------- aliases

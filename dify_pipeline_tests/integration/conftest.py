@@ -136,7 +136,8 @@ PUBLISH_DAY = "2026-11-20"
 @pytest.fixture
 def aws_env(monkeypatch, s3_server):
     """The standard AWS variables for the moto server: storages read credentials from the AWS chain."""
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+    for key, value in credentials.items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
         monkeypatch.delenv(key, raising=False)
@@ -148,7 +149,8 @@ def publish_output(aws_env, tmp_path):
     """Where tickets_parquet publishes in this test: a fresh prefix of the moto bucket."""
     from dify_pipeline.resources.storage import ObjectStorage
 
-    return ObjectStorage(url=f"s3://{S3_BUCKET}/{tmp_path.name}/tickets", s3_endpoint_url=aws_env.url, s3_region="us-east-1")
+    return ObjectStorage(url=f"s3://{S3_BUCKET}/{tmp_path.name}/tickets", s3_endpoint_url=aws_env.url,
+                         s3_region="us-east-1")
 
 
 @pytest.fixture

@@ -19,8 +19,10 @@ import psycopg2
 import pymysql
 import yaml
 
-MARIADB = dict(host=os.environ.get("TEST_MARIADB_HOST", "127.0.0.1"), port=int(os.environ.get("TEST_MARIADB_PORT", "3306")),
-               user=os.environ.get("TEST_MARIADB_USER", "root"), password=os.environ.get("TEST_MARIADB_PASSWORD", ""))
+MARIADB = dict(host=os.environ.get("TEST_MARIADB_HOST", "127.0.0.1"),
+               port=int(os.environ.get("TEST_MARIADB_PORT", "3306")),
+               user=os.environ.get("TEST_MARIADB_USER", "root"),
+               password=os.environ.get("TEST_MARIADB_PASSWORD", ""))
 POSTGRES = dict(host=os.environ.get("TEST_PG_HOST", "127.0.0.1"), port=int(os.environ.get("TEST_PG_PORT", "5432")),
                 user=os.environ.get("TEST_PG_USER", "postgres"), password=os.environ.get("TEST_PG_PASSWORD", ""))
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,9 +96,9 @@ class S3Server:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     break
-            except OSError:
+            except OSError as error:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the S3 server (moto) did not start")
+                    raise RuntimeError("the S3 server (moto) did not start") from error
                 time.sleep(0.1)
 
     def client(self):

@@ -57,12 +57,15 @@ query Backfill($id: String!) {
     ... on Error { message }
   }
 }"""
-LOCATION = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+LOCATION = ("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+            "locationOrLoadError { __typename ... on PythonError { message } } } } } }")
 PARTITION_STATS = "{ assetNodes { assetKey { path } partitionStats { numMaterialized numFailed } } }"
 HISTORY = """
 query History($partitions: [String!]) {
   assetOrError(assetKey: {path: ["enriched_tickets"]}) {
-    ... on Asset { assetMaterializations(partitions: $partitions) { partition runId metadataEntries { __typename label } } }
+    ... on Asset {
+      assetMaterializations(partitions: $partitions) { partition runId metadataEntries { __typename label } }
+    }
   }
 }"""
 # Figures the UI plots over the days: numeric entries (Int/Float), never text.
@@ -171,7 +174,8 @@ def test_a_backfill_launched_through_graphql_keeps_every_run_together_within_the
     engine = sa.create_engine(pipeline_env["SOURCE_DATABASE_URL"])
     create_source_table(engine, "tickets")
     for seed, day in enumerate(DAYS):
-        insert_tickets(engine, "tickets", generate_tickets(date.fromisoformat(day), count=TICKETS_PER_DAY, seed=seed, timezone="UTC"))
+        tickets = generate_tickets(date.fromisoformat(day), count=TICKETS_PER_DAY, seed=seed, timezone="UTC")
+        insert_tickets(engine, "tickets", tickets)
     engine.dispose()
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=LATENCY_MS))
     dify_emulator.reset()
@@ -198,7 +202,8 @@ def test_a_backfill_launched_through_graphql_keeps_every_run_together_within_the
     assert len(runs) == len(DAYS) and {run["status"] for run in runs} == {"SUCCESS"}  # one run per day
 
     # Every day of every asset materialized.
-    stats = {tuple(node["assetKey"]["path"]): node["partitionStats"] for node in deployment.graphql(PARTITION_STATS)["assetNodes"]}
+    nodes = deployment.graphql(PARTITION_STATS)["assetNodes"]
+    stats = {tuple(node["assetKey"]["path"]): node["partitionStats"] for node in nodes}
     assert {key[0]: stat["numMaterialized"] for key, stat in stats.items()} == dict.fromkeys(ASSETS, len(DAYS))
     with dg.DagsterInstance.from_config(deployment.env["DAGSTER_HOME"]) as instance:
         for asset in ASSETS:
@@ -213,7 +218,8 @@ def test_a_backfill_launched_through_graphql_keeps_every_run_together_within_the
     identity = DifyResource(base_url=pipeline_env["DIFY_BASE_URL"], api_key=DIFY_KEY).app_identity()
     for run in runs:
         tags = {tag["key"]: tag["value"] for tag in run["tags"]}
-        assert tags["dify/app"] == identity and tags["dify/cache_version"] == "v1" and tags["dify/app_mode"] == "workflow"
+        assert tags["dify/app"] == identity
+        assert tags["dify/cache_version"] == "v1" and tags["dify/app_mode"] == "workflow"
         assert tags["dify/workflow_ids"] == dify_emulator.config.apps[0].workflow_id
         assert DIFY_KEY not in str(tags)
 
@@ -226,7 +232,8 @@ def test_a_backfill_launched_through_graphql_keeps_every_run_together_within_the
     # What Dify saw, by its own count: never more runs at once, or in any 60 s, than the budget.
     server = dify_emulator.stats()
     busiest_minute = max_runs_in_window(server["run_arrivals"], 60)
-    print(f"\nbackfill of {len(DAYS)} days in {elapsed:.0f} s: {server['paid_runs']} paid runs, {run_overlap} runs at once; "
+    print(f"\nbackfill of {len(DAYS)} days in {elapsed:.0f} s: {server['paid_runs']} paid runs, "
+          f"{run_overlap} runs at once; "
           f"Dify server: max {server['max_active_runs']} concurrent (budget {BUDGET_CONCURRENCY}), "
           f"max {busiest_minute} runs in a 60 s window (budget {BUDGET_PER_MINUTE})")
     assert server["paid_runs"] > BUDGET_PER_MINUTE  # enough work that an excess in some minute would show

@@ -102,7 +102,8 @@ def test_a_blocked_day_skips_the_checks_after_it_and_is_not_published(
     assert "not published" in evaluation.description
 
 
-def test_a_good_day_passes_every_check_attached_to_its_partition(pipeline_env, source_tickets, dagster_instance, dify_emulator):
+def test_a_good_day_passes_every_check_attached_to_its_partition(pipeline_env, source_tickets, dagster_instance,
+                                                                 dify_emulator):
     result = run_day(dagster_instance)
     assert result.success
     checks = evaluations(result)
@@ -114,7 +115,8 @@ def test_a_good_day_passes_every_check_attached_to_its_partition(pipeline_env, s
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("enriched_tickets"), asset_partitions=[DAY]), limit=1).records
     for name in ENRICHED_CHECKS | {"failure_rate_below_threshold", "single_app_version"}:
         assert checks[name][1] == day_materialization.storage_id, name
-    assert checks["enriched_reconciles_with_clean"][2]["enriched_rows"] == materialization_metadata(result, "clean_tickets")["rows"]
+    clean_rows = materialization_metadata(result, "clean_tickets")["rows"]
+    assert checks["enriched_reconciles_with_clean"][2]["enriched_rows"] == clean_rows
 
 
 def test_a_day_re_cleaned_without_re_sharding_is_stopped_before_publishing(
@@ -150,8 +152,10 @@ def test_duplicate_keys_and_categories_outside_the_list_fail_their_checks(
     path = storage.list_files(day_folder(storage, "enriched_tickets", DAY))[0]
     shard = storage.read_parquet(path)
     column = shard.schema.get_field_index("category")
-    categories = pa.array(["外星人投诉", *shard.column("category").to_pylist()[1:]], shard.schema.field("category").type)
-    storage.write_parquet(path, shard.schema, [pa.concat_tables([shard.set_column(column, "category", categories), shard.slice(1, 1)])])
+    categories = pa.array(["外星人投诉", *shard.column("category").to_pylist()[1:]],
+                          shard.schema.field("category").type)
+    altered = pa.concat_tables([shard.set_column(column, "category", categories), shard.slice(1, 1)])
+    storage.write_parquet(path, shard.schema, [altered])
 
     # The checks alone for the day, as "Execute checks" on the partition in the UI runs them.
     checks_only = build_definitions().resolve_job_def("daily_enrichment").get_subset(
@@ -162,5 +166,6 @@ def test_duplicate_keys_and_categories_outside_the_list_fail_their_checks(
     assert checks["unique_record_keys"][2]["duplicate_keys"] == 1
     assert checks["categories_allowed"][2]["rows_outside"] == 1
     assert checks["categories_allowed"][2]["labels_outside"] == {"category": {"外星人投诉": 1}, "sentiment": {}}
-    assert checks["enriched_reconciles_with_clean"][2]["enriched_rows"] == checks["enriched_reconciles_with_clean"][2]["clean_rows"] + 1
+    reconciled = checks["enriched_reconciles_with_clean"][2]
+    assert reconciled["enriched_rows"] == reconciled["clean_rows"] + 1
     assert check_results(result) == dict.fromkeys(ENRICHED_CHECKS, False)

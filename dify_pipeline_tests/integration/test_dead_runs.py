@@ -131,7 +131,8 @@ def test_a_run_whose_step_outlived_its_cli_keeps_the_slot_until_the_step_ends(in
     assert dify_emulator.stats()["max_active_runs"] <= 4  # the two steps never called Dify at once
     # The orphan finished the day and stored every answer: the second run paid for nothing.
     assert dify_emulator.stats()["paid_runs"] == len({str(r["body"]["inputs"]) for r in dify_emulator.requests()
-                                                       if r["path"].endswith("/workflows/run")})
+                                                       if r["path"].startswith("/v1/workflows/")
+                                                       and r["path"].endswith("/run")})
 
 
 def test_the_command_frees_the_slot_of_a_run_whose_processes_are_gone(instance_env, dify_emulator, tmp_path):

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+from dify_pipeline.contract import DEFAULT_CATEGORIES
+from dify_pipeline_dev.demo.__main__ import MISSING
 from dify_pipeline_tests.integration import services
 
 DAGSTER_EVENT_LINE = re.compile(r" - (DEBUG|INFO) - .* - (STEP_START|STEP_OUTPUT|ASSET_MATERIALIZATION|RUN_START)\b")
@@ -24,6 +26,12 @@ def test_the_demo_prints_progress_and_its_summary_not_dagster_debug_events(tmp_p
     assert " - DEBUG - " not in printed and not DAGSTER_EVENT_LINE.search(printed), printed[:3000]
     assert "succeeded: partition" in printed  # the summary
     assert re.search(r"^raw_tickets +\d+ rows", printed, re.MULTILINE)
+    # Every figure the summary names is in the steps' metadata (a renamed key would print MISSING).
+    assert MISSING not in printed, printed[-3000:]
+    # The label outputs' counts, e.g. "  category            {'物流问题': 31, ...}".
+    category_line = re.search(r"^  category +\{(.*)\}$", printed, re.MULTILINE)
+    assert category_line and any(f"'{label}': " in category_line.group(1) for label in DEFAULT_CATEGORIES), printed
+    assert re.search(r"^  sentiment +\{'(positive|neutral|negative)': \d+", printed, re.MULTILINE), printed
     assert re.search(r"enriched_tickets.*done", printed)  # progress, step by step
     # The run's own log still holds every event, for `dagster dev` on the demo's folder.
     import dagster as dg

@@ -122,12 +122,14 @@ def test_the_code_location_serves_over_grpc_with_the_cache_on_postgresql_and_sta
     try:
         # As in a code-server pod: the location is loaded by `dagster api grpc` and validated through it.
         validated = subprocess.run(
-            [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml", "--load-with-grpc"],
+            [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml",
+             "--load-with-grpc"],
             cwd=services.REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=180)
         assert validated.returncode == 0, validated.stdout + validated.stderr
 
         # Every run pod reaches the same cache and stages.
-        shared = {key: resource for key, resource in build_resources().items() if key in ("stage_storage", "result_cache")}
+        shared = {key: resource for key, resource in build_resources().items()
+                  if key in ("stage_storage", "result_cache")}
         with dg.build_resources(shared) as resources:
             assert resources.stage_storage.is_s3 and resources.stage_storage.url == distributed["PIPELINE_STORAGE_URL"]
             cache = resources.result_cache.open()

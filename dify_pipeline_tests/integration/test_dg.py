@@ -104,6 +104,18 @@ def test_dg_checks_the_checkout_s_code_location_and_names_a_missing_variable(tmp
     assert refused.returncode != 0 and "DIFY_API_KEY is not set" in refused.stdout + refused.stderr
 
 
+def test_dg_check_refuses_two_declared_enrichments_on_one_search_alias_naming_both(tmp_path):
+    # dg builds each component's definitions on its own: the check must see the other defs.yaml all the same.
+    env = {**environment_without_pipeline_variables(), **LOADABLE_ENVIRONMENT, "DAGSTER_HOME": str(tmp_path),
+           "REVIEWS_DIFY_API_KEY": REVIEWS_KEY}
+    project = make_project(tmp_path / "project", alias="tickets_enriched")  # the tickets' (ELASTICSEARCH_INDEX)
+    refused = dg("check", "defs", cwd=project, env=env)
+    printed = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    assert ("enrichments 'reviews' (defs/reviews) and 'tickets' (defs/tickets) publish to the search alias "
+            "'tickets_enriched'") in printed, printed[-3000:]
+
+
 def test_a_project_of_two_declared_enrichments_checks_and_dg_launch_materializes_a_day(
     tmp_path, pipeline_env, source_tickets, dify_emulator, dagster_instance, monkeypatch
 ):

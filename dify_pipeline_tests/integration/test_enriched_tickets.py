@@ -29,7 +29,9 @@ def add_day_before_with_the_same_texts(env, tickets):
     engine.dispose()
 
 
-def test_identical_inputs_on_another_day_are_answered_from_the_cache(pipeline_env, source_tickets, dagster_instance, dify_emulator):
+def test_identical_inputs_on_another_day_are_answered_from_the_cache(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
     add_day_before_with_the_same_texts(pipeline_env, source_tickets)
     first = run_day(dagster_instance, DAY)
     paid = dify_emulator.stats()["paid_runs"]
@@ -61,7 +63,8 @@ def test_a_bad_day_is_not_published_and_the_next_run_retries_only_the_failed_rec
     assert enriched["failed"] > 0 and enriched["failures_by_code"] == {"run_failed": enriched["failed"]}
     assert not [e for e in bad.get_asset_materialization_events() if e.asset_key.path[0].startswith("tickets_")]
 
-    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5))
+    app = dify_emulator.config.apps[0]  # the same app, fixed: the day stays pinned to its published version
+    dify_emulator.configure(DifyEmulatorConfig(apps=[app], latency_ms=5))
     good = run_day(dagster_instance)
     assert good.success
     retried = materialization_metadata(good, "enriched_tickets")
@@ -69,18 +72,22 @@ def test_a_bad_day_is_not_published_and_the_next_run_retries_only_the_failed_rec
     assert materialization_metadata(good, "tickets_parquet")["rows"] == retried["rows"]
 
 
-def test_a_day_answered_by_two_app_versions_is_flagged(pipeline_env, source_tickets, dagster_instance, dify_emulator):
-    first = run_day(dagster_instance)
+def test_a_day_answered_by_two_app_versions_is_flagged_when_pinning_is_off(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
+    unpinned = tickets_contract(app=AppContract(pin_version=False))  # pinned, see test_version_pinning.py
+    first = run_day(dagster_instance, contract=unpinned)
     assert check_results(first)["single_app_version"] is True
     # The app is republished (new workflow_id) and new tickets arrive for the same day.
-    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY, workflow_id="republished-workflow")], latency_ms=5))
+    dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY, workflow_id="republished-workflow")],
+                                               latency_ms=5))
     extra = generate_tickets(date.fromisoformat(DAY), count=50, seed=99, timezone="UTC")
     extra["id"] = extra["id"] + 5_000_000
     extra["body"] = extra["body"] + " (late ticket)"
     engine = sa.create_engine(pipeline_env["SOURCE_DATABASE_URL"])
     insert_tickets(engine, "tickets", extra)
     engine.dispose()
-    second = run_day(dagster_instance)
+    second = run_day(dagster_instance, contract=unpinned)
     assert check_results(second)["single_app_version"] is False
     assert "republished-workflow" in materialization_metadata(second, "enriched_tickets")["dify_workflow_ids"]
 
@@ -88,7 +95,8 @@ def test_a_day_answered_by_two_app_versions_is_flagged(pipeline_env, source_tick
 def test_an_input_mapping_the_app_does_not_declare_fails_before_any_paid_call(
     pipeline_env, source_tickets, dagster_instance, dify_emulator
 ):
-    result = run_day(dagster_instance, contract=tickets_contract(app=AppContract(inputs={"subject": "subject", "text": "body"})))
+    undeclared = AppContract(inputs={"subject": "subject", "text": "body"})
+    result = run_day(dagster_instance, contract=tickets_contract(app=undeclared))
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = failure.event_specific_data.user_failure_data.description
@@ -100,7 +108,8 @@ def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rej
     pipeline_env, source_tickets, dagster_instance, dify_emulator
 ):
     """The app answers a label outside the list: paid once, kept in the cache, a failed row; the next run pays 0
-    and the row stays failed; adding the label to the contract's allowed categories turns the rows into successes, paying 0."""
+    and the row stays failed; adding the label to the contract's allowed categories turns the rows into successes,
+    paying 0."""
     from dify_pipeline.contract import DEFAULT_CATEGORIES
     from dify_pipeline_dev.emulators.dify_answers import INVALID_CATEGORY
 
@@ -126,7 +135,9 @@ def test_a_contract_failure_is_judged_again_for_free_and_a_new_category_list_rej
     assert accepted["labels"]["category"][INVALID_CATEGORY] == judged["failed"]
 
 
-def test_a_blocked_day_says_why_in_its_check_with_samples(pipeline_env, source_tickets, dagster_instance, dify_emulator):
+def test_a_blocked_day_says_why_in_its_check_with_samples(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator
+):
     dify_emulator.configure(DifyEmulatorConfig(apps=[DifyApp(api_key=DIFY_KEY)], latency_ms=5,
                                                faults=[Fault(kind="failed_run", match="退款")]))
     bad = run_day(dagster_instance)
@@ -179,5 +190,6 @@ def test_with_the_cache_off_duplicates_within_the_day_are_not_counted_as_cache_h
     enriched = materialization_metadata(run_day(dagster_instance), "enriched_tickets")
     assert enriched["cache_hits"] == enriched["answered_from_cache"] == 0
     assert enriched["duplicates_within_day"] > 0
-    assert enriched["answered_this_run"] + enriched["duplicates_within_day"] + enriched["refused_inputs"] == enriched["rows"]
+    sources = enriched["answered_this_run"] + enriched["duplicates_within_day"] + enriched["refused_inputs"]
+    assert sources == enriched["rows"]
     assert enriched["requests_sent"] == enriched["answered_this_run"] == dify_emulator.stats()["paid_runs"]

@@ -35,8 +35,8 @@ TABLE = """
 COLUMNS = ("id, customer, vip, amount, score, ratio, subject, body, raw_body, tag, status, labels, flags, extra, "
            "due_on, handled_in, seen_at, updated_at, created_at")
 ROWS = [
-    (1, 4000000000, 1, "129.90", 0.1, 1.5, "快递没到 😡", "三天了 📦 <b>还没</b>", "退款".encode("gb18030"), b"\x00\xff",
-     "open", "refund,vip", 5, '{"a": [1, "二"]}', "2026-11-21", "01:30:00", "2026-11-20 08:00:00",
+    (1, 4000000000, 1, "129.90", 0.1, 1.5, "快递没到 😡", "三天了 📦 <b>还没</b>", "退款".encode("gb18030"),
+     b"\x00\xff", "open", "refund,vip", 5, '{"a": [1, "二"]}', "2026-11-21", "01:30:00", "2026-11-20 08:00:00",
      "2026-11-20 09:00:00", "2026-11-20 00:00:00.000000"),
     (2, None, 0, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None,
      "2026-11-20 23:59:59.999999"),
@@ -114,7 +114,8 @@ def test_values_keep_their_meaning(source, monkeypatch, driver):
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_rows_arrive_in_batches_of_the_configured_size(source, monkeypatch, driver):
     _, batches = export(source, driver, monkeypatch)
-    assert [batch.num_rows for batch in batches] == [7] * (len(IN_DAY) // 7) + ([len(IN_DAY) % 7] if len(IN_DAY) % 7 else [])
+    full, rest = divmod(len(IN_DAY), 7)
+    assert [batch.num_rows for batch in batches] == [7] * full + ([rest] if rest else [])
 
 
 def test_raw_tickets_exports_the_day_and_says_which_driver_read_it(source, tmp_path):
@@ -139,7 +140,8 @@ def test_rows_without_a_timestamp_are_counted_and_warned_about(source, mariadb_u
     database = mariadb_url.rsplit("/", 1)[1].split("?")[0]
     connection = pymysql.connect(**services.MARIADB, database=database, charset="utf8mb4")
     with connection, connection.cursor() as cursor:
-        cursor.executemany("INSERT INTO tickets (id, subject, created_at) VALUES (%s, %s, NULL)", [(900, "a"), (901, "b")])
+        cursor.executemany("INSERT INTO tickets (id, subject, created_at) VALUES (%s, %s, NULL)",
+                           [(900, "a"), (901, "b")])
         connection.commit()
     undated = dg.materialize([raw_tickets], partition_key=DAY, resources=resources)
     assert undated.success  # a warning, not a failure: the day itself is whole

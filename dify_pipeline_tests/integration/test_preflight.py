@@ -50,8 +50,9 @@ def test_a_broken_sink_stops_the_day_before_any_paid_call(broken, source_tickets
         "raw_tickets", "clean_tickets", "quarantined_tickets", "ticket_shards"}
 
 
-def test_an_elasticsearch_8_cluster_takes_the_day_from_the_installed_client(pipeline_env, source_tickets,
-                                                                           dagster_instance, dify_emulator, es_emulator):
+def test_an_elasticsearch_8_cluster_takes_the_day_from_the_installed_client(
+    pipeline_env, source_tickets, dagster_instance, dify_emulator, es_emulator
+):
     """With elasticsearch-py 9 (the locked set) the combination it refuses on its own (it asks for compatible-with=9,
     an 8.x node answers 400): the sink asks the cluster for the REST API version it speaks. With the 8.x client
     (the minimum set) the plain path."""

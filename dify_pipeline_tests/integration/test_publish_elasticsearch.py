@@ -392,7 +392,8 @@ def test_a_new_mapping_version_is_filled_behind_the_alias_then_swapped_in_one_st
         v1 = sink.ensure_index(mapping, 1)
         sink.create_document(es.index, "a", {"dt": PUBLISH_DAY, "record_key": "a"})
 
-        v2 = sink.ensure_index({**mapping, "properties": {**mapping["properties"], "new_field": {"type": "keyword"}}}, 2)
+        grown = {**mapping, "properties": {**mapping["properties"], "new_field": {"type": "keyword"}}}
+        v2 = sink.ensure_index(grown, 2)
         assert (v1, v2) == (f"{es.index}-v1", f"{es.index}-v2")
         assert sink.alias_targets() == [v1]  # readers stay on the filled index while v2 is loaded
         sink.create_document(v2, "a", {"dt": PUBLISH_DAY, "record_key": "a", "new_field": "x"})
@@ -425,17 +426,20 @@ def _certificates(folder) -> tuple[str, str, str]:
           .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
           .not_valid_after(now + datetime.timedelta(days=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
           .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
           .sign(ca_key, hashes.SHA256()))
     certificate = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
                    .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                  critical=False)
                    .sign(ca_key, hashes.SHA256()))
     paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))

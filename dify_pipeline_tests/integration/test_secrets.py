@@ -44,7 +44,8 @@ def database_with_password():
         for host in ("localhost", "127.0.0.1", "%"):
             cursor.execute("CREATE USER %s@%s IDENTIFIED BY %s", (user, host, SECRETS["database password"]))
             cursor.execute(f"GRANT ALL ON `{name}`.* TO %s@%s", (user, host))
-    url = f"mysql+pymysql://{user}:{SECRETS['database password']}@{services.MARIADB['host']}:{services.MARIADB['port']}/{name}"
+    server = f"{services.MARIADB['host']}:{services.MARIADB['port']}"
+    url = f"mysql+pymysql://{user}:{SECRETS['database password']}@{server}/{name}"
     yield url
     connection = pymysql.connect(**services.MARIADB)
     with connection, connection.cursor() as cursor:

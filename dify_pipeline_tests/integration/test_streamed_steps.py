@@ -109,4 +109,5 @@ def test_an_empty_day_gives_empty_clean_and_quarantine_and_one_empty_shard(tmp_p
     assert dg.materialize([raw_tickets, clean_tickets, ticket_shards], partition_key=DAY, resources=resources).success
     assert stage(resources, "clean_tickets").num_rows == stage(resources, "quarantined_tickets").num_rows == 0
     assert stage(resources, "ticket_shards").num_rows == 0
-    assert len(resources["stage_storage"].list_files(resources["stage_storage"].path("ticket_shards", f"dt={DAY}"))) == 1
+    stages = resources["stage_storage"]
+    assert len(stages.list_files(stages.path("ticket_shards", f"dt={DAY}"))) == 1

@@ -179,12 +179,14 @@ def as_instants(document: dict) -> dict:
 def batch_of(rows: list[dict]) -> pa.RecordBatch:
     table = pa.Table.from_pylist(rows)
     category = pa.dictionary(pa.int32(), pa.string())
-    table = table.set_column(table.schema.get_field_index("category"), "category", table.column("category").cast(category))
+    table = table.set_column(table.schema.get_field_index("category"), "category",
+                             table.column("category").cast(category))
     return table.to_batches()[0]
 
 
 def batch_docs(rows: list[dict]) -> list[dict]:
-    return list(batch_documents(batch_of(rows), "2026-03-08", "run-abc", set(mapping()["properties"]), "tickets-enriched"))
+    mapped = set(mapping()["properties"])
+    return list(batch_documents(batch_of(rows), "2026-03-08", "run-abc", mapped, "tickets-enriched"))
 
 
 def test_documents_from_a_batch_are_the_documents_from_its_rows():
@@ -241,7 +243,8 @@ def test_documents_still_throttled_after_the_retries_make_the_load_incomplete():
 
 def test_a_whole_request_that_failed_is_the_clusters_fault_whatever_its_status():
     outcome = BulkOutcome(sent=1)
-    outcome.record_failure({"index": {"_id": "1", "status": 400, "error": "ApiError(400, 'bad')", "exception": ValueError()}})
+    outcome.record_failure({"index": {"_id": "1", "status": 400, "error": "ApiError(400, 'bad')",
+                                      "exception": ValueError()}})
     assert outcome.unavailable == {"request failed (400)": 1} and not outcome.rejected
 
 

@@ -10,9 +10,10 @@ import pytest
 from dify_pipeline.contract import DEFAULT_INPUT_MAPPING, TICKET_OUTPUTS
 from dify_pipeline.infer.app_form import InputVariable
 from dify_pipeline.infer.cache_key import cache_key
-from dify_pipeline.infer.enrichment import Outcome, enrichment_columns, outcome_from_answer, plan_records
+from dify_pipeline.infer.enrichment import enrichment_columns, judge, plan_records
 from dify_pipeline.infer.progress import Progress
 from dify_pipeline.infer.stats import error_counts, latency_percentiles
+from dify_pipeline.resources.dify import DifyResult
 from dify_pipeline.schemas import ENRICHMENT_FIELDS, PIPELINE_VERSION
 
 APP = "app-3f2a"
@@ -33,11 +34,18 @@ def plan(rows):
     return plan_records(rows, DEFAULT_INPUT_MAPPING, VARIABLES, APP, VERSION)
 
 
+def answered(outputs, fields=TICKET_OUTPUTS, *, from_cache=False, **call):
+    """The outcome of a call Dify answered with `outputs` (the client's result, judged against `fields`)."""
+    return judge(DifyResult(record_key="k", succeeded=True, outputs=outputs, **{"attempts": 0, **call}), fields,
+                 from_cache=from_cache)
+
+
 # -- cache key -------------------------------------------------------------------------------------
 
 
 def test_cache_key_ignores_the_order_of_inputs():
-    assert cache_key(APP, VERSION, {"subject": "a", "body": "b"}) == cache_key(APP, VERSION, {"body": "b", "subject": "a"})
+    assert cache_key(APP, VERSION, {"subject": "a", "body": "b"}) == cache_key(APP, VERSION,
+                                                                               {"body": "b", "subject": "a"})
 
 
 @pytest.mark.parametrize(
@@ -106,25 +114,62 @@ def test_plan_keeps_record_order():
     assert [p.record_key for p in plan([row(k, body=k) for k in keys])] == keys
 
 
+def test_a_chat_message_is_planned_from_its_column_and_is_part_of_the_cache_key():
+    mapping = {"subject": "subject"}
+    first, same, other = plan_records([row("r1", body="包裹没到"), row("r2", body="包裹没到"), row("r3", body="退款")],
+                                      mapping, VARIABLES, APP, VERSION, query_column="body")
+    assert (first.query, first.inputs) == ("包裹没到", {"subject": "快递没到"})
+    assert first.request().query == "包裹没到" and first.request().record_key == first.cache_key
+    assert first.cache_key == same.cache_key != other.cache_key  # another message, another answer
+    assert first.cache_key == cache_key(APP, VERSION, {"subject": "快递没到"}, "包裹没到")
+    assert first.cache_key != cache_key(APP, VERSION, {"subject": "快递没到"})
+
+
+def test_an_empty_chat_message_is_refused_without_being_sent():
+    [empty] = plan_records([row("r1", body="  ")], {"subject": "subject"}, VARIABLES, APP, VERSION,
+                           query_column="body")
+    assert empty.input_problem == "the chat message (column 'body') is empty"
+
+
+def test_planning_reads_the_mapped_columns_and_the_chat_message():
+    from dify_pipeline.infer.enrichment import plan_columns
+
+    assert plan_columns({"subject": "title", "body": "content"}) == ["record_key", "content", "title"]
+    assert plan_columns({"subject": "title"}, "content") == ["record_key", "content", "title"]
+
+
+def test_without_a_chat_message_the_cache_key_is_the_one_stored_before():
+    """Workflow and completion answers cached before chat queries existed keep their keys."""
+    assert cache_key(APP, VERSION, {"subject": "a"}, None) == cache_key(APP, VERSION, {"subject": "a"})
+
+
 # -- outcome of an answer --------------------------------------------------------------------------
 
 
 def test_a_valid_answer_is_a_success_with_typed_fields_and_the_call_details():
-    outcome = outcome_from_answer(ANSWER, TICKET_OUTPUTS, attempts=2, latency_ms=812.5, total_tokens=321, run_id="run-1")
+    outcome = answered(ANSWER, attempts=2, latency_ms=812.5, total_tokens=321, run_id="run-1")
     assert outcome.succeeded
     assert outcome.values == {"category": "物流问题", "summary": "包裹三天未到。", "sentiment": "negative"}
-    assert (outcome.attempts, outcome.latency_ms, outcome.total_tokens, outcome.run_id) == (2, 812.5, 321, "run-1")
-    assert outcome.outputs == ANSWER
+    assert (outcome.result.attempts, outcome.result.latency_ms, outcome.result.total_tokens,
+            outcome.result.run_id) == (2, 812.5, 321, "run-1")
+    assert outcome.result.outputs == ANSWER
 
 
 def test_an_answer_breaking_the_contract_is_a_failed_outcome_not_a_crash():
     outputs = {**ANSWER, "category": "投诉"}
-    outcome = outcome_from_answer(outputs, TICKET_OUTPUTS, attempts=1, total_tokens=99)
+    outcome = answered(outputs, attempts=1, total_tokens=99)
     assert not outcome.succeeded
     assert outcome.error_code == "invalid_category"
     assert "投诉" in outcome.error_message
     assert outcome.values is None
-    assert (outcome.outputs, outcome.attempts, outcome.total_tokens) == (outputs, 1, 99)  # kept for diagnosis
+    assert (outcome.result.outputs, outcome.result.attempts, outcome.result.total_tokens) == (outputs, 1, 99)  # kept
+
+
+def test_a_failed_run_keeps_its_error_and_its_result():
+    result = DifyResult("k", False, attempts=3, error_code="run_failed", error_message="model down")
+    outcome = judge(result, TICKET_OUTPUTS)
+    assert not outcome.succeeded and (outcome.error_code, outcome.error_message) == ("run_failed", "model down")
+    assert outcome.result is result and outcome.values is None
 
 
 # -- enrichment columns ----------------------------------------------------------------------------
@@ -137,7 +182,7 @@ def columns_for(plans, outcomes, paying):
 
 def test_enrichment_columns_follow_the_enrichment_schema():
     plans = plan([row("r1")])
-    outcomes = {plans[0].cache_key: outcome_from_answer(ANSWER, TICKET_OUTPUTS, attempts=1)}
+    outcomes = {plans[0].cache_key: answered(ANSWER, attempts=1)}
     table, _ = columns_for(plans, outcomes, {"r1"})
     assert table.schema == ENRICHMENT_FIELDS
 
@@ -151,7 +196,7 @@ def test_no_plans_give_an_empty_table_with_the_schema():
 def test_only_the_paying_record_carries_attempts_and_latency_and_its_repeats_are_cache_hits():
     plans = plan([row("r1"), row("r2"), row("r3")])
     assert len({p.cache_key for p in plans}) == 1
-    outcomes = {plans[0].cache_key: outcome_from_answer(ANSWER, TICKET_OUTPUTS, attempts=3, latency_ms=950.0)}
+    outcomes = {plans[0].cache_key: answered(ANSWER, attempts=3, latency_ms=950.0)}
     _, columns = columns_for(plans, outcomes, {"r2"})  # r2 paid; r1 and r3 reuse its answer
     assert columns["attempts"] == [0, 3, 0]
     assert columns["latency_ms"] == [None, 950.0, None]
@@ -161,8 +206,7 @@ def test_only_the_paying_record_carries_attempts_and_latency_and_its_repeats_are
 
 def test_an_answer_from_the_cache_is_a_cache_hit_without_attempts_or_latency():
     plans = plan([row("r1")])
-    cached = Outcome(**{**outcome_from_answer(ANSWER, TICKET_OUTPUTS, attempts=2, latency_ms=700.0).__dict__,
-                        "from_cache": True})
+    cached = answered(ANSWER, attempts=2, latency_ms=700.0, from_cache=True)
     _, columns = columns_for(plans, {plans[0].cache_key: cached}, {"r1"})
     assert columns["cache_hit"] == [True]
     assert columns["attempts"] == [0]
@@ -172,7 +216,8 @@ def test_an_answer_from_the_cache_is_a_cache_hit_without_attempts_or_latency():
 
 def test_a_failure_is_never_a_cache_hit_and_its_attempts_stay_on_the_paying_record():
     plans = plan([row("r1"), row("r2")])
-    failed = Outcome(False, error_code="gateway_error", error_message="HTTP 502", attempts=4, latency_ms=30000.0)
+    failed = judge(DifyResult("k", False, attempts=4, latency_ms=30000.0, error_code="gateway_error",
+                              error_message="HTTP 502"), TICKET_OUTPUTS)
     _, columns = columns_for(plans, {plans[0].cache_key: failed}, {"r1"})
     assert columns["dify_status"] == ["failed", "failed"]
     assert columns["cache_hit"] == [False, False]
@@ -184,7 +229,7 @@ def test_a_failure_is_never_a_cache_hit_and_its_attempts_stay_on_the_paying_reco
 
 def test_enrichment_columns_carry_the_answer_and_the_run_identity():
     plans = plan([row("r1", subject="快递" * 20)])
-    outcome = outcome_from_answer(ANSWER, TICKET_OUTPUTS, attempts=1, latency_ms=10.0, total_tokens=321,
+    outcome = answered(ANSWER, attempts=1, latency_ms=10.0, total_tokens=321,
                                   total_price=0.0012, currency="USD", run_id="run-1", workflow_id="wf-1")
     _, columns = columns_for(plans, {plans[0].cache_key: outcome}, {"r1"})
     assert json.loads(columns["outputs_json"][0]) == ANSWER
@@ -200,7 +245,7 @@ def test_enrichment_columns_carry_the_answer_and_the_run_identity():
 
 def test_rows_follow_the_order_of_the_plans():
     plans = plan([row(f"r{i}", body=f"body {i}") for i in range(5)])
-    outcomes = {p.cache_key: outcome_from_answer({**ANSWER, "summary": p.record_key}, TICKET_OUTPUTS) for p in plans}
+    outcomes = {p.cache_key: answered({**ANSWER, "summary": p.record_key}) for p in plans}
     _, columns = columns_for(plans, outcomes, {p.record_key for p in plans})
     assert columns["summary"] == [p.record_key for p in plans]
 
@@ -281,8 +326,8 @@ def test_answer_sources_tell_sent_from_duplicate_within_the_day_from_cache_and_r
     first_shard = plan([row("r1", body="a"), row("r2", body="a"), row("r3", body="cached")])
     second_shard = plan([row("r4", body="a"), row("r5", body="cached")])
     refused = [RecordPlanWithProblem("r6")]
-    answer = outcome_from_answer(ANSWER, TICKET_OUTPUTS)
-    cached = Outcome(**{**answer.__dict__, "from_cache": True})
+    answer = answered(ANSWER)
+    cached = answered(ANSWER, from_cache=True)
     outcomes = {first_shard[0].cache_key: answer, first_shard[2].cache_key: cached,
                 refused[0].cache_key: refused_inputs_outcome(refused[0])}
     seen: set[str] = set()
@@ -307,9 +352,9 @@ def test_another_contracts_outputs_become_typed_columns_and_nothing_of_the_ticke
         "score": {"type": "integer", "minimum": 1, "maximum": 5},
         "aspects": {"type": "list", "required": False}}}).outputs
     plans = plan([row("r1", body="a"), row("r2", body="b")])
-    outcomes = {plans[0].cache_key: outcome_from_answer({"sentiment": "positive", "score": 5, "aspects": ["fit"]},
+    outcomes = {plans[0].cache_key: answered({"sentiment": "positive", "score": 5, "aspects": ["fit"]},
                                                         outputs, attempts=1),
-                plans[1].cache_key: outcome_from_answer({"sentiment": "positive", "score": 9}, outputs, attempts=1)}
+                plans[1].cache_key: answered({"sentiment": "positive", "score": 9}, outputs, attempts=1)}
     table = enrichment_columns(plans, outcomes, {"r1", "r2"}, APP, VERSION, fields=outputs, enriched_at=ENRICHED_AT)
     assert table.schema == enrichment_fields(outputs)
     assert table.column_names[:3] == ["sentiment", "score", "aspects"] and "category" not in table.column_names

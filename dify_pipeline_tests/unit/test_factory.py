@@ -3,6 +3,8 @@ the load refused, naming what to fix, when two would collide or a contract's var
 
 from __future__ import annotations
 
+import textwrap
+
 import dagster as dg
 import pytest
 
@@ -88,11 +90,11 @@ def test_one_app_asked_in_two_modes_is_refused(environment):
 
 @pytest.mark.parametrize(("second", "message"), [
     (tickets_contract(sinks=SinksContract(parquet_prefix="other", index_alias="other")),
-     "2 enrichments are named 'tickets'"),
+     "enrichments 'tickets' and 'tickets' have the same name"),
     (reviews_contract(sinks=SinksContract(index_alias="reviews_enriched")),
      "enrichment 'reviews' has no sinks.parquet_prefix"),
     (reviews_contract(sinks=SinksContract(parquet_prefix="reviews", index_alias="tickets_enriched")),
-     "2 enrichments publish to the search alias 'tickets_enriched'"),
+     "enrichments 'tickets' and 'reviews' publish to the search alias 'tickets_enriched'"),
 ])
 def test_enrichments_that_would_write_over_each_other_fail_the_load_naming_the_clash(environment, second, message):
     with pytest.raises(ContractError, match=message):
@@ -118,23 +120,31 @@ def test_a_missing_or_malformed_variable_of_a_contract_fails_the_load_naming_it(
     assert "secret" not in "".join(p.replace("(secret, not shown)", "") for p in raised.value.problems)
 
 
-def test_the_component_attributes_are_the_contract_fields_and_build_the_same_chain(environment):
-    assert set(DifyEnrichment.model_fields) == set(EnrichmentContract.model_fields)
-    component = DifyEnrichment.resolve_from_yaml("""
+REVIEWS_ATTRIBUTES = """\
 name: reviews
 key_prefix: [shop]
 source: {url_env: REVIEWS_DATABASE_URL, table: reviews}
 app: {api_key_env: REVIEWS_DIFY_API_KEY, mode: completion}
 outputs:
-  category: {type: label, allowed: [物流问题, 退款申请, 功能建议, 账户问题, 支付问题, 产品质量, 售后维修, 订单修改, 技术故障, 其他]}
+  category:
+    type: label
+    allowed: [物流问题, 退款申请, 功能建议, 账户问题, 支付问题,
+              产品质量, 售后维修, 订单修改, 技术故障, 其他]
   summary: {type: text, required: false}
   sentiment: {type: label, allowed: [positive, neutral, negative]}
 sinks: {parquet_prefix: reviews, index_alias: reviews_enriched}
-""")
+"""
+
+
+def test_the_component_attributes_are_the_contract_fields_and_build_the_same_chain(environment, tmp_path,
+                                                                                   monkeypatch):
+    assert set(DifyEnrichment.model_fields) == set(EnrichmentContract.model_fields)
+    component = DifyEnrichment.resolve_from_yaml(REVIEWS_ATTRIBUTES)
     declared, expected = component.contract(), reviews_contract()
     assert declared.model_dump(exclude={"outputs"}) == expected.model_dump(exclude={"outputs"})
     assert declared.label_values() == expected.label_values() and list(declared.outputs) == list(expected.outputs)
-    defs = component.build_defs(None)
+    declaration = "type: dify_pipeline.DifyEnrichment\nattributes:\n" + textwrap.indent(REVIEWS_ATTRIBUTES, "  ")
+    defs = load_defs_folder(tmp_path, monkeypatch, reviews=declaration)
     assert dg.AssetKey(["shop", "enriched_reviews"]) in defs.resolve_asset_graph().get_all_asset_keys()
 
 
@@ -144,3 +154,74 @@ def test_a_component_with_a_wrong_field_names_it(environment):
     with pytest.raises(ContractError) as raised:
         component.contract()
     assert "cleaning.max_shard_rows" in str(raised.value) and "outputs.score" in str(raised.value)
+
+
+REVIEWS_COMPONENT = """\
+type: dify_pipeline.DifyEnrichment
+attributes:
+  name: reviews
+  key_prefix: [shop]
+  source: {url_env: REVIEWS_DATABASE_URL, table: reviews}
+  app: {api_key_env: REVIEWS_DIFY_API_KEY, mode: completion}
+  outputs: {sentiment: {type: label, allowed: [positive, neutral, negative]}}
+  sinks: {parquet_prefix: reviews, index_alias: reviews_enriched}
+"""
+
+
+def load_defs_folder(tmp_path, monkeypatch, **components: str) -> dg.Definitions:
+    """The definitions `dg` loads from a project whose defs folder holds one `defs.yaml` per component."""
+    module = f"enrichments_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / "pyproject.toml").write_text(
+        f'[project]\nname = "{module}"\n\n[tool.dg]\ndirectory_type = "project"\n\n'
+        f'[tool.dg.project]\nroot_module = "{module}"\n')
+    for folder, text in components.items():
+        (tmp_path / module / "defs" / folder).mkdir(parents=True)
+        (tmp_path / module / "defs" / folder / "defs.yaml").write_text(text)
+    for package in (tmp_path / module, tmp_path / module / "defs"):
+        (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return dg.load_from_defs_folder(path_within_project=tmp_path / module)
+
+
+def test_components_side_by_side_in_one_defs_folder_load(environment, tmp_path, monkeypatch):
+    tickets = REVIEWS_COMPONENT.replace("reviews", "tickets").replace("[shop]", "[support]")
+    defs = load_defs_folder(tmp_path, monkeypatch, reviews=REVIEWS_COMPONENT, tickets=tickets)
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    assert {dg.AssetKey(["shop", "enriched_reviews"]), dg.AssetKey(["support", "enriched_tickets"])} <= keys
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # The same name under another key prefix: the assets differ, the job, group and stage folders would not.
+    ({"key_prefix: [shop]": "key_prefix: [support]"}, "'reviews' (defs/reviews) and 'reviews' (defs/second)"),
+    ({"name: reviews": "name: critiques\n  record_name: review", "index_alias: reviews_enriched": "index_alias: b"},
+     "'reviews' (defs/reviews) and 'critiques' (defs/second) have the same record name 'review'"),
+    ({"name: reviews": "name: critiques", "index_alias: reviews_enriched": "index_alias: b"},
+     "'reviews' (defs/reviews) and 'critiques' (defs/second) write the Parquet folder 'reviews'"),
+    ({"name: reviews": "name: critiques", "parquet_prefix: reviews": "parquet_prefix: b"},
+     "'reviews' (defs/reviews) and 'critiques' (defs/second) publish to the search alias 'reviews_enriched'"),
+    ({"name: reviews": "name: critiques", "parquet_prefix: reviews": "parquet_prefix: reviews/more",
+      "index_alias: reviews_enriched": "index_alias: b"},
+     "'critiques' (defs/second) writes the Parquet folder 'reviews/more', inside 'reviews' of 'reviews'"),
+    ({"name: reviews": "name: critiques", "mode: completion": "mode: workflow", "parquet_prefix: reviews": "p: b",
+      "index_alias: reviews_enriched": "index_alias: b"}, "sinks.p"),  # a sibling's own error is its own
+])
+def test_components_that_would_write_over_each_other_fail_the_load_naming_both(environment, tmp_path, monkeypatch,
+                                                                             change, message):
+    second = REVIEWS_COMPONENT
+    for old, new in change.items():
+        second = second.replace(old, new)
+    with pytest.raises(Exception) as raised:
+        load_defs_folder(tmp_path, monkeypatch, reviews=REVIEWS_COMPONENT, second=second)
+    causes = [raised.value]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    assert any(isinstance(cause, ContractError) and message in str(cause) for cause in causes), causes
+
+
+def test_one_app_asked_in_two_modes_by_two_components_is_refused_naming_both(environment, tmp_path, monkeypatch):
+    second = REVIEWS_COMPONENT.replace("name: reviews", "name: critiques").replace("mode: completion", "mode: workflow")
+    second = second.replace("parquet_prefix: reviews", "parquet_prefix: b").replace("reviews_enriched", "b")
+    with pytest.raises(Exception) as raised:
+        load_defs_folder(tmp_path, monkeypatch, reviews=REVIEWS_COMPONENT, second=second)
+    assert "'reviews' (defs/reviews) and 'critiques' (defs/second) ask the app of REVIEWS_DIFY_API_KEY" in str(
+        raised.value.__cause__)

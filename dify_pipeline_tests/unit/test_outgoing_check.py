@@ -7,9 +7,11 @@ from dify_pipeline.clean.outgoing_check import OutgoingScan, find_personal_data,
 from dify_pipeline.clean.pii import PiiMasker
 
 UNMASKED = {
-    "email": ["zhang.wei@qq.com", "张伟@例子.中国", "li.na＠ｑｑ．ｃｏｍ", "zhang [at] qq [dot] com", "zhang at qq dot com"],
+    "email": ["zhang.wei@qq.com", "张伟@例子.中国", "li.na＠ｑｑ．ｃｏｍ", "zhang [at] qq [dot] com",
+              "zhang at qq dot com"],
     "id_card": ["11010519491231002X", "110105 19491231 002x", "110105491231002"],
-    "bank_card": ["6222021234567890128", "622 20212 3456789 0128", "４１１１\u200b１１１１\u200b１１１１\u200b１１１１"],
+    "bank_card": ["6222021234567890128", "622 20212 3456789 0128",
+                  "４１１１\u200b１１１１\u200b１１１１\u200b１１１１"],
     "phone": ["13800138000", "138.0013.8000", "+86 21 1234 5678", "021-12345678", "+44 20 7946 0958", "(212) 555-0147"],
 }
 

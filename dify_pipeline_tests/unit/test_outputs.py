@@ -52,7 +52,8 @@ def test_other_output_fields_next_to_the_json_text_are_ignored():
 
 
 def test_sentiment_is_normalised_and_summary_trimmed():
-    result = parse_enrichment({**ANSWER, "sentiment": " Negative ", "summary": "  客户要求退回重复扣款。\n"}, TICKET_OUTPUTS)
+    answer = {**ANSWER, "sentiment": " Negative ", "summary": "  客户要求退回重复扣款。\n"}
+    result = parse_enrichment(answer, TICKET_OUTPUTS)
     assert result == EXPECTED
 
 

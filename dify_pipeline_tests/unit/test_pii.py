@@ -167,7 +167,8 @@ def test_the_word_at_before_a_shop_and_mentions_are_not_addresses(masker, text):
 @pytest.mark.parametrize(
     "card",
     ["6222021234567890128", "62220-21234-56789-0128", "6222.0212.3456.7890.128", "622 202 123 456 789 012 8",
-     "6222\u200b0212\u200b3456\u200b7890\u200b128", "６２２２ ０２１２ ３４５６ ７８９０ １２８", "6 2 2 2 0 2 1 2 3 4 5 6 7 8 9 0 1 2 8",
+     "6222\u200b0212\u200b3456\u200b7890\u200b128", "６２２２ ０２１２ ３４５６ ７８９０ １２８",
+     "6 2 2 2 0 2 1 2 3 4 5 6 7 8 9 0 1 2 8",
      "6222 - 0212 - 3456 - 7890 - 128", "4111\u00a01111\u30001111 1111"],
 )
 def test_a_luhn_valid_card_is_masked_in_any_grouping_and_script(masker, card):
@@ -186,7 +187,8 @@ def test_date_stamps_and_millisecond_times_are_not_cards_even_when_luhn_valid(ma
 
 
 @pytest.mark.parametrize(
-    "number", ["110105 19491231 002X", "110-105-194-912-310-02x", "１１０１０５１９４９１２３１００２Ｘ", "11010519491231002 X"]
+    "number",
+    ["110105 19491231 002X", "110-105-194-912-310-02x", "１１０１０５１９４９１２３１００２Ｘ", "11010519491231002 X"],
 )
 def test_resident_ids_are_masked_whatever_the_separators(masker, number):
     assert masker.mask(f"身份证：{number}。") == ("身份证：[ID_CARD]。", Counter(id_card=1))
@@ -194,8 +196,8 @@ def test_resident_ids_are_masked_whatever_the_separators(masker, number):
 
 @pytest.mark.parametrize(
     "phone",
-    ["138.0013.8000", "1 3 8 0 0 1 3 8 0 0 0", "138\u200b0013\u200b8000", "１３８ ００１３ ８０００", "(+86) 138 0013 8000",
-     "+86 (138) 0013-8000", "+86 21 1234 5678", "0086 21 1234 5678", "V13800138000"],
+    ["138.0013.8000", "1 3 8 0 0 1 3 8 0 0 0", "138\u200b0013\u200b8000", "１３８ ００１３ ８０００",
+     "(+86) 138 0013 8000", "+86 (138) 0013-8000", "+86 21 1234 5678", "0086 21 1234 5678", "V13800138000"],
 )
 def test_chinese_phones_are_masked_whatever_the_separators(masker, phone):
     masked, counts = masker.mask(f"电话 {phone} 谢谢")

@@ -26,8 +26,9 @@ PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize="PII_PROPE
 
 # -- surroundings: Chinese and English text, punctuation, emoji, HTML, whitespace; no digits of their own ------
 
-_FILLER_PIECES = ["请", "谢谢", "我的", "退款", "联系", "please", "refund", "Thanks", "my card", "call", "的", "。", "，",
-                  "！", "：", ":", ";", " ", "  ", "\n", "“", "”", "😡", "📦", "<p>", "</p>", "<br>", "<div>", "</div>",
+_FILLER_PIECES = ["请", "谢谢", "我的", "退款", "联系", "please", "refund", "Thanks", "my card", "call", "的", "。",
+                  "，", "！", "：", ":", ";", " ", "  ", "\n", "“", "”", "😡", "📦", "<p>", "</p>", "<br>", "<div>",
+                  "</div>",
                   "&nbsp;", "&amp;", "\u200b", "\u3000", "Q&A"]
 # Up to four pieces of Chinese or English text, punctuation, emoji, HTML and whitespace, and any CJK character.
 _FILLER = st.builds(
@@ -36,7 +37,8 @@ _FILLER = st.builds(
     st.one_of(st.just(""), st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF)),
 )
 # What stands right next to a value: never a Latin letter or a digit (a number glued to letters is a waybill).
-_BOUNDARY = st.sampled_from([" ", "：", ":", "，", "。", "(", "（", "\n", "<br>", "<p>", "我", "号", "是", "\t", "“", "😡"])
+_BOUNDARY = st.sampled_from([" ", "：", ":", "，", "。", "(", "（", "\n", "<br>", "<p>", "我", "号", "是", "\t", "“",
+                             "😡"])
 _INLINE_TAG = st.sampled_from(["", "", "<b>", "<span>", "<strong>", "<font color=red>"])
 # Distractors that must come through: order numbers glued to their letters.
 _ORDER_NUMBER = st.builds(lambda prefix, digits: prefix + digits, st.sampled_from(["DD", "SO", "订单号DD"]),
@@ -265,7 +267,8 @@ _LABEL_ALPHABETS = {
     "cyrillic": st.text("абвгдежзийклмнопрстуфхцчшщыэюя", min_size=3, max_size=10),
     "accented": st.text("abcdeéfghijklmnoöpqrstuüvwxyz", min_size=3, max_size=10),
 }
-_TLDS = ["com", "cn", "net", "org", "co.uk", "com.cn", "de", "io", "shop", "中国", "公司", "рф", "xn--fiqs8s", "xn--p1ai"]
+_TLDS = ["com", "cn", "net", "org", "co.uk", "com.cn", "de", "io", "shop", "中国", "公司", "рф", "xn--fiqs8s",
+         "xn--p1ai"]
 _AT_SIGNS = ["@", "@", "＠", " @ ", "@ ", " @", "﹫", "[at]", " [at] ", "(at)", " (at) ", "（at）", " AT ", " at ",
              "<b>@</b>", "<span>@</span>", "<br>@<br>", "&#64;", "&commat;", "<div>@</div>", "<p>@</p>"]
 _DOTS = [".", ".", ".", "．", "。", " dot ", "[dot]", " [dot] ", "(dot)", "<span>.</span>", "&#46;", "<br>."]

@@ -1,19 +1,22 @@
 import pytest
 
 from dify_pipeline.infer.cache_key import cache_key
-from dify_pipeline.resources.result_cache import CachedResult, ResultCache
+from dify_pipeline.resources.dify import DifyResult
+from dify_pipeline.resources.result_cache import ResultCache
 
 APP = "app-3f2a"
 VERSION = "v1"
 
 
-def result(**overrides) -> CachedResult:
+def result(n: int = 1, **overrides) -> DifyResult:
+    """The client's answer for the input of `key(n)` (the step's record is the cache key)."""
     values = dict(
+        record_key=key(n), succeeded=True,
         outputs={"category": "物流问题", "summary": "包裹三天未到。", "sentiment": "negative"},
         run_id="run-1", workflow_id="wf-1", total_tokens=321, total_price=0.0012, currency="USD",
         latency_ms=812.5, attempts=2,
     )
-    return CachedResult(**{**values, **overrides})
+    return DifyResult(**{**values, **overrides})
 
 
 def key(n: int) -> str:
@@ -58,10 +61,62 @@ def test_storing_a_key_again_keeps_the_first_answer_without_error(session):
     assert (found.attempts, found.run_id) == (1, "run-1")
 
 
+def test_replace_overwrites_the_stored_answer_and_a_plain_store_still_keeps_the_first(session):
+    """An answer asked again of the day's pinned version replaces the other version's."""
+    session.store(key(1), APP, VERSION, result(workflow_id="wf-old", run_id="run-1"))
+    session.store(key(1), APP, VERSION, result(workflow_id="wf-new", run_id="run-2"), replace=True)
+    session.store(key(1), APP, VERSION, result(workflow_id="wf-other", run_id="run-3"))
+    assert session.lookup([key(1)])[key(1)] == result(workflow_id="wf-new", run_id="run-2")
+    assert session.workflow_ids([key(1), key(2)]) == {key(1): "wf-new"}
+
+
+def test_replace_on_postgresql_overwrites(postgres_cache_url):
+    session = ResultCache(url=postgres_cache_url).open()
+    try:
+        session.store(key(1), APP, VERSION, result(workflow_id="wf-old"))
+        session.flush()
+        session.store(key(1), APP, VERSION, result(workflow_id="wf-new", attempts=1), replace=True)
+        found = session.lookup([key(1)])[key(1)]
+        assert (found.workflow_id, found.attempts) == ("wf-new", 1)
+    finally:
+        session.close()
+
+
+def test_a_failed_run_is_not_stored(session):
+    with pytest.raises(ValueError, match="failed run"):
+        session.store(key(1), APP, VERSION, result(succeeded=False, error_code="run_failed", outputs=None))
+
+
+def test_rows_written_before_the_cache_held_client_results_read_back_as_them(cache_url):
+    """The table's layout did not change: a row stored by an earlier version reads back as a DifyResult."""
+    import json
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from dify_pipeline.resources.result_cache import RESULTS
+
+    ResultCache(url=cache_url).open().close()
+    engine = sa.create_engine(cache_url)
+    with engine.begin() as connection:
+        connection.execute(sa.insert(RESULTS).values(
+            cache_key=key(1), app_identity=APP, cache_version=VERSION, outputs_json=json.dumps({"category": "其他"}),
+            run_id="run-9", workflow_id=None, total_tokens=10, total_price=None, currency=None, latency_ms=None,
+            attempts=None, created_at=datetime.now(UTC)))
+    engine.dispose()
+    session = ResultCache(url=cache_url).open()
+    try:
+        assert session.lookup([key(1)])[key(1)] == DifyResult(
+            record_key=key(1), succeeded=True, attempts=0, outputs={"category": "其他"}, run_id="run-9",
+            total_tokens=10)
+    finally:
+        session.close()
+
+
 def test_lookup_of_more_keys_than_one_query_may_bind_finds_them_all(session):
     stored = [key(n) for n in range(950)]
     for k in stored:
-        session.store(k, APP, VERSION, result(total_tokens=int(k[:6], 16)))
+        session.store(k, APP, VERSION, result(record_key=k, total_tokens=int(k[:6], 16)))
     asked = stored + [key(n) for n in range(950, 2000)]
     found = session.lookup(asked)
     assert set(found) == set(stored)
@@ -113,7 +168,7 @@ def test_answers_are_committed_in_groups_off_the_caller_thread(cache_url):
     sa.event.listen(session._engine, "commit", lambda connection: commits.append(1))
     try:
         for n in range(500):
-            session.store(key(n), APP, VERSION, result())
+            session.store(key(n), APP, VERSION, result(n))
         session.flush()
         assert session.committed == 500
         assert 1 <= len(commits) <= 25

@@ -18,7 +18,8 @@ def keys(count: int) -> list[str]:
     return [f"tickets:{i:06d}" for i in range(count)]
 
 
-@pytest.mark.parametrize(("count", "max_rows"), [(1, 5), (5, 5), (6, 5), (10, 3), (100, 7), (1000, 1000), (1001, 1000), (17, 1)])
+@pytest.mark.parametrize(("count", "max_rows"),
+                         [(1, 5), (5, 5), (6, 5), (10, 3), (100, 7), (1000, 1000), (1001, 1000), (17, 1)])
 def test_shards_respect_the_bound_and_differ_by_at_most_one_row(count, max_rows):
     shards = assign_shards(keys(count), max_rows)
     sizes = Counter(shards.tolist())
@@ -92,8 +93,12 @@ def test_tied_hashes_are_ordered_by_key_as_a_sort_by_hash_and_key_would():
         order = np.lexsort((np.asarray(record_keys, dtype=object).astype(str), hashes))
         expected = np.empty(count, np.int32)
         expected[order] = (np.arange(count) * -(-count // max_rows)) // count
-        asked = []
-        shards = shards_of_hashes(hashes, lambda positions: asked.extend(positions) or
-                                  [record_keys[p] for p in positions], max_rows)
+        asked: list[int] = []
+
+        def keys_at(positions, asked=asked, record_keys=record_keys):
+            asked.extend(positions)
+            return [record_keys[p] for p in positions]
+
+        shards = shards_of_hashes(hashes, keys_at, max_rows)
         assert shards.tolist() == expected.tolist()
         assert len(set(asked)) == len(asked) <= count  # keys are read only where hashes tie, once

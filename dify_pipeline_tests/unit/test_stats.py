@@ -77,7 +77,8 @@ def test_a_failed_run_dify_charged_counts_in_what_the_run_spent():
 
 
 def failing_day() -> DayFigures:
-    figures = DayFigures(label_outputs=("category", "sentiment"), mask=lambda text: text.replace("alice@example.com", "[EMAIL]"))
+    figures = DayFigures(label_outputs=("category", "sentiment"),
+                         mask=lambda text: text.replace("alice@example.com", "[EMAIL]"))
     rows = [{"key": f"k{i}", "dify_status": "failed", "error_code": "run_failed",
              "error_message": "model failed for alice@example.com " + "x" * 500} for i in range(7)]
     rows += [{"key": "k-cat", "dify_status": "failed", "error_code": "invalid_category",

@@ -297,7 +297,7 @@ def test_a_file_that_cannot_be_read_fails_the_stream(storage):
     storage.write_parquet(good, SCHEMA, [batch(0, 2)])
     with open(bad, "wb") as handle:
         handle.write(b"not parquet")
-    with pytest.raises(Exception):
+    with pytest.raises(pa.ArrowInvalid, match="b.parquet"):
         list(storage.iter_files_batches([good, bad]))
 
 

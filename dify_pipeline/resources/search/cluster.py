@@ -13,7 +13,6 @@ from pydantic import Field
 from dify_pipeline.resources.search.sink import RETRIED_STATUSES, BulkSettings, ClientKind, SearchSink
 from dify_pipeline.resources.search.versions import (
     ClusterInfo,
-    Engine,
     UnsupportedCluster,
     check_supported,
     compatible_with,

@@ -182,7 +182,7 @@ class SearchSink:
         def worker() -> None:
             sent = [0]  # this worker's count, added once at the end: no lock per document
             try:
-                for ok, item in self.kind.helpers.streaming_bulk(
+                for _, item in self.kind.helpers.streaming_bulk(
                     self.client, actions(sent), chunk_size=settings.chunk_size,
                     max_chunk_bytes=settings.max_chunk_bytes, max_retries=settings.max_retries,
                     initial_backoff=settings.initial_backoff_seconds, max_backoff=settings.max_backoff_seconds,
