@@ -49,7 +49,8 @@ from dify_pipeline.stages import shard_file
 KEY = "app-benchmark"
 DAY = "2026-11-20"
 BOUND = 1000.0
-RUN_PATHS = ("/workflows/run", "/chat-messages", "/completion-messages")  # a request that starts a run
+# A request that starts a run (the step pins the day's version: /workflows/{workflow_id}/run after the first).
+RUN_PATHS = ("/workflows/run", "/workflows/{workflow_id}/run", "/chat-messages", "/completion-messages")
 
 
 def write_shards(storage: ObjectStorage, records: int, shard_rows: int = 500) -> None:
