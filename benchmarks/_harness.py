@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -14,6 +15,23 @@ from dataclasses import dataclass
 @contextmanager
 def emulator_process(module: str, config: dict | None = None, url_prefix: str = "="):
     """Run `python -m <module>` on a free loopback port; yields its URL. Its CPU is not ours."""
+    with emulator(module, config) as running:
+        yield running.url
+
+
+@dataclass
+class Emulator:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """The emulator process's CPU time so far (user + system): what it costs the machine's cores."""
+        return process_cpu_seconds(self.pid)
+
+
+@contextmanager
+def emulator(module: str, config: dict | None = None):
+    """As `emulator_process`, yielding its URL and its process (for its CPU time)."""
     args = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0"]
     if config is not None:
         args += ["--config", json.dumps(config)]
@@ -22,10 +40,23 @@ def emulator_process(module: str, config: dict | None = None, url_prefix: str = 
         line = process.stdout.readline().strip()
         if "=" not in line:
             raise RuntimeError(f"{module} did not start: {line!r}")
-        yield line.split("=", 1)[1]
+        yield Emulator(line.split("=", 1)[1], process.pid)
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time so far, all threads (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """The enrichment step's own path against a zero-latency Dify emulator: answers/s with the cache on.
 
     PYTHONPATH=. .venv/bin/python benchmarks/enrichment_step.py                 # SQLite cache, 20,000 records
-    RESULT_CACHE_URL=postgresql://postgres@127.0.0.1:5432/postgres PYTHONPATH=. .venv/bin/python benchmarks/enrichment_step.py
+    RESULT_CACHE_URL=postgresql://postgres@127.0.0.1:5432/postgres PYTHONPATH=. \
+        .venv/bin/python benchmarks/enrichment_step.py
     PYTHONPATH=. .venv/bin/python benchmarks/enrichment_step.py --records 50000 --cache both
     PYTHONPATH=. .venv/bin/python benchmarks/enrichment_step.py --concurrency 50 --latency-ms 200 --server-limit 20
+    PYTHONPATH=. .venv/bin/python benchmarks/enrichment_step.py --connection-reuse-seconds 0 1  # side by side
 
 With PostgreSQL, a fresh database is created next to the URL's (and dropped after), so the cache starts empty.
 
@@ -11,15 +13,22 @@ With PostgreSQL, a fresh database is created next to the URL's (and dropped afte
 preflight, planning, the cache (lookup, group commits), the Dify client, parsing, progress, judging on read and
 the enriched shards, all inside the clock. The Dify and Elasticsearch emulators run in their own processes, so
 their CPU is not ours. Prints answers/s (distinct inputs answered ÷ the step's wall time, from its own
-STEP_START/STEP_SUCCESS events) and the ratio to the 1,000 answers/s bound.
+STEP_START/STEP_SUCCESS events) and the ratio to the 1,000 answers/s bound; beside it the rate while the step sent
+(its last progress line) and the seconds of fixed work, and the CPU microseconds per record of this process and of
+the emulator: on a shared machine the rates follow the cores others leave, the CPU per record does not. `--bare`
+runs a bare aiohttp loop against the same emulator before and after the step: the emulator's ceiling right then.
+The emulator stays one process: with pooled connections it costs ~0.4-0.5 ms of CPU per run, so 1,000 runs/s
+take half a core; it is not the ceiling (`--bare` shows it), the machine's free cores are.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -28,7 +37,7 @@ import httpx
 import pyarrow as pa
 import sqlalchemy as sa
 
-from benchmarks._harness import emulator_process, peak_rss_mb, report
+from benchmarks._harness import Emulator, cpu_seconds, emulator, emulator_process, peak_rss_mb, report
 from dify_pipeline.contract import tickets_contract
 from dify_pipeline.factory import steps_of
 from dify_pipeline.resources.dify import DifyResource
@@ -40,7 +49,8 @@ from dify_pipeline.stages import shard_file
 KEY = "app-benchmark"
 DAY = "2026-11-20"
 BOUND = 1000.0
-RUN_PATHS = ("/workflows/run", "/chat-messages", "/completion-messages")  # a request that starts a run
+# A request that starts a run (the step pins the day's version: /workflows/{workflow_id}/run after the first).
+RUN_PATHS = ("/workflows/run", "/workflows/{workflow_id}/run", "/chat-messages", "/completion-messages")
 
 
 def write_shards(storage: ObjectStorage, records: int, shard_rows: int = 500) -> None:
@@ -65,6 +75,55 @@ def postgres_url(base: str) -> str:
     return url.set(database=name).render_as_string(hide_password=False)
 
 
+def bare_loop(dify: Emulator, records: int, concurrency: int, bound: float) -> float:
+    """The emulator's ceiling on this machine right now: a bare aiohttp loop (pooled connections, no gate, no
+    journal, no cache) sending the same requests. Beside the step's figures it says how much of a shortfall is
+    ours and how much the emulator's latency model or the machine's load."""
+    import asyncio
+
+    import aiohttp
+
+    async def load() -> float:
+        todo = iter(range(records))
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"},
+                                         connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            async def worker() -> None:
+                for i in todo:
+                    body = {"inputs": {"subject": f"订单 {i} 物流延迟", "body": f"第 {i} 号工单: 快递三天没有更新"},
+                            "response_mode": "blocking", "user": f"bare:{i}"}
+                    async with session.post(f"{dify.url}/workflows/run", json=body) as response:
+                        await response.read()
+                        if response.status != 200:
+                            raise RuntimeError(f"the emulator answered {response.status}")
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.perf_counter() - started
+
+    httpx.post(f"{dify.url.removesuffix('/v1')}/_emulator/reset")
+    cpu_before, dify_cpu_before = cpu_seconds(), dify.cpu_seconds()
+    seconds = asyncio.run(load())
+    rate = records / seconds
+    report("bare aiohttp loop (the emulator's ceiling now)", {
+        "records": records, "seconds": seconds, "answers/s": rate, "bound/s": bound, "concurrency": concurrency,
+        "cpu_us_per_record": (cpu_seconds() - cpu_before) / records * 1e6,
+        "emulator_cpu_us_per_record": (dify.cpu_seconds() - dify_cpu_before) / records * 1e6,
+    }, rate / bound, 0.0, True)
+    return rate
+
+
+def fresh(url: str, turn: int) -> str:
+    """An empty cache for each turn: a SQLite file of its own; PostgreSQL's table emptied."""
+    if url.startswith("sqlite"):
+        return url.replace("cache.sqlite", f"cache-{turn}.sqlite")
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        for table in ("dify_results", "dify_attempts"):
+            connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    engine.dispose()
+    return url
+
+
 def drop_postgres(url: str) -> None:
     parsed = sa.make_url(url)
     admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
@@ -80,22 +139,38 @@ def step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
     return times.get("STEP_SUCCESS", times.get("STEP_FAILURE", 0.0)) - times["STEP_START"]
 
 
-def run(cache_url: str, records: int, concurrency: int, dify_url: str, es_url: str, folder: Path,
-        enabled: bool = True, bound: float = BOUND) -> bool:
+def sending_rate(instance: dg.DagsterInstance, run_id: str) -> float | None:
+    """The rate of the step's last progress line: answers/s while it sent (from just before the client started
+    to the last answer), without the step's fixed work (form, preflight, planning, the second pass)."""
+    rates = [float(match.group(1)) for entry in instance.all_logs(run_id)
+             if (match := re.search(r"records \(100%\), ([\d.]+)/s", entry.user_message or ""))]
+    return rates[-1] if rates else None
+
+
+def run(cache_url: str, records: int, concurrency: int, dify: Emulator, es_url: str, folder: Path,
+        enabled: bool = True, bound: float = BOUND, reuse: float | None = None) -> bool:
+    dify_url = dify.url
     stages = ObjectStorage(url=str(folder / "stages"))
     write_shards(stages, records)
     httpx.post(f"{dify_url.removesuffix('/v1')}/_emulator/reset")
     resources = {
-        "dify": DifyResource(base_url=dify_url, api_key=KEY, max_concurrency=concurrency),
+        "dify": DifyResource(base_url=dify_url, api_key=KEY, max_concurrency=concurrency,
+                             **({} if reuse is None else {"connection_reuse_seconds": reuse})),
         "result_cache": ResultCache(url=cache_url, enabled=enabled),
         "stage_storage": stages,
         "parquet_output": ObjectStorage(url=str(folder / "out")),
         "elasticsearch": SearchCluster(url=es_url, index=f"bench_{uuid.uuid4().hex[:6]}"),
     }
+    cpu_before, dify_cpu_before = cpu_seconds(), dify.cpu_seconds()
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize([steps_of(tickets_contract())["enriched_tickets"]], partition_key=DAY,
                                 resources=resources, instance=instance, raise_on_error=False)
         seconds = step_seconds(instance, result.run_id)
+        sending = sending_rate(instance, result.run_id)
+    # CPU per answer, this process (Dagster, the step, the client) and the emulator: on a shared machine the
+    # rate depends on the cores others leave; these do not.
+    cpu_us = (cpu_seconds() - cpu_before) / records * 1e6
+    dify_cpu_us = (dify.cpu_seconds() - dify_cpu_before) / records * 1e6
     stats = httpx.get(f"{dify_url.removesuffix('/v1')}/_emulator/stats").json()
     paid = stats["paid_runs"]
     [event] = result.get_asset_materialization_events()
@@ -105,9 +180,13 @@ def run(cache_url: str, records: int, concurrency: int, dify_url: str, es_url: s
     backend = sa.make_url(cache_url).get_backend_name()
     least = 1.0 if bound == BOUND else 0.95
     passed = result.success and answered == records == paid and rate >= least * bound
-    report(f"enrichment step, cache {'on ' + backend if enabled else 'off'}", {
+    reused = "" if reuse is None else f", connections reused {reuse:g} s"
+    report(f"enrichment step, cache {'on ' + backend if enabled else 'off'}{reused}", {
         "records": records, "paid_runs": paid, "step_seconds": seconds, "answers/s": rate, "bound/s": bound,
+        "sending_answers/s": sending or 0.0,
+        "fixed_seconds": seconds - records / sending if sending else 0.0,
         "concurrency": concurrency, "failed": metadata["failed"], "peak_rss_mb": peak_rss_mb(),
+        "cpu_us_per_record": cpu_us, "emulator_cpu_us_per_record": dify_cpu_us,
         "attempts_per_record": sum(count for path, count in stats["requests_by_path"].items()
                                    if path.endswith(RUN_PATHS)) / records,
     }, rate / bound, least, passed)
@@ -124,6 +203,10 @@ def main() -> int:
     parser.add_argument("--cache", choices=["env", "sqlite", "postgresql", "both", "off"], default="env",
                         help="env: RESULT_CACHE_URL when set, else SQLite; both: SQLite then PostgreSQL; "
                              "off: the cache disabled, the client's own ceiling for comparison")
+    parser.add_argument("--connection-reuse-seconds", type=float, nargs="+", default=[None],
+                        help="the client's connection_reuse_seconds, each value in turn (0: a connection per run)")
+    parser.add_argument("--bare", action="store_true",
+                        help="also a bare aiohttp loop against the same emulator, before and after: its ceiling now")
     args = parser.parse_args()
     app = {"api_key": KEY, **({"max_active_requests": args.server_limit} if args.server_limit else {})}
     config = {"apps": [app], "latency_ms": args.latency_ms, "seed": 1,
@@ -133,7 +216,7 @@ def main() -> int:
         if args.latency_ms else BOUND
     results = []
     with tempfile.TemporaryDirectory() as tmp, \
-            emulator_process("dify_pipeline_dev.emulators.dify", config) as dify_url, \
+            emulator("dify_pipeline_dev.emulators.dify", config) as dify, \
             emulator_process("dify_pipeline_dev.emulators.elasticsearch") as es_url:
         urls = []
         env_url = os.environ.get("RESULT_CACHE_URL")
@@ -143,13 +226,20 @@ def main() -> int:
             urls.append(postgres_url(env_url or "postgresql://postgres@127.0.0.1:5432/postgres"))
         elif args.cache == "env" and env_url:
             urls.append(postgres_url(env_url) if env_url.startswith("postgresql") else env_url)
+        bare_concurrency = min(args.concurrency, args.server_limit or args.concurrency)
+        if args.bare:
+            bare_loop(dify, args.records, bare_concurrency, bound)
         for index, url in enumerate(urls):
             try:
-                results.append(run(url, args.records, args.concurrency, dify_url, es_url, Path(tmp) / str(index),
-                               enabled=args.cache != "off", bound=bound))
+                for turn, reuse in enumerate(args.connection_reuse_seconds):
+                    results.append(run(fresh(url, turn), args.records, args.concurrency, dify, es_url,
+                                       Path(tmp) / f"{index}-{turn}", enabled=args.cache != "off", bound=bound,
+                                       reuse=reuse))
             finally:
                 if url.startswith("postgresql"):
                     drop_postgres(url)
+        if args.bare:
+            bare_loop(dify, args.records, bare_concurrency, bound)
     return 0 if all(results) else 1
 
 

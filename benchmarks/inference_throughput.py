@@ -21,7 +21,8 @@ KEY = "app-benchmark"
 
 
 def records(count: int) -> list[DifyRequest]:
-    return [DifyRequest(f"r{i}", {"subject": f"订单 {i} 物流延迟", "body": f"第 {i} 号工单: 快递三天没有更新"}) for i in range(count)]
+    return [DifyRequest(f"r{i}", {"subject": f"订单 {i} 物流延迟", "body": f"第 {i} 号工单: 快递三天没有更新"})
+            for i in range(count)]
 
 
 def run(url: str, count: int, **client) -> tuple[dict, dict, object]:
@@ -58,8 +59,8 @@ def throughput(name: str, count: int, concurrency: int, latency_s: float, sigma:
 
 def throttled(count: int, client_concurrency: int, server_limit: int, latency_s: float) -> bool:
     """Dify's per-app limit below ours: goodput vs the server's limit, and attempts per record."""
-    config = {"apps": [{"api_key": KEY, "max_active_requests": server_limit}], "latency_ms": latency_s * 1000, "seed": 1,
-              "server_worker_connections": None}
+    config = {"apps": [{"api_key": KEY, "max_active_requests": server_limit}], "latency_ms": latency_s * 1000,
+              "seed": 1, "server_worker_connections": None}
     bound = server_limit / latency_s
     with emulator_process("dify_pipeline_dev.emulators.dify", config) as url:
         outcomes, counters, usage = run(url, count, max_concurrency=client_concurrency)

@@ -191,6 +191,8 @@ class PipelineEnvironment(BaseModel):
     dify_max_outage_seconds: _like(DifyResource, "max_outage_seconds") | None = variable(
         "DIFY_MAX_OUTAGE_SECONDS", "300")
     dify_keep_alive: bool | None = variable("DIFY_KEEP_ALIVE", "false")
+    dify_connection_reuse_seconds: _like(DifyResource, "connection_reuse_seconds") | None = variable(
+        "DIFY_CONNECTION_REUSE_SECONDS", "1")
     dify_ca_file: ExistingFile | None = variable("DIFY_CA_FILE", "/etc/ssl/private-ca.pem")
     # -- outputs
     output_parquet_url: StorageUrl | None = variable(

@@ -278,5 +278,6 @@ def _dify(environment: PipelineEnvironment, base_url_env: str, api_key_env: str,
         app_mode=mode,
         **_given(response_mode=env.dify_response_mode, max_concurrency=env.dify_max_concurrency,
                  requests_per_minute=env.dify_requests_per_minute, max_outage_seconds=env.dify_max_outage_seconds,
-                 keep_alive=env.dify_keep_alive, ca_file=env.dify_ca_file),
+                 keep_alive=env.dify_keep_alive, connection_reuse_seconds=env.dify_connection_reuse_seconds,
+                 ca_file=env.dify_ca_file),
     )

@@ -269,6 +269,34 @@ def test_default_settings_against_a_server_capped_at_ten_connections_neither_sta
     assert counters["http_attempts"] == 250 and stats["paid_runs"] == stats["distinct_inputs"] == 250
 
 
+def test_a_fast_server_is_not_paid_a_connection_per_run(dify_emulator):
+    """Answers within the reuse window come back on open connections: a connection per run cost the client more
+    CPU than the rest of the request (benchmarks/enrichment_step.py)."""
+    configure(dify_emulator, latency_ms=2, server_worker_connections=None)
+    results, counters = run(client(dify_emulator, max_concurrency=8), requests_for(300))
+    assert all(r.succeeded for r in results.values())
+    assert counters["http_attempts"] == 300 and dify_emulator.stats()["connections_accepted"] <= 300 / 5
+
+
+def test_a_connection_older_than_the_reuse_window_is_closed_after_its_answer(dify_emulator):
+    """A slow server gets a connection per run, as with no reuse at all: the gevent worker's waiting
+    connections get their turn at every answer."""
+    configure(dify_emulator, latency_ms=150, server_worker_connections=None)
+    _, counters = run(client(dify_emulator, max_concurrency=4, connection_reuse_seconds=0.1), requests_for(24))
+    assert dify_emulator.stats()["connections_accepted"] == counters["http_attempts"] == 24
+
+
+def test_connections_are_reused_only_within_the_window_so_none_waits_unaccepted_for_long(dify_emulator):
+    """16 in flight against a 10-connection worker: reused connections close within the window, so the 6 waiting
+    ones are accepted within about a window (with unlimited reuse they waited for the whole run)."""
+    configure(dify_emulator, latency_ms=20, server_worker_connections=10, server_keep_alive_seconds=2.0)
+    results, _ = run(client(dify_emulator, max_concurrency=16, connection_reuse_seconds=0.3,
+                            adaptive_concurrency=False), requests_for(400))
+    assert all(r.succeeded for r in results.values())
+    assert max(r.latency_ms for r in results.values()) < 1500
+    assert dify_emulator.stats()["connections_accepted"] < 400
+
+
 @pytest.mark.parametrize("response_mode", ["blocking", "streaming"])
 def test_requests_that_time_out_in_the_servers_backlog_are_found_again_not_paid_twice(dify_emulator, response_mode):
     """A request the client gave up on while it waited unaccepted is still run: look it up, don't resend it."""

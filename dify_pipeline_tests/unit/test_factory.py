@@ -225,3 +225,14 @@ def test_one_app_asked_in_two_modes_by_two_components_is_refused_naming_both(env
         load_defs_folder(tmp_path, monkeypatch, reviews=REVIEWS_COMPONENT, second=second)
     assert "'reviews' (defs/reviews) and 'critiques' (defs/second) ask the app of REVIEWS_DIFY_API_KEY" in str(
         raised.value.__cause__)
+
+
+def test_the_connection_settings_reach_every_app(monkeypatch):
+    for name, value in {**LOADABLE_ENVIRONMENT, **REVIEWS_ENV, "DIFY_CONNECTION_REUSE_SECONDS": "0",
+                        "DIFY_KEEP_ALIVE": "false"}.items():
+        monkeypatch.setenv(name, value)
+    defs = build_code_location([tickets_beside_others(), reviews_contract()], read_environment())
+    resources = defs.resources
+    apps = [resources[key] for key in ("dify", "dify_reviews_dify_api_key")]
+    assert [app.connection_reuse_seconds for app in apps] == [0, 0]  # a connection per run, as the variable says
+    assert not any(app.keep_alive for app in apps)

@@ -17,6 +17,7 @@ import json
 import random
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,29 @@ THROTTLED_ATTEMPTS_FACTOR = 4
 LOOKUP_PATIENCE_SECONDS = 5.0
 LOOKUP_PATIENCE_AFTER_AN_ANSWER = 1.5
 SUSTAINED_TROUBLE = 5  # answers in a row that are 429/5xx/timeouts: the server is in trouble, pause everyone
+
+
+class _ShortLivedConnector(aiohttp.TCPConnector):
+    """A pool whose connections carry new requests for `reuse_seconds` after they were opened, then close at their
+    next release. aiohttp knows an idle timeout but no maximum age, hence its two hooks overridden here."""
+
+    def __init__(self, reuse_seconds: float, **kwargs) -> None:
+        # Idle no longer than the window either, and well inside gunicorn's 2 s keep-alive: a connection taken
+        # from the pool is not one the server is closing at that moment.
+        super().__init__(keepalive_timeout=min(reuse_seconds, 1.0), **kwargs)
+        self._reuse_seconds = reuse_seconds
+        self._opened: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def _create_connection(self, req, traces, timeout):
+        protocol = await super()._create_connection(req, traces, timeout)
+        self._opened[protocol] = time.monotonic()
+        return protocol
+
+    def _release(self, key, protocol, *, should_close: bool = False) -> None:
+        opened = self._opened.get(protocol)
+        if opened is None or time.monotonic() - opened >= self._reuse_seconds:
+            should_close = True
+        super()._release(key, protocol, should_close=should_close)
 
 
 class DifyFatalError(RuntimeError):
@@ -108,8 +132,12 @@ class DifyResource(dg.ConfigurableResource):
     max_outage_seconds: float = Field(
         default=300.0, gt=0, description="Nothing but 429/5xx/timeouts for longer than this ends the step.")
     keep_alive: bool = Field(default=False, description=(
-        "Reuse connections between runs. Off by default: Dify's gevent worker serves a fixed number of "
-        "connections and leaves the rest unaccepted, so reused connections starve the waiting ones."))
+        "Reuse connections without limit. Off by default: Dify's gevent worker serves a fixed number of "
+        "connections and leaves the rest unaccepted, so connections reused for ever starve the waiting ones."))
+    connection_reuse_seconds: float = Field(default=1.0, ge=0, description=(
+        "Without keep_alive, a connection carries new runs only this long after its first one, then closes at its "
+        "next answer: a slow server gets a connection per run (the waiting ones get their turn at every answer), "
+        "a fast one is not paid a connection per run. 0: a connection per run."))
     verify_tls: bool = True
     ca_file: str | None = Field(default=None, description="CA bundle for a private certificate authority.")
 
@@ -133,7 +161,12 @@ class DifyResource(dg.ConfigurableResource):
         return True if self.verify_tls else False
 
     def _session(self, limit: int, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=limit, ssl=self._ssl(), force_close=not self.keep_alive)
+        if self.keep_alive:
+            connector = aiohttp.TCPConnector(limit=limit, ssl=self._ssl())
+        elif self.connection_reuse_seconds > 0:
+            connector = _ShortLivedConnector(self.connection_reuse_seconds, limit=limit, ssl=self._ssl())
+        else:
+            connector = aiohttp.TCPConnector(limit=limit, ssl=self._ssl(), force_close=True)
         return aiohttp.ClientSession(headers=self._headers(), timeout=timeout, connector=connector)
 
     def _url(self, path: str) -> str:
