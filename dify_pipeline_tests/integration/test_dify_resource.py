@@ -357,11 +357,16 @@ def test_a_failed_chatflow_run_is_a_paid_failed_run_not_a_refused_input(dify_emu
     assert results["chat-1"].succeeded and results["chat-2"].succeeded
 
 
-def test_a_chat_app_refuses_a_request_without_its_query_before_sending_anything(dify_emulator):
-    configure(dify_emulator, apps=[DifyApp(api_key=CHAT_KEY, mode="advanced-chat")])
-    with pytest.raises(ValueError, match="query"):
-        run(client(dify_emulator, api_key=CHAT_KEY, app_mode="chat"), requests_for(2))
-    assert dify_emulator.stats()["requests_total"] == 0
+def test_a_chat_request_without_its_query_fails_alone_unsent_and_the_others_are_answered(dify_emulator):
+    configure(dify_emulator, apps=[DifyApp(api_key=CHAT_KEY, mode="advanced-chat", user_input_form=SUBJECT_ONLY_FORM)])
+    # Requests are taken lazily: the one without a query comes after others are already in flight.
+    mixed = [*chat_requests(3), *requests_for(1), *chat_requests(6)[3:]]
+    results, counters = run(client(dify_emulator, api_key=CHAT_KEY, app_mode="chat", max_concurrency=2), mixed)
+    refused = results["ticket-0"]
+    assert not refused.succeeded and refused.error_code == "invalid_input" and "query" in refused.error_message
+    assert refused.attempts == 0
+    assert all(results[f"chat-{i}"].succeeded for i in range(6))  # answered and handed over, none lost
+    assert dify_emulator.stats()["requests_total"] == counters["http_attempts"] == 6
 
 
 def test_a_workflow_key_used_as_a_chat_app_stops_the_run(dify_emulator):

@@ -223,7 +223,7 @@ class DifyResource(dg.ConfigurableResource):
         Without one but with `pin`, requests go one at a time to the published version until one is answered;
         `pin(its workflow_id)` records it and returns the version the day is pinned to (another run may have
         pinned first), and the rest run that version. An answer of another version than the pin is asked again.
-        Chat apps send each request's `query` (ValueError on the first request without one).
+        Chat apps send each request's `query`; one without it fails alone, unsent (`invalid_input`).
 
         `requests` is consumed lazily, a few ahead of the calls in flight: a generator keeps the day out of memory.
         """
@@ -257,10 +257,13 @@ class DifyResource(dg.ConfigurableResource):
         put_back: collections.deque[DifyRequest] = collections.deque()  # taken, to be sent again first
 
         def take() -> DifyRequest | None:  # the next request, None when all are taken
-            request = put_back.popleft() if put_back else next(upcoming, None)
-            if request is not None and self.app_mode == "chat" and request.query is None:
-                raise ValueError("a chat app needs each DifyRequest's `query` (the message)")
-            return request
+            while True:
+                request = put_back.popleft() if put_back else next(upcoming, None)
+                if request is None or self.app_mode != "chat" or request.query is not None:
+                    return request
+                # Found while others are in flight: fail it alone, unsent, rather than stop and lose their answers.
+                on_result(DifyResult(request.record_key, False, 0, error_code="invalid_input",
+                                     error_message="a chat app needs the record's `query` (the message); none given"))
 
         timeout = aiohttp.ClientTimeout(total=self.request_timeout_seconds, sock_connect=10.0)
         async with self._session(self.max_concurrency, timeout) as client:
