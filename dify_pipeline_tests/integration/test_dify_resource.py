@@ -231,12 +231,13 @@ def test_a_rare_5xx_retries_that_record_alone_and_does_not_pause_everyone(dify_e
     """2% of answers 500/502/503/504 without Retry-After: no global pause (it cost 97% of the rate, issue 10)."""
     kinds = ["http_500", "http_502_html", "http_503", "http_504_html"]
     configure(dify_emulator, latency_ms=20, seed=3, faults=[Fault(kind=k, probability=0.005) for k in kinds])
-    resource = client(dify_emulator, max_concurrency=16, backoff_initial_seconds=1.0, backoff_max_seconds=60.0)
+    resource = client(dify_emulator, max_concurrency=16, backoff_initial_seconds=2.0, backoff_max_seconds=60.0)
     results, counters = run(resource, requests_for(600))
     assert all(r.succeeded for r in results.values()) and counters["retries"] >= 2
     arrivals = sorted(dify_emulator.stats()["run_arrivals"])
     body = arrivals[: int(len(arrivals) * 0.9)]  # the retried records arrive last, after their own backoff
-    assert max(b - a for a, b in zip(body, body[1:])) < 0.3
+    # a pause of everyone waits at least half the initial backoff (1 s); a loaded CI machine stalls ~0.3 s
+    assert max(b - a for a, b in zip(body, body[1:])) < 0.8
 
 
 @pytest.mark.parametrize("kind", ["http_503", "http_429"])
