@@ -75,7 +75,7 @@ def postgres_url(base: str) -> str:
     return url.set(database=name).render_as_string(hide_password=False)
 
 
-def bare_loop(dify: Emulator, records: int, concurrency: int, bound: float) -> float:
+def bare_loop(dify: Emulator, records: int, concurrency: int, bound: float, latency_s: float = 0.0) -> float:
     """The emulator's ceiling on this machine right now: a bare aiohttp loop (pooled connections, no gate, no
     journal, no cache) sending the same requests. Beside the step's figures it says how much of a shortfall is
     ours and how much the emulator's latency model or the machine's load."""
@@ -104,11 +104,13 @@ def bare_loop(dify: Emulator, records: int, concurrency: int, bound: float) -> f
     cpu_before, dify_cpu_before = cpu_seconds(), dify.cpu_seconds()
     seconds = asyncio.run(load())
     rate = records / seconds
+    timed = served_bound(bound, latency_s, httpx.get(f"{dify.url.removesuffix('/v1')}/_emulator/stats").json())
     report("bare aiohttp loop (the emulator's ceiling now)", {
         "records": records, "seconds": seconds, "answers/s": rate, "bound/s": bound, "concurrency": concurrency,
+        **({"ratio_to_nominal": rate / bound, "served_bound/s": timed} if latency_s else {}),
         "cpu_us_per_record": (cpu_seconds() - cpu_before) / records * 1e6,
         "emulator_cpu_us_per_record": (dify.cpu_seconds() - dify_cpu_before) / records * 1e6,
-    }, rate / bound, 0.0, True)
+    }, rate / timed, 0.0, True)
     return rate
 
 
@@ -147,8 +149,16 @@ def sending_rate(instance: dg.DagsterInstance, run_id: str) -> float | None:
     return rates[-1] if rates else None
 
 
+def served_bound(bound: float, latency_s: float, stats: dict) -> float:
+    """The bound with L as the server timed its runs (its timers wake a little late: ~202 ms for 200 ms): what
+    no client could beat. At zero latency, the fixed 1,000 answers/s."""
+    if not latency_s or not stats.get("mean_run_seconds"):
+        return bound
+    return bound * latency_s / stats["mean_run_seconds"]
+
+
 def run(cache_url: str, records: int, concurrency: int, dify: Emulator, es_url: str, folder: Path,
-        enabled: bool = True, bound: float = BOUND, reuse: float | None = None) -> bool:
+        enabled: bool = True, bound: float = BOUND, reuse: float | None = None, latency_s: float = 0.0) -> bool:
     dify_url = dify.url
     stages = ObjectStorage(url=str(folder / "stages"))
     write_shards(stages, records)
@@ -178,18 +188,21 @@ def run(cache_url: str, records: int, concurrency: int, dify: Emulator, es_url: 
     answered = metadata["answered_this_run"]
     rate = answered / seconds
     backend = sa.make_url(cache_url).get_backend_name()
-    least = 1.0 if bound == BOUND else 0.95
-    passed = result.success and answered == records == paid and rate >= least * bound
+    least = 0.95 if latency_s else 1.0
+    timed = served_bound(bound, latency_s, stats)
+    passed = result.success and answered == records == paid and rate >= least * timed
     reused = "" if reuse is None else f", connections reused {reuse:g} s"
     report(f"enrichment step, cache {'on ' + backend if enabled else 'off'}{reused}", {
         "records": records, "paid_runs": paid, "step_seconds": seconds, "answers/s": rate, "bound/s": bound,
+        **({"ratio_to_nominal": rate / bound, "server_run_ms": stats["mean_run_seconds"] * 1000,
+            "served_bound/s": timed} if latency_s else {}),
         "sending_answers/s": sending or 0.0,
         "fixed_seconds": seconds - records / sending if sending else 0.0,
         "concurrency": concurrency, "failed": metadata["failed"], "peak_rss_mb": peak_rss_mb(),
         "cpu_us_per_record": cpu_us, "emulator_cpu_us_per_record": dify_cpu_us,
         "attempts_per_record": sum(count for path, count in stats["requests_by_path"].items()
                                    if path.endswith(RUN_PATHS)) / records,
-    }, rate / bound, least, passed)
+    }, rate / timed, least, passed)
     return passed
 
 
@@ -228,18 +241,18 @@ def main() -> int:
             urls.append(postgres_url(env_url) if env_url.startswith("postgresql") else env_url)
         bare_concurrency = min(args.concurrency, args.server_limit or args.concurrency)
         if args.bare:
-            bare_loop(dify, args.records, bare_concurrency, bound)
+            bare_loop(dify, args.records, bare_concurrency, bound, args.latency_ms / 1000)
         for index, url in enumerate(urls):
             try:
                 for turn, reuse in enumerate(args.connection_reuse_seconds):
                     results.append(run(fresh(url, turn), args.records, args.concurrency, dify, es_url,
                                        Path(tmp) / f"{index}-{turn}", enabled=args.cache != "off", bound=bound,
-                                       reuse=reuse))
+                                       reuse=reuse, latency_s=args.latency_ms / 1000))
             finally:
                 if url.startswith("postgresql"):
                     drop_postgres(url)
         if args.bare:
-            bare_loop(dify, args.records, bare_concurrency, bound)
+            bare_loop(dify, args.records, bare_concurrency, bound, args.latency_ms / 1000)
     return 0 if all(results) else 1
 
 

@@ -217,7 +217,8 @@ def _enrich_day(
             shard = stage_storage.read_parquet(path)
             plans = plan_shard(shard)
             stored = cache.lookup(p.cache_key for p in plans if not p.input_problem and p.cache_key not in this_run)
-            outcomes = judge_shard(plans, stored, this_run, sent_keys, outputs)
+            sent_here = sent_keys.contains_keys([plan.cache_key for plan in plans])
+            outcomes = judge_shard(plans, stored, this_run, sent_here, outputs)
             sources, first_in_day = answer_sources(plans, outcomes, seen)
             paying = {plan.record_key for plan, source in zip(plans, sources) if source == SENT}
             enrichment = enrichment_columns(plans, outcomes, paying, app_identity, contract.cache_version,

@@ -38,7 +38,14 @@ class KeyDigests:
         return len(self._sorted)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and bool(self.contains(digests([key]))[0])
+        return isinstance(key, str) and len(self._sorted) > 0 and bool(self.contains(digests([key]))[0])
+
+    def contains_keys(self, keys: Sequence[str]) -> set[str]:
+        """Those of `keys` the set holds: one hashing pass and one search for them all (asked once per shard, not
+        once per key)."""
+        if not len(self._sorted) or not keys:
+            return set()
+        return {key for key, held in zip(keys, self.contains(digests(keys)).tolist()) if held}
 
     def _positions(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         positions = np.searchsorted(self._sorted, values)
@@ -68,11 +75,13 @@ class KeyDigests:
     def take(self, keys: Sequence[str]) -> list[bool]:
         """Per key of `keys`, True the first time a key of the set is met (marked taken), False otherwise: each
         key of the set is taken once."""
+        if not keys:
+            return []
         positions, found = self._positions(digests(keys))
-        chosen = []
-        for position, held in zip(positions.tolist(), found.tolist()):
-            fresh = held and not self._taken[position]
-            if fresh:
-                self._taken[position] = True
-            chosen.append(bool(fresh))
-        return chosen
+        fresh = np.zeros(len(keys), dtype=bool)
+        untaken = np.flatnonzero(found & ~self._taken[np.minimum(positions, max(len(self._sorted) - 1, 0))]
+                                 if len(self._sorted) else found)
+        _, first = np.unique(positions[untaken], return_index=True)  # a key repeated in `keys`: its first place
+        fresh[untaken[first]] = True
+        self._taken[positions[fresh]] = True
+        return fresh.tolist()

@@ -555,12 +555,14 @@ class DifyEmulator:
     def stats(self) -> dict:
         """Counters since the last reset. `run_arrivals` are time.monotonic() seconds of accepted runs.
 
-        Every run created is paid (`paid_runs`), failed ones too (`failed_runs`); `abandoned_runs` are those
-        whose answer never reached its client (it left while the request waited in the backlog or the run
-        worked, or the connection was cut). `runs_by_input` counts runs per distinct inputs (compact JSON),
-        `runs_by_workflow_id` the runs of each published version (workflow apps and chatflows), `end_users`
-        the distinct `user` values seen (each one an end-user row in Dify). The connection
-        figures come from the accept gate: `accept_queue` is how many connections wait unaccepted right now.
+        Every run created is paid (`paid_runs`), failed ones too (`failed_runs`); `mean_run_seconds` is how long
+        the settled runs took by this server's clock (its timers wake a little late: ~202 ms for 200), the app's
+        latency a client is measured against; `abandoned_runs` are those whose answer never reached its client
+        (it left while the request waited in the backlog or the run worked, or the connection was cut).
+        `runs_by_input` counts runs per distinct inputs (compact JSON), `runs_by_workflow_id` the runs of each
+        published version (workflow apps and chatflows), `end_users` the distinct `user` values seen (each one an
+        end-user row in Dify). The connection figures come from the accept gate: `accept_queue` is how many
+        connections wait unaccepted right now.
         """
         connections = self._gate.stats()
         with self._lock:
@@ -571,6 +573,7 @@ class DifyEmulator:
                 "requests_by_status": dict(self._by_status),
                 "paid_runs": self._paid_runs,
                 "failed_runs": self._failed_runs,
+                "mean_run_seconds": self._run_seconds / self._settled_runs if self._settled_runs else None,
                 "abandoned_runs": self._abandoned_runs,
                 "distinct_inputs": len(self._runs_by_input),
                 "runs_by_input": dict(self._runs_by_input),
@@ -598,6 +601,7 @@ class DifyEmulator:
         self._faults_injected: collections.Counter[str] = collections.Counter()
         self._paid_runs = self._rejected_concurrency = self._rejected_rate_limit = 0
         self._failed_runs = self._abandoned_runs = self._rejected_database = 0
+        self._settled_runs, self._run_seconds = 0, 0.0  # the runs' own durations, as this server timed them
         self._runs_by_input: collections.Counter[str] = collections.Counter()
         self._runs_by_workflow: collections.Counter[str] = collections.Counter()
         self._end_users: set[str] = set()
@@ -926,6 +930,8 @@ class DifyEmulator:
                 run.answer = answer if isinstance(answer, str) else answer_json(answer)
                 run.usage = usage_for(app_text(run.app.answers, run.answer_inputs), run.answer, round(run.latency, 6))
                 run.elapsed_time = round(time.monotonic() - run.started, 6)
+                self._settled_runs += 1
+                self._run_seconds += run.elapsed_time
                 run.finished_at = _unix_now()
                 if run.fault in FAILED_RUN_ERRORS:
                     run.status, run.error = "failed", run.fault_error or FAILED_RUN_ERRORS[run.fault]

@@ -77,10 +77,11 @@ def error_body(response: httpx.Response) -> dict:
 
 
 def test_blocking_workflow_run_matches_the_captured_response_and_lasts_its_latency(serve: Serve) -> None:
-    _, url = serve(latency_ms=200)
+    emulator, url = serve(latency_ms=200)
     started = time.monotonic()
     response = httpx.post(f"{url}/workflows/run", json=run_body(), headers=AUTH)
     assert time.monotonic() - started >= 0.2
+    assert 0.2 <= emulator.stats()["mean_run_seconds"] <= time.monotonic() - started  # as the server timed the run
     captured = json.loads((SAMPLES / "blocking.json").read_text())
     body = response.json()
     assert response.status_code == 200

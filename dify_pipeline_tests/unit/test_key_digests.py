@@ -47,3 +47,11 @@ def test_key_digests_hold_and_merge_keys():
     held.add(digests(["b", "c", "c"]))
     assert len(held) == 3 and "c" in held and "d" not in held
     assert len(held.difference(KeyDigests.of(["a"]))) == 2 and len(held.union(KeyDigests.of(["d"]))) == 4
+
+
+def test_key_digests_answer_many_keys_at_once_and_an_empty_set_without_hashing(monkeypatch):
+    held = KeyDigests.of(["a", "b"])
+    assert held.contains_keys(["b", "x", "a", "b"]) == {"a", "b"}
+    assert held.contains_keys([]) == set()
+    monkeypatch.setattr("dify_pipeline.infer.key_digests.digests", lambda keys: 1 / 0)
+    assert "a" not in KeyDigests() and KeyDigests().contains_keys(["a"]) == set()
