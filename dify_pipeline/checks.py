@@ -6,14 +6,12 @@ PUBLISHED_BY_HOUR, whatever the reason (a blocked day, a failed or missing run, 
 """
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 
 import dagster as dg
-import numpy as np
-import pyarrow as pa
 
 from dify_pipeline.chain import Chain
-from dify_pipeline.infer.key_digests import digests
+from dify_pipeline.infer.key_digests import duplicate_keys
 from dify_pipeline.publish.documents import MAPPING_VERSION, day_query
 from dify_pipeline.publish.elasticsearch_assets import day_lease
 from dify_pipeline.resources.search import LeaseUnavailable, SearchCluster, SearchClusterError
@@ -71,23 +69,6 @@ def build_publish_checks(chain: Chain) -> list[dg.AssetChecksDefinition]:
         )
 
     return [parquet_matches_enriched, elasticsearch_matches_parquet]
-
-
-def duplicate_keys(read_keys: Callable[[], Iterable[pa.Array]], rows: int) -> int:
-    """How many of the `rows` keys `read_keys()` yields (batch by batch) repeat an earlier one, exactly, in 8 bytes
-    per key: their digests are sorted, and the keys of a digest met twice read again and compared as text."""
-    values = np.empty(rows, dtype=np.uint64)
-    filled = 0
-    for keys in read_keys():
-        values[filled:filled + len(keys)] = digests(keys.to_pylist())
-        filled += len(keys)
-    values = np.sort(values[:filled])
-    suspects = set(values[1:][values[1:] == values[:-1]].tolist())
-    if not suspects:
-        return 0
-    found = [key for keys in read_keys() for key, value in zip(keys.to_pylist(), digests(keys.to_pylist()).tolist())
-             if value in suspects]
-    return len(found) - len(set(found))
 
 
 def freshness_check_keys(chain: Chain) -> list[dg.AssetCheckKey]:

@@ -51,6 +51,10 @@ RESULTS = sa.Table(
     sa.Column("completion_tokens", sa.BigInteger),
 )
 # The attempts of records without an answer yet live in resources/run_journal.py (table dify_attempts).
+# What a lookup returns: not created_at (a date parsed per row for nothing) nor the key's own parts.
+_ANSWER_COLUMNS = [RESULTS.c[name] for name in (
+    "cache_key", "outputs_json", "run_id", "workflow_id", "total_tokens", "total_price", "currency", "latency_ms",
+    "attempts", "prompt_tokens", "completion_tokens")]
 
 
 class CacheWriteError(RuntimeError):
@@ -126,7 +130,7 @@ class ResultCacheSession:
                 total_tokens=row.total_tokens, total_price=row.total_price, currency=row.currency,
                 prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
             )
-            for row in self._rows(list(RESULTS.c), keys)
+            for row in self._rows(_ANSWER_COLUMNS, keys)
         }
 
     def store(self, key: str, app_identity: str, cache_version: str, result: DifyResult, *,

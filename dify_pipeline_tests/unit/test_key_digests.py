@@ -7,9 +7,8 @@ import tracemalloc
 import numpy as np
 import pyarrow as pa
 
-from dify_pipeline import checks
-from dify_pipeline.checks import duplicate_keys
-from dify_pipeline.infer.key_digests import KeyDigests, digests
+from dify_pipeline.infer import key_digests
+from dify_pipeline.infer.key_digests import KeyDigests, digests, duplicate_keys
 
 
 def batches(keys: list[str], size: int = 1000):
@@ -23,7 +22,7 @@ def test_duplicate_keys_counts_each_repeat_of_a_key():
 
 
 def test_two_keys_sharing_a_digest_are_not_a_duplicate(monkeypatch):
-    monkeypatch.setattr(checks, "digests", lambda keys: np.zeros(len(list(keys)), dtype=np.uint64))
+    monkeypatch.setattr(key_digests, "digests", lambda keys: np.zeros(len(list(keys)), dtype=np.uint64))
     assert duplicate_keys(batches(["a", "b", "c"]), 3) == 0
     assert duplicate_keys(batches(["a", "b", "a"]), 3) == 1
 
