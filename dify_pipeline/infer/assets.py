@@ -2,7 +2,6 @@
 answer again) and keep every outcome."""
 
 
-from array import array
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date
@@ -28,7 +27,7 @@ from dify_pipeline.infer.enrichment import (
 )
 from dify_pipeline.infer.key_digests import KeyDigests
 from dify_pipeline.infer.progress import Progress
-from dify_pipeline.infer.stats import SENT, DayFigures, blocked_day_message, row_costs
+from dify_pipeline.infer.stats import SENT, DayFigures, LatencySample, blocked_day_message, row_costs
 from dify_pipeline.publish.preflight import check_sinks_before_paying
 from dify_pipeline.resources.day_versions import DayVersions
 from dify_pipeline.resources.dify import DifyFatalError, DifyRequest, DifyResource, DifyResult
@@ -136,11 +135,11 @@ def _enrich_day(
         for path in shard_paths:
             plans = plan_shard(stage_storage.read_parquet(path, columns=needed))
             day_inputs.add(plans, cache.workflow_ids(day_inputs.new_inputs(plans)))
-        unanswered = day_inputs.unanswered
+        unanswered = day_inputs.finish()
         if pin is not None and pin.workflow_id is None and not len(unanswered) and policy == "reask":
             pin.pin_answered(day_inputs.answered_versions())  # all answered before, by several versions: the cheapest
         asked_again = day_inputs.to_ask_again(policy, pin.workflow_id) if pin is not None else KeyDigests()
-        to_send = unanswered.union(asked_again)
+        to_send = unanswered.union(asked_again) if len(asked_again) else unanswered  # a day's digests, not twice
         version = "" if pin is None else (f", the day pinned to app version {pin.workflow_id}" if pin.workflow_id
                                           else ", the day pinned to the version that answers first")
         context.log.info(
@@ -150,7 +149,7 @@ def _enrich_day(
             f"rpm {dify.requests_per_minute or 'unlimited'})"
         )
         progress = Progress(len(to_send))
-        fresh_latencies = array("d")
+        fresh_latencies = LatencySample()  # fixed memory, exact up to 100,000 answers
         this_run: dict[str, Outcome] = {}  # this run's outcomes the cache does not hold (failed runs; all when off)
 
         def on_result(result: DifyResult) -> None:

@@ -24,8 +24,8 @@ class DayInputs:
     inputs (`infer.key_digests`): the sending pass reads the shards again for them."""
 
     def __init__(self) -> None:
-        self.records = 0
-        self._seen = KeyDigests()
+        self.records = self.distinct = 0
+        self._seen: KeyDigests | None = KeyDigests()
         self._unanswered: list[np.ndarray] = []  # per shard, the digests of its new inputs not answered before
         self._answered: list[np.ndarray] = []  # … of those answered before
         self._answered_versions: list[np.ndarray] = []  # … and the index in `_versions` of each one's version
@@ -43,23 +43,26 @@ class DayInputs:
     def add(self, plans: list[RecordPlan], stored: Mapping[str, str | None]) -> None:
         """One shard's `plans`, with `stored`: which of its new inputs the cache holds, by the version that answered
         (`ResultCacheSession.workflow_ids(new_inputs(plans))`)."""
+        if self._seen is None:
+            raise RuntimeError("the first pass is finished: it takes no more shards")
         new = list(self.new_inputs(plans))
         self.records += len(plans)
         self._seen.add(digests(plan.cache_key for plan in plans))
+        self.distinct = len(self._seen)
         answered = [key for key in new if key in stored]
         self._unanswered.append(digests(key for key in new if key not in stored))
         self._answered.append(digests(answered))
         self._answered_versions.append(np.array(
             [self._versions.setdefault(stored[key], len(self._versions)) for key in answered], dtype=np.int32))
 
-    @property
-    def distinct(self) -> int:
-        return len(self._seen)
-
-    @property
-    def unanswered(self) -> KeyDigests:
-        """The distinct inputs no earlier run or day answered."""
-        return KeyDigests(np.sort(np.concatenate([np.empty(0, np.uint64), *self._unanswered])))
+    def finish(self) -> KeyDigests:
+        """The end of the pass: the distinct inputs no earlier run or day answered. The pass's other digests (every
+        input met, per shard) are dropped, so they do not stay beside these while the day is sent; what was answered
+        before, and by which version, is kept."""
+        unanswered = np.concatenate([np.empty(0, np.uint64), *self._unanswered])
+        self._seen, self._unanswered = None, []
+        unanswered.sort()
+        return KeyDigests(unanswered)
 
     @property
     def answered_count(self) -> int:

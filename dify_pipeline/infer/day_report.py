@@ -3,7 +3,7 @@ day's figures without Dagster's context (so unit tests call them directly)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import dagster as dg
 
@@ -23,7 +23,7 @@ def token_prices(contract: EnrichmentContract) -> TokenPrices | None:
                        contract.price_currency)
 
 
-def day_metadata(figures: DayFigures, sent: int, call_counters: dict, fresh_latencies: Sequence[float], path: str, *,
+def day_metadata(figures: DayFigures, sent: int, call_counters: dict, fresh_latencies: Iterable[float], path: str, *,
                  asked_again: int = 0, pinned_workflow_id: str | None = None) -> dict:
     """The enriched day's metadata: rows and failures, where answers came from, what this run paid, latencies,
     labels and app versions. `sent` counts the requests this run paid for, `asked_again` those of them that

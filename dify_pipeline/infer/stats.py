@@ -3,6 +3,8 @@ percentiles, and failures with examples. Pure functions over Arrow columns; the 
 
 from __future__ import annotations
 
+import random
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -66,6 +68,31 @@ def row_costs(price: pa.Array, prompt_tokens: pa.Array, completion_tokens: pa.Ar
     cost = pc.coalesce(price, estimate)
     estimated = pc.and_(pc.is_null(price), pc.is_valid(estimate))
     return cost, estimated
+
+
+class LatencySample:
+    """A day's answer latencies for its percentiles, in memory that does not grow with the day: every one up to
+    `capacity` (exact), then a uniform sample of that many (reservoir sampling; seeded, so a run is repeatable)."""
+
+    def __init__(self, capacity: int = 100_000, seed: int = 0) -> None:
+        self.capacity, self.seen = capacity, 0
+        self._values = array("d")
+        self._rng = random.Random(seed)
+
+    def append(self, value: float) -> None:
+        self.seen += 1
+        if len(self._values) < self.capacity:
+            self._values.append(value)
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < self.capacity:
+            self._values[slot] = value
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self):
+        return iter(self._values)
 
 
 def latency_percentiles(latencies_ms: Iterable[float]) -> dict[str, float]:

@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import date
 
 import pyarrow as pa
+import pytest
 
 from dify_pipeline.contract import TICKET_OUTPUTS, tickets_contract
 from dify_pipeline.infer.day_plan import DayInputs, DayPin, judge_shard, version_of_most_answers
@@ -43,7 +44,8 @@ def test_each_distinct_input_is_counted_once_as_answered_before_or_to_send():
     assert set(day.new_inputs(second)) == {"c"}
     day.add(second, {})
     assert (day.records, day.distinct, day.answered_count) == (7, 4, 1)
-    unanswered = day.unanswered
+    unanswered = day.finish()
+    assert day.distinct == 4
     assert len(unanswered) == 2 and "a" in unanswered and "c" in unanswered and "b" not in unanswered
     assert day.answered_versions() == {"wf-1": 1}
 
@@ -68,12 +70,28 @@ def test_the_first_pass_keeps_digests_not_inputs_its_memory_grows_by_bytes_per_i
             del shard
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        assert len(day.unanswered) == count
+        assert len(day.finish()) == count
         return peak
 
     small, large = peak_for(2_000), peak_for(20_000)
     # One shard's plans (~1.5 MB here) plus ~16 bytes per input (digests); the inputs themselves were ~2 KB each.
     assert large - small < 18_000 * 100
+
+
+def test_once_the_first_pass_ends_only_the_digests_to_send_stay_in_memory():
+    """While a day is sent, the pass's other digests (every input met, per shard) would double them."""
+    tracemalloc.start()
+    day = DayInputs()
+    for start in range(0, 50_000, 1000):
+        day.add([plan(f"r{i}", f"{i:064x}") for i in range(start, start + 1000)], {})
+    during, _ = tracemalloc.get_traced_memory()
+    to_send = day.finish()
+    after, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(to_send) == 50_000 and day.distinct == 50_000
+    assert during > 50_000 * 16 and after < 50_000 * 12  # 8 bytes of digest and 1 of its mark per input
+    with pytest.raises(RuntimeError):
+        day.add([plan("r", "z")], {})
 
 
 def test_each_key_of_a_batch_is_taken_once_whatever_shard_meets_it():

@@ -12,7 +12,7 @@ from dify_pipeline.infer.app_form import InputVariable
 from dify_pipeline.infer.cache_key import cache_key
 from dify_pipeline.infer.enrichment import enrichment_columns, judge, plan_records
 from dify_pipeline.infer.progress import Progress
-from dify_pipeline.infer.stats import error_counts, latency_percentiles
+from dify_pipeline.infer.stats import LatencySample, error_counts, latency_percentiles
 from dify_pipeline.resources.dify import DifyResult
 from dify_pipeline.schemas import ENRICHMENT_FIELDS, PIPELINE_VERSION
 
@@ -304,6 +304,19 @@ def test_latency_percentiles_ignore_missing_values():
     result = latency_percentiles(latencies)
     assert result["p50"] == pytest.approx(50.5, abs=0.05)
     assert result["p50"] < result["p95"] < result["p99"] <= 100.0
+
+
+def test_a_day_keeps_its_latencies_exactly_up_to_a_bound_then_a_uniform_sample_of_that_size():
+    small = LatencySample(capacity=1000)
+    for value in range(1, 501):
+        small.append(float(value))
+    assert latency_percentiles(small) == latency_percentiles([float(v) for v in range(1, 501)])
+    large = LatencySample(capacity=1000)
+    for value in range(1, 200_001):
+        large.append(float(value))
+    assert len(large) == 1000 and large.seen == 200_000
+    result = latency_percentiles(large)
+    assert result["p50"] == pytest.approx(100_000, rel=0.08) and result["p99"] == pytest.approx(198_000, rel=0.02)
 
 
 def test_latency_percentiles_of_nothing_are_zero():
