@@ -12,6 +12,7 @@ import pyarrow as pa
 from dify_pipeline.chain import Chain
 from dify_pipeline.clean.pii import PiiMasker
 from dify_pipeline.contract import EnrichmentContract
+from dify_pipeline.heap import frozen_heap
 from dify_pipeline.infer.app_form import InputMappingError, check_input_mapping, input_variables
 from dify_pipeline.infer.day_plan import DayInputs, DayPin, judge_shard
 from dify_pipeline.infer.day_report import day_checks, day_metadata, token_prices
@@ -74,8 +75,9 @@ def build_enriched_asset(chain: Chain) -> dg.AssetsDefinition:
     def enriched_asset(context: dg.AssetExecutionContext):
         resources = context.resources
         search = chain.search(resources.elasticsearch)
-        yield from _enrich_day(context, chain, getattr(resources, chain.dify_resource), resources.result_cache,
-                               resources.stage_storage, resources.parquet_output, search)
+        with frozen_heap():  # the day's passes and its sending: no full collection walks Dagster's heap
+            yield from _enrich_day(context, chain, getattr(resources, chain.dify_resource), resources.result_cache,
+                                   resources.stage_storage, resources.parquet_output, search)
 
     return enriched_asset
 

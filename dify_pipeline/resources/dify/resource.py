@@ -25,6 +25,7 @@ import aiohttp
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from dify_pipeline.heap import frozen_heap
 from dify_pipeline.resources.dify.backoff import Backoff
 from dify_pipeline.resources.dify.errors import DifyCallError, FailureBreaker, classify_failed_run, classify_http_error
 from dify_pipeline.resources.dify.gate import RequestGate
@@ -230,7 +231,8 @@ class DifyResource(dg.ConfigurableResource):
         if (workflow_id is not None or pin is not None) and self.app_mode != "workflow":
             raise ValueError(f"workflow_id pins a workflow app's version; this is a {self.app_mode} app")
         log = log or dg.get_dagster_logger().info
-        counters = _run(self._run_all(requests, on_result, journal, log, workflow_id, pin))
+        with frozen_heap():
+            counters = _run(self._run_all(requests, on_result, journal, log, workflow_id, pin))
         if counters.fatal is not None:
             raise DifyFatalError(f"Dify refused the run: {counters.fatal}", code=counters.fatal.code)
         if counters.stop_reason is not None:
@@ -274,6 +276,7 @@ class DifyResource(dg.ConfigurableResource):
                     if request is None:
                         return
                     result = await self._call_with_retries(client, gate, counters, request, journal)
+                    await asyncio.sleep(0)  # the worker woken for the freed slot sends first, then this one's answer
                     if result is not None:
                         counters.finished.append(time.monotonic())
                         on_result(result)
