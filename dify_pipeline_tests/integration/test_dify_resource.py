@@ -4,7 +4,6 @@ chat apps, version pinning."""
 from __future__ import annotations
 
 import gc
-
 import json
 import time
 from datetime import UTC
