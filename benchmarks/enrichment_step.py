@@ -17,6 +17,9 @@ STEP_START/STEP_SUCCESS events) and the ratio to the 1,000 answers/s bound; besi
 (its last progress line) and the seconds of fixed work, and the CPU microseconds per record of this process and of
 the emulator: on a shared machine the rates follow the cores others leave, the CPU per record does not. `--bare`
 runs a bare aiohttp loop against the same emulator before and after the step: the emulator's ceiling right then.
+With `--latency-ms`, the bound is min(C, server limit) / L with L as the emulator timed its runs
+(`mean_run_seconds`: its timers wake late, ~202 ms for 200, which no client can beat); the ratio to the nominal
+C / L is printed beside it (`ratio_to_nominal`).
 The emulator stays one process: with pooled connections it costs ~0.4-0.5 ms of CPU per run, so 1,000 runs/s
 take half a core; it is not the ceiling (`--bare` shows it), the machine's free cores are.
 """
