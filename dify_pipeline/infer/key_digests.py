@@ -76,12 +76,11 @@ class KeyDigests:
     def take(self, keys: Sequence[str]) -> list[bool]:
         """Per key of `keys`, True the first time a key of the set is met (marked taken), False otherwise: each
         key of the set is taken once."""
-        if not keys:
-            return []
+        if not len(self._sorted) or not keys:
+            return [False] * len(keys)
         positions, found = self._positions(digests(keys))
         fresh = np.zeros(len(keys), dtype=bool)
-        untaken = np.flatnonzero(found & ~self._taken[np.minimum(positions, max(len(self._sorted) - 1, 0))]
-                                 if len(self._sorted) else found)
+        untaken = np.flatnonzero(found & ~self._taken[np.minimum(positions, len(self._sorted) - 1)])
         _, first = np.unique(positions[untaken], return_index=True)  # a key repeated in `keys`: its first place
         fresh[untaken[first]] = True
         self._taken[positions[fresh]] = True
