@@ -146,7 +146,7 @@ def step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
 
 def sending_rate(instance: dg.DagsterInstance, run_id: str) -> float | None:
     """The rate of the step's last progress line: answers/s while it sent (from just before the client started
-    to the last answer), without the step's fixed work (form, preflight, planning, the second pass)."""
+    to the last answer), without the step's fixed work (form, preflight, planning, the last shard's rows)."""
     rates = [float(match.group(1)) for entry in instance.all_logs(run_id)
              if (match := re.search(r"records \(100%\), ([\d.]+)/s", entry.user_message or ""))]
     return rates[-1] if rates else None

@@ -4,6 +4,7 @@ answer again) and keep every outcome."""
 
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 import dagster as dg
@@ -28,6 +29,7 @@ from dify_pipeline.infer.enrichment import (
 )
 from dify_pipeline.infer.key_digests import KeyDigests
 from dify_pipeline.infer.progress import Progress
+from dify_pipeline.infer.shards_answered import ShardsAnswered
 from dify_pipeline.infer.stats import SENT, DayFigures, LatencySample, blocked_day_message, row_costs
 from dify_pipeline.publish.preflight import check_sinks_before_paying
 from dify_pipeline.resources.day_versions import DayVersions
@@ -94,8 +96,10 @@ def _enrich_day(
     """Every clean record with the app's answer, or the error that prevented it.
 
     What Dify answers is stored in the result cache as it arrives, and judged against the contract when the rows
-    are built: a re-run, a backfill or a resumed crash sends only the records whose inputs were never answered,
-    and a contract failure is judged again for free. Runs that failed in Dify are retried by the next
+    are built, a shard at a time in a thread beside the sending, as soon as every input of the shard and of the
+    shards before it is answered (the requests leave in shard order; `infer.shards_answered`). A re-run, a
+    backfill or a resumed crash sends only the records whose inputs were never answered, and a contract failure
+    is judged again for free. Runs that failed in Dify are retried by the next
     materialization of the day. A workflow app answers a day with one published version (`app.pin_version`):
     the one that answered its first record, kept in the cache's database, or for this run only when the cache is
     off; cached answers of another version are reused or asked again as `app.other_version_answers` says. A day
@@ -151,6 +155,10 @@ def _enrich_day(
             f"rpm {dify.requests_per_minute or 'unlimited'})"
         )
         progress = Progress(len(to_send))
+        answered = ShardsAnswered(len(shard_paths))
+        # A day pinned by this run's first answer may ask answers of other versions again once pinned, which would
+        # change shards already written: its rows wait for the end of the sending.
+        rows_beside_sending = pin is None or pin.workflow_id is not None or not day_inputs.answered_count
         fresh_latencies = LatencySample()  # fixed memory, exact up to 100,000 answers
         this_run: dict[str, Outcome] = {}  # this run's outcomes the cache does not hold (failed runs; all when off)
 
@@ -172,17 +180,20 @@ def _enrich_day(
             line = progress.record(outcome.succeeded)
             if line:
                 context.log.info(line)
+            answered.answered(key)  # after the cache took it: the rows read it from there
 
         def requests(batch: KeyDigests) -> Iterator[DifyRequest]:
             """The request of each input of `batch`, one shard read and planned again at a time (far cheaper than a
             call): the day's inputs are never all in memory."""
-            for path in shard_paths:
+            for index, path in enumerate(shard_paths):
                 plans = plan_shard(stage_storage.read_parquet(path, columns=needed))
                 keys = [plan.cache_key for plan in plans]
                 chosen = [plan for plan, taken in zip(plans, batch.take(keys)) if taken]
                 started_runs = journal.pending([p.cache_key for p in chosen]) if journal and chosen else {}
+                answered.sending(index, [plan.cache_key for plan in chosen])
                 for plan in chosen:  # sent earlier: looked up, not paid again
                     yield plan.request(started_runs.get(plan.cache_key))
+            answered.taken_all()
 
         def send(batch: KeyDigests) -> dict[str, int]:
             if not len(batch):
@@ -193,6 +204,43 @@ def _enrich_day(
                 return dify.run_all(requests(batch), on_result, journal=journal, workflow_id=pin.workflow_id)
             return dify.run_all(requests(batch), on_result, journal=journal, pin=pin.pin)
 
+        # Second pass, one shard at a time, beside the sending: every answer judged against today's contract as soon
+        # as its shard is answered, the rows written.
+        figures = DayFigures(mask=_masker(contract), estimate_currency=contract.price_currency,
+                             label_outputs=tuple(contract.label_values()))
+        prices = token_prices(contract)
+        output_folder = day_folder(stage_storage, chain.enriched, context.partition_key)
+
+        def write_rows(sent_keys: KeyDigests) -> None:
+            written = []
+            seen = KeyDigests()
+            for index, path in enumerate(shard_paths):
+                if not answered.wait(index):
+                    return  # the day stopped: its rows are written by the run that finishes it
+                shard = stage_storage.read_parquet(path)
+                plans = plan_shard(shard)
+                stored = cache.lookup(p.cache_key for p in plans
+                                      if not p.input_problem and p.cache_key not in this_run)
+                sent_here = sent_keys.contains_keys([plan.cache_key for plan in plans])
+                outcomes = judge_shard(plans, stored, this_run, sent_here, outputs)
+                sources, first_in_day = answer_sources(plans, outcomes, seen)
+                paying = {plan.record_key for plan, source in zip(plans, sources) if source == SENT}
+                enrichment = enrichment_columns(plans, outcomes, paying, app_identity, contract.cache_version,
+                                                fields=outputs)
+                prompt_tokens, completion_tokens = token_split([outcomes[plan.cache_key] for plan in plans])
+                cost, estimated = row_costs(enrichment.column("total_price"), prompt_tokens, completion_tokens,
+                                            enrichment.column("total_tokens"), prices)
+                figures.add_shard(enrichment, shard.column("record_key"), pa.array(sources, pa.string()),
+                                  pa.array(first_in_day, pa.bool_()), cost, estimated)
+                table = _join(shard, enrichment, outputs)
+                path = shard_file(stage_storage, chain.enriched, context.partition_key, index)
+                stage_storage.write_parquet(path, table.schema, [table])
+                written.append(path)
+            stage_storage.remove(p for p in stage_storage.list_files(output_folder) if p not in written)
+
+        rows = ThreadPoolExecutor(1, thread_name_prefix="enriched-rows") if rows_beside_sending else None
+        rows_written = rows.submit(write_rows, to_send) if rows is not None else None
+        stopped = True
         try:
             call_counters = send(to_send)
             if pin is not None and pin.workflow_id is not None:  # pinned by this run's first answer: re-ask now
@@ -202,38 +250,19 @@ def _enrich_day(
                 progress.total += len(later)
                 call_counters = dict(Counter(call_counters) + Counter(send(later)))
             cache.flush()
+            stopped = False
         except (DifyFatalError, CacheWriteError) as error:
             raise dg.Failure(description=_stopped_message(error, pin, context.partition_key)) from None
+        finally:
+            answered.end(stopped)
+            if rows is not None:
+                rows.shutdown()  # the writer finishes its shard, or stops at its next one
         sent_keys = to_send
         del day_inputs, unanswered
-
-        # Second pass, one shard at a time: every answer judged against today's contract, the rows written.
-        figures = DayFigures(mask=_masker(contract), estimate_currency=contract.price_currency,
-                             label_outputs=tuple(contract.label_values()))
-        prices = token_prices(contract)
-        output_folder = day_folder(stage_storage, chain.enriched, context.partition_key)
-        written = []
-        seen = KeyDigests()
-        for index, path in enumerate(shard_paths):
-            shard = stage_storage.read_parquet(path)
-            plans = plan_shard(shard)
-            stored = cache.lookup(p.cache_key for p in plans if not p.input_problem and p.cache_key not in this_run)
-            sent_here = sent_keys.contains_keys([plan.cache_key for plan in plans])
-            outcomes = judge_shard(plans, stored, this_run, sent_here, outputs)
-            sources, first_in_day = answer_sources(plans, outcomes, seen)
-            paying = {plan.record_key for plan, source in zip(plans, sources) if source == SENT}
-            enrichment = enrichment_columns(plans, outcomes, paying, app_identity, contract.cache_version,
-                                            fields=outputs)
-            prompt_tokens, completion_tokens = token_split([outcomes[plan.cache_key] for plan in plans])
-            cost, estimated = row_costs(enrichment.column("total_price"), prompt_tokens, completion_tokens,
-                                        enrichment.column("total_tokens"), prices)
-            figures.add_shard(enrichment, shard.column("record_key"), pa.array(sources, pa.string()),
-                              pa.array(first_in_day, pa.bool_()), cost, estimated)
-            table = _join(shard, enrichment, outputs)
-            path = shard_file(stage_storage, chain.enriched, context.partition_key, index)
-            stage_storage.write_parquet(path, table.schema, [table])
-            written.append(path)
-        stage_storage.remove(p for p in stage_storage.list_files(output_folder) if p not in written)
+        if rows_written is not None:
+            rows_written.result()  # its error, if it had one
+        else:
+            write_rows(sent_keys)
     finally:
         try:
             cache.close()  # commits the last group

@@ -153,7 +153,7 @@ class ResultCacheSession:
         ), replace)
 
     def flush(self) -> None:
-        """Return once every answer stored so far is committed; CacheWriteError if one could not be."""
+        """Return once every answer stored before the call is committed; CacheWriteError if one could not be."""
         if self._writer is not None:
             self._writer.flush()
 
@@ -204,8 +204,9 @@ class _GroupWriter:
             self._wake.set()
 
     def flush(self) -> None:
+        queued = self._queued  # asked from another thread, it waits for what was queued then, not for later answers
         with self._settled_changed:
-            while self._settled < self._queued and self._thread.is_alive():
+            while self._settled < queued and self._thread.is_alive():
                 self._wake.set()
                 self._settled_changed.wait(0.5)
         self._raise_if_failed()

@@ -264,3 +264,26 @@ def test_the_time_an_answer_was_stored_reads_back_through_sqlalchemy(session):
     with session._engine.connect() as connection:
         [stored_at] = connection.execute(sa.select(RESULTS.c.created_at)).scalars()
     assert stored_at.year >= 2026
+
+
+def test_a_lookup_from_another_thread_waits_for_the_answers_stored_before_it_not_for_later_ones(cache_url):
+    import threading
+
+    import sqlalchemy as sa
+
+    session = ResultCache(url=cache_url, commit_interval_seconds=0.01).open()
+    more = iter(range(1, 10**6))
+
+    def one_more(_connection):  # answers keep arriving: one is queued whenever a group commits
+        session.store(key(next(more)), APP, VERSION, result(0))
+
+    session.store(key(0), APP, VERSION, result(0))
+    sa.event.listen(session._engine, "commit", one_more)
+    found: dict = {}
+    lookup = threading.Thread(target=lambda: found.update(session.lookup([key(0)])), daemon=True)
+    lookup.start()
+    lookup.join(5)
+    sa.event.remove(session._engine, "commit", one_more)
+    session.close()
+    assert not lookup.is_alive()  # it waited for the group holding key(0), not for the answers to stop
+    assert set(found) == {key(0)}
